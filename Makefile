@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make app` runs the dashboard, `make test` runs every test.
+# Both create .venv and install the pinned requirements first (once; again when a requirements file changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# GPT-2's BPE files for offline use (CI and our machines keep them in ../shared/gpt2-bpe).
+BPE_DIR ?= $(abspath ../shared/gpt2-bpe)
+export GPT2_BPE_DIR ?= $(if $(wildcard $(BPE_DIR)/encoder.json),$(BPE_DIR),)
+
+.PHONY: app test test-fast chromium bench clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The browser test drives Debian's Chromium (Playwright's own browser download cannot work offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+app: $(BIN)/.installed
+	$(BIN)/python app.py $(ARGS)
+
+test: $(BIN)/.installed chromium
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(BIN)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/bench_generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,23 @@
+"""GPT-2 Parity Lab core: a from-scratch GPT-2, its HF weight port, tokenizer, sampler and parity engine."""
+
+from .loader import ModelNotAvailableError, load_hf_model, load_pair, load_pretrained
+from .model import GPT, ContextLengthError, GPTConfig, KVCache, UnsupportedConfigError
+from .port import PortError, port_from_hf
+from .tokenizer import Tokenizer, TokenizerNotAvailableError, load_tokenizer
+
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "KVCache",
+    "ContextLengthError",
+    "UnsupportedConfigError",
+    "PortError",
+    "ModelNotAvailableError",
+    "TokenizerNotAvailableError",
+    "Tokenizer",
+    "port_from_hf",
+    "load_pretrained",
+    "load_hf_model",
+    "load_pair",
+    "load_tokenizer",
+]

@@ -1,0 +1,76 @@
+"""Shared fixtures: random-init HF GPT-2 checkpoints made on the spot, and GPT-2's genuine BPE files."""
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bpe_dir() -> Path:
+    for candidate in (os.environ.get("GPT2_BPE_DIR"), ROOT.parent / "shared" / "gpt2-bpe"):
+        if candidate and (Path(candidate) / "encoder.json").is_file():
+            return Path(candidate)
+    raise RuntimeError("GPT-2 BPE files not found: set GPT2_BPE_DIR or keep ../shared/gpt2-bpe beside the repo")
+
+
+BPE_DIR = _bpe_dir()
+os.environ["GPT2_BPE_DIR"] = str(BPE_DIR)
+
+# Shapes used across the suite. "tiny" keeps GPT-2's vocabulary so the real tokenizer applies.
+TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=128)
+ODD = dict(n_layer=3, n_head=5, n_embd=80, n_positions=96)
+DISTIL = dict(n_layer=6, n_head=12, n_embd=768, n_positions=1024)
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+
+
+def make_hf(seed: int = 0, sharpen: float = 3.0, attn: str = "sdpa", **shape) -> GPT2LMHeadModel:
+    """A random-init GPT2LMHeadModel whose logits have a std of about `sharpen` (wte, and so the tied head, is
+    scaled up from the 0.02 init), so that sampling distributions are peaked rather than flat."""
+    torch.manual_seed(seed)
+    config = GPT2Config(**{**TINY, **shape})
+    config._attn_implementation = attn
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(sharpen / (0.02 * config.n_embd**0.5))
+    return model
+
+
+@pytest.fixture(scope="session")
+def bpe_dir() -> Path:
+    return BPE_DIR
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from core import load_tokenizer
+
+    return load_tokenizer(BPE_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    return make_hf(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_hf):
+    from core import port_from_hf
+
+    return port_from_hf(tiny_hf), tiny_hf
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_hf):
+    """A save_pretrained directory of the tiny model, with GPT-2's vocab.json/merges.txt beside it."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_hf.save_pretrained(path)
+    (path / "vocab.json").write_bytes((BPE_DIR / "encoder.json").read_bytes())
+    (path / "merges.txt").write_bytes((BPE_DIR / "vocab.bpe").read_bytes())
+    return path
