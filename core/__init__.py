@@ -3,6 +3,7 @@
 from .loader import ModelNotAvailableError, load_hf_model, load_pair, load_pretrained
 from .model import GPT, ContextLengthError, GPTConfig, KVCache, UnsupportedConfigError
 from .port import PortError, port_from_hf
+from .sampling import Generation, SamplingSettings, SettingsError, StepRecord, StreamEvent, generate, stream
 from .tokenizer import Tokenizer, TokenizerNotAvailableError, load_tokenizer
 
 __all__ = [
@@ -20,4 +21,11 @@ __all__ = [
     "load_hf_model",
     "load_pair",
     "load_tokenizer",
+    "generate",
+    "stream",
+    "Generation",
+    "SamplingSettings",
+    "SettingsError",
+    "StepRecord",
+    "StreamEvent",
 ]

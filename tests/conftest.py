@@ -30,15 +30,17 @@ DISTIL = dict(n_layer=6, n_head=12, n_embd=768, n_positions=1024)
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
 
 
-def make_hf(seed: int = 0, sharpen: float = 3.0, attn: str = "sdpa", **shape) -> GPT2LMHeadModel:
-    """A random-init GPT2LMHeadModel whose logits have a std of about `sharpen` (wte, and so the tied head, is
-    scaled up from the 0.02 init), so that sampling distributions are peaked rather than flat."""
+def make_hf(seed: int = 0, sharpen: float = 3.0, attn: str = "sdpa", wte_scale: float = 1.0, **shape) -> GPT2LMHeadModel:
+    """A random-init GPT2LMHeadModel (eval mode) with logits of std about `sharpen`, so that sampling
+    distributions are peaked rather than flat: ln_f's gain is raised from 1 (the 0.02-std init otherwise gives
+    near-uniform logits). `wte_scale` also scales the token embeddings (and the tied head), as a larger init."""
     torch.manual_seed(seed)
     config = GPT2Config(**{**TINY, **shape})
     config._attn_implementation = attn
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
-        model.transformer.wte.weight.mul_(sharpen / (0.02 * config.n_embd**0.5))
+        model.transformer.wte.weight.mul_(wte_scale)
+        model.transformer.ln_f.weight.mul_(sharpen / (0.02 * wte_scale * config.n_embd**0.5))
     return model
 
 

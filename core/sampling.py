@@ -1,0 +1,374 @@
+"""Sampling: settings, pure logits->token steps, a KV-cached decoding loop and per-step records.
+
+Knows our GPT and a Tokenizer, never HuggingFace: the "hf" method reproduces HF `generate()` token for token
+by doing what it does (processor order, full-vocab -inf filtering, one multinomial per step over the whole
+batch, eos padding) with an explicit torch.Generator; global RNG state is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPT, ContextLengthError
+from .tokenizer import Tokenizer
+
+METHODS = ("hf", "nanogpt", "greedy")
+TOP_N = 50  # how many tokens each step record keeps (the dashboard's top-50 views)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed accepts [-2**63, 2**64); we take the common part, >= 0
+
+
+class SettingsError(ValueError):
+    """Sampling settings or a prompt that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Field names follow HF `generate()`. top_k defaults to 50 like HF's; None or 0 means no top-k filter."""
+
+    max_new_tokens: int | None = None  # wins over max_length when both are set (as in HF)
+    max_length: int | None = 30  # prompt + new tokens, HF's older knob; the seed grows rows to 30 tokens
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+    seed: int = 42
+    method: str = "hf"
+
+    @property
+    def effective_method(self) -> str:
+        """greedy when do_sample=False or temperature == 0, otherwise the named method."""
+        if self.method == "greedy" or not self.do_sample or self.temperature == 0:
+            return "greedy"
+        return self.method
+
+    def new_tokens_for(self, prompt_len: int) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.max_length is None:
+            raise SettingsError("set max_new_tokens or max_length")
+        n = self.max_length - prompt_len
+        if n < 1:
+            raise SettingsError(f"max_length={self.max_length} leaves no room after a {prompt_len}-token prompt")
+        return n
+
+    def validate(self, vocab_size: int = 50257) -> "SamplingSettings":
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if self.method not in METHODS:
+            raise SettingsError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("max_new_tokens", "max_length"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+        if not is_int(self.num_return_sequences) or self.num_return_sequences < 1:
+            raise SettingsError(f"num_return_sequences must be a positive integer, got {self.num_return_sequences!r}")
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise SettingsError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise SettingsError(f"temperature must be a number, got {self.temperature!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise SettingsError(f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}")
+        if self.top_k is not None and (not is_int(self.top_k) or not 0 <= self.top_k <= vocab_size):
+            raise SettingsError(f"top_k must be an integer in [1, {vocab_size}] (or 0/None for off), got {self.top_k!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise SettingsError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.effective_method == "greedy" and self.num_return_sequences > 1:
+            raise SettingsError("greedy decoding gives identical rows: use num_return_sequences=1 (HF refuses too)")
+        if self.method == "nanogpt" and self.top_p < 1.0:
+            raise SettingsError("top_p is not part of the seed's nanogpt loop; use method='hf' for nucleus sampling")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "SamplingSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure steps: logits (B, V) fp32 -> processed logits -> probs -> token ids (B,)
+
+
+def process_logits_hf(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
+    """HF's warpers, in HF's order: temperature, top-k (ties with the k-th value kept), top-p; -inf filtering."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k:
+        k = min(top_k, logits.size(-1))
+        kth = torch.topk(logits, k)[0][..., -1, None]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_remove = cumulative <= (1 - top_p)
+        sorted_remove[..., -1:] = 0  # always keep the most likely token (min_tokens_to_keep=1)
+        remove = sorted_remove.scatter(1, sorted_idx, sorted_remove)
+        logits = logits.masked_fill(remove, -float("inf"))
+    return logits
+
+
+def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
+    return F.softmax(logits, dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One torch.multinomial call for the whole batch, as HF does: (B, V) -> (B,)."""
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def sample_nanogpt(
+    logits: torch.Tensor, top_k: int | None, temperature: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The seed's loop: softmax, topk(k), multinomial over the k sorted probs, gather.
+
+    Returns (tokens (B,), the sampled-over ids (B, k), their renormalised probs (B, k)).
+    """
+    probs = F.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+    if top_k:
+        top_probs, top_idx = torch.topk(probs, min(top_k, probs.size(-1)), dim=-1)  # (B, k), sorted
+    else:
+        top_probs, top_idx = probs, torch.arange(probs.size(-1), device=probs.device).expand_as(probs)
+    ix = torch.multinomial(top_probs, 1, generator=generator)  # (B, 1) index into the k candidates
+    tokens = torch.gather(top_idx, -1, ix).squeeze(1)  # (B,)
+    return tokens, top_idx, top_probs / top_probs.sum(dim=-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Records: plain data for the dashboard
+
+
+@dataclass
+class StepRecord:
+    """One row at one step. Probabilities: `prob`/`top_sample_probs` under the sampling distribution (after
+    temperature/top-k/top-p), `raw_prob`/`top_probs` under the model's softmax. Ranks are 1-based by raw logit."""
+
+    step: int
+    row: int
+    token_id: int
+    token: str
+    prob: float
+    raw_prob: float
+    rank: int
+    entropy: float  # nats, of the sampling distribution
+    raw_entropy: float  # nats, of the model's distribution
+    n_kept: int  # tokens with non-zero sampling probability
+    top_ids: list[int]
+    top_tokens: list[str]
+    top_logits: list[float]
+    top_probs: list[float]
+    top_sample_probs: list[float]
+    top_kept: list[bool]
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    logp = torch.log(probs.clamp_min(1e-45))
+    return (-(probs * logp).nan_to_num().sum(dim=-1)).clamp_min(0.0)
+
+
+def step_records(
+    step: int,
+    raw_logits: torch.Tensor,
+    sample_probs: torch.Tensor,
+    tokens: torch.Tensor,
+    active: Sequence[bool],
+    tokenizer: Tokenizer | None,
+) -> list[StepRecord | None]:
+    """Compact per-row records for one step (top-50 only; no full-vocab arrays). None for finished rows."""
+    raw_probs = F.softmax(raw_logits, dim=-1)
+    top_logits, top_ids = torch.topk(raw_logits, min(TOP_N, raw_logits.size(-1)), dim=-1)
+    chosen_logit = raw_logits.gather(1, tokens[:, None])
+    ranks = (raw_logits > chosen_logit).sum(dim=-1) + 1
+    cols = {
+        "top_probs": raw_probs.gather(1, top_ids),
+        "top_sample_probs": sample_probs.gather(1, top_ids),
+        "prob": sample_probs.gather(1, tokens[:, None])[:, 0],
+        "raw_prob": raw_probs.gather(1, tokens[:, None])[:, 0],
+        "entropy": _entropy(sample_probs),
+        "raw_entropy": _entropy(raw_probs),
+        "n_kept": (sample_probs > 0).sum(dim=-1),
+    }
+    cols = {k: v.tolist() for k, v in cols.items()}
+    ids, logits_l, tok_l, rank_l = top_ids.tolist(), top_logits.tolist(), tokens.tolist(), ranks.tolist()
+    show = tokenizer.display if tokenizer is not None else str
+    out: list[StepRecord | None] = []
+    for r in range(len(tok_l)):
+        if not active[r]:
+            out.append(None)
+            continue
+        out.append(
+            StepRecord(
+                step=step,
+                row=r,
+                token_id=tok_l[r],
+                token=show(tok_l[r]),
+                prob=cols["prob"][r],
+                raw_prob=cols["raw_prob"][r],
+                rank=rank_l[r],
+                entropy=cols["entropy"][r],
+                raw_entropy=cols["raw_entropy"][r],
+                n_kept=cols["n_kept"][r],
+                top_ids=ids[r],
+                top_tokens=[show(i) for i in ids[r]],
+                top_logits=logits_l[r],
+                top_probs=cols["top_probs"][r],
+                top_sample_probs=cols["top_sample_probs"][r],
+                top_kept=[p > 0 for p in cols["top_sample_probs"][r]],
+            )
+        )
+    return out
+
+
+@dataclass
+class StreamEvent:
+    """One decoding step: the token each row got (eos padding for finished rows) and its records."""
+
+    step: int
+    tokens: list[int]
+    finished: list[bool]
+    records: list[StepRecord | None]
+
+
+@dataclass
+class Generation:
+    """The result: HF-shaped padded `sequences`, per-row tokens/texts up to eos, and per-step records."""
+
+    settings: dict
+    prompt: str | None
+    prompt_ids: list[int]
+    sequences: list[list[int]]  # (B, prompt + steps), finished rows padded with eos, like HF's output
+    new_token_ids: list[list[int]]  # per row, up to and including its eos
+    texts: list[str]  # prompt + completion, decoded
+    completions: list[str]
+    finished_by_eos: list[bool]
+    records: list[list[StepRecord | None]] = field(default_factory=list)  # [step][row]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The decoding loop
+
+
+def encode_prompt(prompt, tokenizer: Tokenizer | None) -> tuple[str | None, list[int]]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise SettingsError("a text prompt needs a tokenizer (or pass token ids)")
+        if not prompt.strip():
+            raise SettingsError("the prompt is empty")
+        ids = tokenizer.encode(prompt)
+        return prompt, ids
+    if isinstance(prompt, torch.Tensor):
+        prompt = prompt.flatten().tolist()
+    ids = list(prompt)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise SettingsError("token-id prompts must be a non-empty list of integers")
+    return None, ids
+
+
+def prepare(model: GPT, prompt, tokenizer: Tokenizer | None, settings: SamplingSettings):
+    """Validate everything before any work: (prompt text, prompt ids, number of new tokens)."""
+    settings.validate(model.config.vocab_size)
+    text, ids = encode_prompt(prompt, tokenizer)
+    bad = [i for i in ids if not 0 <= i < model.config.vocab_size]
+    if bad:
+        raise SettingsError(f"token ids out of range [0, {model.config.vocab_size}): {bad[:5]}")
+    n_new = settings.new_tokens_for(len(ids))
+    if len(ids) + n_new > model.config.n_positions:
+        raise ContextLengthError(
+            f"prompt ({len(ids)} tokens) + {n_new} new tokens = {len(ids) + n_new} exceeds the model's context "
+            f"of n_positions={model.config.n_positions}"
+        )
+    return text, ids, n_new
+
+
+@torch.inference_mode()
+def stream(model: GPT, prompt, *, tokenizer: Tokenizer | None = None, record: bool = True, **settings) -> Iterator[StreamEvent]:
+    """Yield one StreamEvent per decoding step (prefill, then one token per step through the KV cache)."""
+    s = SamplingSettings.from_kwargs(**settings)
+    _, ids, n_new = prepare(model, prompt, tokenizer, s)
+    yield from _decode(model, ids, n_new, s, tokenizer, record)
+
+
+def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokenizer, record: bool):
+    device = model.device
+    method = s.effective_method
+    B = s.num_return_sequences
+    eos = model.config.eos_token_id
+    generator = torch.Generator(device=device).manual_seed(s.seed)
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat_interleave(B, dim=0)  # (B, T)
+    cache = model.new_cache(B, len(ids) + n_new)
+    unfinished = torch.ones(B, dtype=torch.long, device=device)
+    stops_at_eos = method != "nanogpt"  # the seed's loop has no notion of eos: it always grows rows to length
+    logits = model(x, cache, last_only=True)[:, -1].float()  # prefill: (B, V)
+    for step in range(n_new):
+        if method == "greedy":
+            sample_probs = None
+            tokens = torch.argmax(logits, dim=-1)
+        elif method == "hf":
+            sample_probs = logits_to_probs(process_logits_hf(logits, s.temperature, s.top_k, s.top_p))
+            tokens = sample(sample_probs, generator)
+        else:
+            tokens, cand_idx, cand_probs = sample_nanogpt(logits, s.top_k, s.temperature, generator)
+            sample_probs = torch.zeros_like(logits).scatter_(1, cand_idx, cand_probs) if record else None
+        active = unfinished.bool().tolist()
+        tokens = tokens * unfinished + eos * (1 - unfinished)  # finished rows are padded with eos
+        if record and sample_probs is None:  # greedy: all mass on the argmax
+            sample_probs = F.one_hot(tokens, logits.size(-1)).to(logits.dtype)
+        records = step_records(step, logits, sample_probs, tokens, active, tokenizer) if record else []
+        if stops_at_eos:
+            unfinished = unfinished & (tokens != eos).long()
+        yield StreamEvent(step, tokens.tolist(), [not a for a in unfinished.bool().tolist()], records)
+        if not unfinished.any() or step == n_new - 1:
+            break
+        logits = model(tokens[:, None], cache, last_only=True)[:, -1].float()  # (B, V)
+
+
+def generate(model: GPT, prompt, *, tokenizer: Tokenizer | None = None, record: bool = True, **settings) -> Generation:
+    """Sample from our model: `prompt` is text (needs `tokenizer`) or token ids; settings as SamplingSettings."""
+    s = SamplingSettings.from_kwargs(**settings)
+    t0 = time.perf_counter()
+    text, ids, n_new = prepare(model, prompt, tokenizer, s)
+    B = s.num_return_sequences
+    steps: list[StreamEvent] = list(_decode(model, ids, n_new, s, tokenizer, record))
+    sequences = [list(ids) + [ev.tokens[r] for ev in steps] for r in range(B)]
+    new_ids, done = [], []
+    for r in range(B):
+        row = []
+        for ev in steps:
+            row.append(ev.tokens[r])
+            if ev.finished[r]:
+                break
+        new_ids.append(row)
+        done.append(steps[len(row) - 1].finished[r])
+    decode = tokenizer.decode if tokenizer is not None else (lambda t: "")
+    completions = [decode(row) for row in new_ids]
+    texts = [decode(list(ids) + row) for row in new_ids]
+    return Generation(
+        settings=s.to_dict(),
+        prompt=text,
+        prompt_ids=list(ids),
+        sequences=sequences,
+        new_token_ids=new_ids,
+        texts=texts,
+        completions=completions,
+        finished_by_eos=done,
+        records=[ev.records for ev in steps],
+        seconds=time.perf_counter() - t0,
+    )
+
+
