@@ -100,8 +100,8 @@ def load_pretrained(
     """Our GPT from a Hub id (`gpt2`, `openai-community/gpt2-medium`, `distilgpt2`, ...) or a local directory."""
     checkpoint = resolve_checkpoint(name_or_path)
     config = GPTConfig.from_hf(load_hf_config(checkpoint))
-    model = port_from_hf(load_state_dict(checkpoint), config)
-    return model.to(device=device, dtype=dtype)
+    model = port_from_hf(load_state_dict(checkpoint), config).to(device=device, dtype=dtype)
+    return model.use_decode_layout() if torch.device(device).type == "cpu" else model
 
 
 def load_hf_model(name_or_path: str | os.PathLike, *, attn_implementation: str = "sdpa", dtype=torch.float32):

@@ -38,6 +38,7 @@ class Tokenizer:
         self.source = source
         self.eot_id = encoding.eot_token
         self.vocab_size = encoding.n_vocab
+        self._display_cache: dict[int, str] = {}
 
     def encode(self, text: str) -> list[int]:
         # GPT-2's HF tokenizer treats "<|endoftext|>" in text as the special token; so do we.
@@ -52,6 +53,12 @@ class Tokenizer:
     def display(self, token_id: int) -> str:
         """A label for one token: spaces as ␣, newlines as ↵, tabs as ⇥, bytes that are not whole UTF-8 as <0xNN>."""
         token_id = int(token_id)
+        shown = self._display_cache.get(token_id)
+        if shown is None:
+            shown = self._display_cache[token_id] = self._display(token_id)
+        return shown
+
+    def _display(self, token_id: int) -> str:
         if token_id == self.eot_id:
             return ENDOFTEXT
         text = self.token_bytes(token_id).decode("utf-8", errors="surrogateescape")

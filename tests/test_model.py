@@ -58,9 +58,13 @@ def test_hidden_states_match_hf(tiny_pair):
     torch.testing.assert_close(got[-1], ref[-1], rtol=1e-5, atol=1e-5)  # HF puts ln_f's output last
 
 
-def test_kv_cache_decoding_equals_full_recompute():
+@pytest.mark.parametrize("layout", ["shared", "decode"])
+def test_kv_cache_decoding_equals_full_recompute(layout):
     hf = make_hf(seed=4, **ODD)
     ours = port_from_hf(hf)
+    if layout == "decode":
+        ours.use_decode_layout()
+        assert ours.transformer.h[0].mlp.c_fc.weight.is_contiguous()
     B, prompt, steps = 3, 7, 20
     idx = torch.randint(0, 50257, (B, prompt + steps), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -227,3 +231,18 @@ def test_load_pretrained_dtype_and_device(tiny_checkpoint):
     ours = load_pretrained(tiny_checkpoint, device="cpu", dtype=torch.bfloat16)
     assert ours.dtype == torch.bfloat16 and ours.device.type == "cpu"
     assert ours.lm_head.weight is ours.transformer.wte.weight
+
+
+def test_decode_layout_matches_hf_and_bf16_prepack_is_exact():
+    hf = make_hf(seed=13, **ODD)
+    idx = torch.randint(0, 50257, (3, 1), generator=torch.Generator().manual_seed(14))
+    fast = port_from_hf(hf).use_decode_layout()
+    with torch.no_grad():
+        assert _max_diff(fast(idx), hf(idx).logits) <= TOL  # few rows: the W @ x^T path
+    plain = port_from_hf(hf).to(torch.bfloat16)
+    packed = port_from_hf(hf).to(torch.bfloat16).use_decode_layout()
+    with torch.no_grad():
+        assert torch.equal(packed(idx), plain(idx))
+    from core.model import _bf16_prepack_available
+
+    assert (packed.transformer.h[0].attn.c_attn.packed is not None) == _bf16_prepack_available()
