@@ -1,12 +1,16 @@
 """GPT-2 Parity Lab core: a from-scratch GPT-2, its HF weight port, tokenizer, sampler and parity engine."""
 
+from .errors import ParityLabError
 from .loader import ModelNotAvailableError, load_hf_model, load_pair, load_pretrained
 from .model import GPT, ContextLengthError, GPTConfig, KVCache, UnsupportedConfigError
 from .port import PortError, port_from_hf
+from .faults import FAULTS, FaultError, apply_fault
+from .parity import ParityError, ParityReport, compare
 from .sampling import Generation, SamplingSettings, SettingsError, StepRecord, StreamEvent, generate, stream
 from .tokenizer import Tokenizer, TokenizerNotAvailableError, load_tokenizer
 
 __all__ = [
+    "ParityLabError",
     "GPT",
     "GPTConfig",
     "KVCache",
@@ -28,4 +32,10 @@ __all__ = [
     "SettingsError",
     "StepRecord",
     "StreamEvent",
+    "compare",
+    "ParityReport",
+    "ParityError",
+    "FAULTS",
+    "FaultError",
+    "apply_fault",
 ]

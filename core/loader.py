@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import ParityLabError
 from .model import GPT, GPTConfig
 from .port import port_from_hf
 
@@ -29,7 +30,7 @@ _HUB_PATTERNS = [
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(ParityLabError, RuntimeError):
     """A checkpoint could not be found locally nor downloaded."""
 
 

@@ -14,16 +14,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ParityLabError
+
 # HF activation names we implement, and how. gelu_new and gelu_pytorch_tanh are the same function (tanh
 # approximation); HF computes the first in Python ops, the second in C: they agree to float rounding.
 _ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(ParityLabError, ValueError):
     """An HF GPT2Config asks for something this model does not implement."""
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(ParityLabError, ValueError):
     """A sequence would run past the model's n_positions."""
 
 

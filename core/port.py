@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .errors import ParityLabError
 from .model import GPT, GPTConfig
 
 # Per-block keys whose HF tensor is the transpose of ours (Conv1D (in, out) -> nn.Linear (out, in)).
@@ -22,7 +23,7 @@ IGNORABLE = ("attn.bias", "attn.masked_bias")
 _BLOCK_KEY = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
 
 
-class PortError(ValueError):
+class PortError(ParityLabError, ValueError):
     """The source state dict does not match the target architecture; the message lists every problem."""
 
 

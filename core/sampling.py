@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from .errors import ParityLabError
 from .model import GPT, ContextLengthError
 from .tokenizer import Tokenizer
 
@@ -23,7 +24,7 @@ TOP_N = 50  # how many tokens each step record keeps (the dashboard's top-50 vie
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed accepts [-2**63, 2**64); we take the common part, >= 0
 
 
-class SettingsError(ValueError):
+class SettingsError(ParityLabError, ValueError):
     """Sampling settings or a prompt that cannot be used; the message says which and why."""
 
 

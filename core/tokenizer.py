@@ -14,6 +14,8 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from .errors import ParityLabError
+
 ENDOFTEXT = "<|endoftext|>"
 EOT_ID = 50256
 # sha256 of OpenAI's encoder.json / vocab.bpe (= HF vocab.json / merges.txt), as tiktoken checks them.
@@ -26,16 +28,17 @@ _FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 _VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
-class TokenizerNotAvailableError(RuntimeError):
+class TokenizerNotAvailableError(ParityLabError, RuntimeError):
     """No GPT-2 BPE files could be found locally nor downloaded."""
 
 
 class Tokenizer:
     """GPT-2 BPE: encode/decode like HF's GPT2TokenizerFast, plus readable per-token labels."""
 
-    def __init__(self, encoding: tiktoken.Encoding, source: str):
+    def __init__(self, encoding: tiktoken.Encoding, source: str, files: tuple[Path, Path] | None = None):
         self.encoding = encoding
         self.source = source
+        self.files = files  # (encoder/vocab.json, merges) when built from files on disk
         self.eot_id = encoding.eot_token
         self.vocab_size = encoding.n_vocab
         self._display_cache: dict[int, str] = {}
@@ -106,7 +109,7 @@ def from_bpe_files(encoder_json: str | os.PathLike, merges: str | os.PathLike) -
         mergeable_ranks=ranks,
         special_tokens={ENDOFTEXT: len(ranks)},
     )
-    return Tokenizer(encoding, source=str(encoder_json.parent))
+    return Tokenizer(encoding, source=str(encoder_json.parent), files=(encoder_json, merges))
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> Tokenizer:

@@ -1,0 +1,73 @@
+"""Where float noise ends and the smallest real fault begins: the measurements behind core.parity.RTOL.
+
+For random GPT-2s of several shapes (up to the 124M shape, sequences up to 512 tokens) it runs the parity
+engine's teacher-forced comparison for the exact port and for every bug-lab fault, and prints, per layer,
+max|Δ| / max|HF value| (the quantity RTOL bounds). Run: `.venv/bin/python bench/calibrate_tolerances.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from core import FAULTS, apply_fault, port_from_hf  # noqa: E402
+from core.parity import RTOL, teacher_forced  # noqa: E402
+
+SHAPES = {
+    "2L-32d": dict(n_layer=2, n_head=2, n_embd=32, n_positions=512),
+    "3L-5H-80d": dict(n_layer=3, n_head=5, n_embd=80, n_positions=512),
+    "6L-768d (distilgpt2)": dict(n_layer=6, n_head=12, n_embd=768, n_positions=512),
+    "12L-768d (gpt2 124M)": dict(n_layer=12, n_head=12, n_embd=768, n_positions=512),
+}
+
+
+def make(shape: dict, sharpen: float | None, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
+    if sharpen is not None:  # raise ln_f's gain so logits have std ~sharpen (peaked distributions)
+        with torch.no_grad():
+            hf.transformer.ln_f.weight.mul_(sharpen / (0.02 * shape["n_embd"] ** 0.5))
+    return hf
+
+
+def rel(layers) -> list[float]:
+    return [l.max_abs_diff / max(l.scale, 1e-30) for l in layers]
+
+
+def main() -> int:
+    torch.set_grad_enabled(False)
+    worst_exact, least_fault = 0.0, {}
+    print(f"max|Δ| / max|HF| per layer (embeddings, blocks..., ln_f, lm_head); RTOL = {RTOL:g}\n")
+    for label, shape in SHAPES.items():
+        for sharpen in (None, 3.0):
+            hf = make(shape, sharpen)
+            ours = port_from_hf(hf)
+            for T in (30, 512):
+                seqs = torch.randint(0, 50257, (5 if T == 30 else 1, T), generator=torch.Generator().manual_seed(T))
+                tag = f"{label}, {'sharpened' if sharpen else 'plain init'}, {seqs.shape[0]}x{T} tokens"
+                exact = max(rel(teacher_forced(ours, hf, seqs)[0]))
+                worst_exact = max(worst_exact, exact)
+                line = [f"exact {exact:.1e}"]
+                for name, fault in FAULTS.items():
+                    layers = teacher_forced(apply_fault(ours, name), hf, seqs)[0]
+                    r = rel(layers)
+                    first = next((l.name for l in layers if l.exceeds), "-")
+                    at = r[[l.name for l in layers].index(fault.first_layer)]  # at the layer it should show first
+                    least_fault[name] = min(least_fault.get(name, float("inf")), at)
+                    line.append(f"{name}: {at:.1e} at {fault.first_layer} (expected); flagged first: {first}")
+                print(tag + ":\n    " + "\n    ".join(line), flush=True)
+    print(f"\nworst exact-port relative difference: {worst_exact:.2e}")
+    for name, value in sorted(least_fault.items(), key=lambda kv: kv[1]):
+        print(f"smallest relative difference at its first layer, {name:<24}: {value:.2e}  ({value / RTOL:.1f}x RTOL)")
+    print(f"RTOL {RTOL:g} = {RTOL / max(worst_exact, 1e-30):.0f}x the worst float noise")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
