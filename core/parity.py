@@ -555,10 +555,13 @@ def compare(
     fault: str | None = None,
     tokenizer: Tokenizer | None = None,
     hf_model=None,
+    on_step=None,
     **settings,
 ) -> ParityReport:
     """Generate with our model (optionally with a bug-lab `fault`) and compare with HF, step by step and layer
     by layer; with reference "generate" or "pipeline" also run HF's own sampling and explain every difference.
+    `model_or_name`: a Hub id or checkpoint directory, an (ours, hf) pair, or our GPT with `hf_model=`.
+    `on_step` sees each of our sampling steps as it happens (for streaming UIs).
     """
     if reference not in REFERENCES:
         raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
@@ -574,7 +577,7 @@ def compare(
     timings = {}
 
     t = time.perf_counter()
-    gen = generate(faulty, prompt, tokenizer=tokenizer, **settings)
+    gen = generate(faulty, prompt, tokenizer=tokenizer, on_step=on_step, **settings)
     timings["ours_generate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

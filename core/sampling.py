@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -297,16 +298,36 @@ class Generation:
 # The decoding loop
 
 
+MAX_PROMPT_CHARS = 20_000  # refuse before tokenizing: no prompt that long fits GPT-2's 1024-token context anyway
+
+
+def check_prompt_text(prompt: str) -> None:
+    """Refuse text no tokenizer should see, each with its own message."""
+    if not prompt.strip():
+        raise SettingsError("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise SettingsError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    if "\x00" in prompt:
+        raise SettingsError("the prompt contains a NUL byte (\\x00)")
+    if any("\ud800" <= ch <= "\udfff" for ch in prompt):
+        raise SettingsError("the prompt contains a lone UTF-16 surrogate, which is not valid text")
+    bad = sorted({f"U+{ord(ch):04X}" for ch in prompt if ch not in "\t\n\r" and unicodedata.category(ch) == "Cc"})
+    if bad:
+        raise SettingsError(f"the prompt contains control characters ({', '.join(bad[:5])}); only tab and newline are allowed")
+    if prompt.replace("<|endoftext|>", "").strip() == "":
+        raise SettingsError("the prompt is only <|endoftext|>: add some text (token-id prompts such as [50256] work in the API)")
+
+
 def encode_prompt(prompt, tokenizer: Tokenizer | None) -> tuple[str | None, list[int]]:
     if isinstance(prompt, str):
+        check_prompt_text(prompt)
         if tokenizer is None:
             raise SettingsError("a text prompt needs a tokenizer (or pass token ids)")
-        if not prompt.strip():
-            raise SettingsError("the prompt is empty")
-        ids = tokenizer.encode(prompt)
-        return prompt, ids
+        return prompt, tokenizer.encode(prompt)
     if isinstance(prompt, torch.Tensor):
         prompt = prompt.flatten().tolist()
+    if not isinstance(prompt, (list, tuple)):
+        raise SettingsError(f"the prompt must be text or a list of token ids, got {type(prompt).__name__}")
     ids = list(prompt)
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise SettingsError("token-id prompts must be a non-empty list of integers")
@@ -321,6 +342,11 @@ def prepare(model: GPT, prompt, tokenizer: Tokenizer | None, settings: SamplingS
     if bad:
         raise SettingsError(f"token ids out of range [0, {model.config.vocab_size}): {bad[:5]}")
     n_new = settings.new_tokens_for(len(ids))
+    if len(ids) >= model.config.n_positions:
+        raise ContextLengthError(
+            f"the prompt is {len(ids)} tokens: longer than the model's context leaves room for "
+            f"(n_positions={model.config.n_positions})"
+        )
     if len(ids) + n_new > model.config.n_positions:
         raise ContextLengthError(
             f"prompt ({len(ids)} tokens) + {n_new} new tokens = {len(ids) + n_new} exceeds the model's context "
@@ -371,13 +397,26 @@ def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokeniz
         logits = model(tokens[:, None], cache, last_only=True)[:, -1].float()  # (B, V)
 
 
-def generate(model: GPT, prompt, *, tokenizer: Tokenizer | None = None, record: bool = True, **settings) -> Generation:
-    """Sample from our model: `prompt` is text (needs `tokenizer`) or token ids; settings as SamplingSettings."""
+def generate(
+    model: GPT,
+    prompt,
+    *,
+    tokenizer: Tokenizer | None = None,
+    record: bool = True,
+    on_step: Callable[[StreamEvent], None] | None = None,
+    **settings,
+) -> Generation:
+    """Sample from our model: `prompt` is text (needs `tokenizer`) or token ids; settings as SamplingSettings.
+    `on_step`, if given, sees every StreamEvent as it happens (the UI streams text with it)."""
     s = SamplingSettings.from_kwargs(**settings)
     t0 = time.perf_counter()
     text, ids, n_new = prepare(model, prompt, tokenizer, s)
     B = s.num_return_sequences
-    steps: list[StreamEvent] = list(_decode(model, ids, n_new, s, tokenizer, record))
+    steps: list[StreamEvent] = []
+    for event in _decode(model, ids, n_new, s, tokenizer, record):
+        steps.append(event)
+        if on_step is not None:
+            on_step(event)
     sequences = [list(ids) + [ev.tokens[r] for ev in steps] for r in range(B)]
     new_ids, done = [], []
     for r in range(B):

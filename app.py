@@ -1,0 +1,11 @@
+"""GPT-2 Parity Lab: `python app.py [--model gpt2] [--host 127.0.0.1] [--port 7860] [--bpe-dir DIR]`."""
+
+import sys
+
+from demo import QUEUE, build_demo, launch_kwargs, parse_args
+
+args = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+demo = build_demo(model=args.model, bpe_dir=args.bpe_dir, max_models=args.max_models)
+
+if __name__ == "__main__":
+    demo.queue(**QUEUE).launch(server_name=args.host, server_port=args.port, **launch_kwargs())

@@ -1,0 +1,81 @@
+"""Every piece of prose the dashboard shows, in one place (titles, help, banners, plot explanations)."""
+
+TITLE = "GPT-2 Parity Lab"
+
+INTRO = """
+# 🔬 GPT-2 Parity Lab
+Your GPT-2 samples differ from HuggingFace's and you can't tell why? Type a prompt and press **Generate**.
+Our from-scratch GPT-2 samples; HuggingFace's `GPT2LMHeadModel` is run on the very same tokens, step by step
+and layer by layer, and HF's own `generate()` (or the `text-generation` pipeline) samples with the same random
+seed. The verdict says whether the two agree and, if not, **why**: the model, the settings, the order of random
+draws, or a near-tie flipped by float noise. Try the **bug lab** to see what real porting mistakes look like.
+"""
+
+OFFLINE_BANNER = (
+    "⚠️ **Offline mode**: `{wanted}` could not be loaded ({why}). Running on a built-in tiny random-init GPT-2 "
+    "(GPT-2's architecture and vocabulary, small dimensions, fixed random seed). The texts are noise, but every "
+    "parity figure is real: ours and HuggingFace's are compared exactly as for the real model."
+)
+
+PROMPT_EXAMPLES = [
+    "Hello, I'm a language model,",
+    "The meaning of life is",
+    "def fibonacci(n):",
+    "In a shocking finding, scientists discovered a herd of unicorns",
+]
+
+METHODS = [
+    ("HF generate() exactly (hf)", "hf"),
+    ("the seed's top-k loop (nanogpt)", "nanogpt"),
+    ("greedy (argmax)", "greedy"),
+]
+
+REFERENCES = [
+    ("HF generate()", "generate"),
+    ("HF text-generation pipeline", "pipeline"),
+    ("logits only", "logits"),
+]
+
+HELP_METHOD = (
+    "hf reproduces HF generate() token for token under the same seed; nanogpt is the build-nanogpt loop "
+    "(softmax, top-k, multinomial over the k probabilities); greedy takes the argmax."
+)
+HELP_REFERENCE = (
+    "What HF runs: generate() with the same settings and seed, the text-generation pipeline called as the "
+    "seed's author did (set_seed + pipe(prompt, max_length, num_return_sequences)), or no HF sampling at all."
+)
+HELP_FAULT = "Inject a real porting mistake into OUR model only, and watch the comparison catch it."
+
+VERDICT_STYLE = {
+    True: ("#e8f7ee", "#1a7f37", "✅"),
+    False: ("#fdecea", "#b42318", "❌"),
+}
+
+RUNNING = "⏳ Generating with our GPT-2 …"
+COMPARING = "⏳ Comparing with HuggingFace (teacher-forced pass and HF's own sampling) …"
+
+PLOT_HELP = """
+### How to read the plots
+- **Per step**: for every generated token and row, the largest difference between our logits and HF's
+  (max |Δlogit|, log scale) and the KL divergence KL(HF‖ours) of the two sampling distributions. The dashed
+  line is the tolerance: below it the difference is float noise; above it the models really differ.
+- **Top-50 at a step**: the 50 most likely tokens under our model at the chosen step and row, our
+  probabilities next to HF's for the same tokens. The token that was sampled is outlined; the dotted line marks
+  the top-k / top-p cut-off (tokens right of it could not be sampled). Hover a bar for the token string
+  (␣ is a space, ↵ a newline).
+- **Over steps**: a heatmap of the sampling probabilities of the top-50 tokens at every step (rank 1 at the
+  top), and the entropy of the distribution with the chosen token's probability and rank.
+- **Per layer**: max |Δ| of the residual stream after the embeddings, each block, ln_f, and the logits. The
+  first layer above its tolerance is where the two implementations start to differ: that is where to look.
+- **Settings**: each generation setting as HF actually used it and where it came from (you, the model's
+  generation_config, the pipeline's defaults, or transformers' global defaults). A highlighted row differs from
+  ours: that alone changes the samples.
+"""
+
+USAGE = """
+### Use it from code
+- Python: `from core import compare; report = compare("gpt2", "Hello, I'm a language model,", num_return_sequences=5)`
+- CLI: `python -m core.parity --model gpt2 --reference pipeline` (exit 0 when the implementations agree)
+- gradio_client: `Client(URL).predict(prompt, model, method, reference, fault, top_k, top_p, temperature, seed,
+  num_sequences, max_new_tokens, api_name="/run")`
+"""
