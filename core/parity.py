@@ -201,7 +201,13 @@ def _tolerance(scale: float) -> float:
 def teacher_forced(ours: GPT, hf, sequences: torch.Tensor) -> tuple[list[LayerDiff], torch.Tensor, torch.Tensor]:
     """One forward of each model over the same token streams -> per-layer diffs, ours' and HF's logits."""
     captured = {}
-    hook = hf.transformer.h[-1].register_forward_hook(lambda m, i, o: captured.__setitem__("last", o))
+    me = threading.get_ident()
+
+    def keep_last_block_output(module, args, output):  # hooks are shared by every thread: keep only ours
+        if threading.get_ident() == me:
+            captured["last"] = output
+
+    hook = hf.transformer.h[-1].register_forward_hook(keep_last_block_output)
     try:
         ref = hf(sequences, output_hidden_states=True)
     finally:
