@@ -24,8 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="GPT-2 Parity Lab dashboard")
     ap.add_argument("--model", default="gpt2",
                     help=f"default model: a Hub id ({', '.join(HUB_ALLOWLIST)}), a local checkpoint directory, or {TINY}")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a network)")
-    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--host", default=None,
+                    help="address to listen on (default: $GRADIO_SERVER_NAME, which Spaces sets, else 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     ap.add_argument("--bpe-dir", default=None,
                     help="directory with GPT-2's vocab.json + merges.txt (or encoder.json + vocab.bpe) for offline use; "
                          "defaults to $GPT2_BPE_DIR")

@@ -297,8 +297,8 @@ def test_near_tie_flipped_by_noise_within_tolerance(tokenizer):
     (row,) = r.rows
     assert not row.identical and row.first_divergent_step == 0
     assert row.cause == "near_tie", row
-    with torch.no_grad():
-        top2 = torch.topk(hf(torch.tensor([ids])).logits[0, -1], 2).values
+    with torch.no_grad():  # HF's margin at step 0, over the same token streams the engine ran
+        top2 = torch.topk(hf(torch.tensor(r.generation.sequences)).logits[0, len(ids) - 1], 2).values
     assert row.evidence["margin"] == pytest.approx((top2[0] - top2[1]).item(), rel=1e-3, abs=1e-7)
     assert r.agree is True and r.verdict_kind == "near_tie"
 
@@ -308,13 +308,17 @@ def test_rows_that_stop_at_eos(tokenizer):
     hf = make_hf(seed=12, sharpen=4.0, **ODD)
     ids = tokenizer.encode(PROMPT)
     probe = torch.tensor(hf_generate(hf, ids, 3, do_sample=True, max_new_tokens=20, num_return_sequences=N))
-    eos = int(torch.bincount(probe[:, len(ids):].flatten()).argmax())
+    new = probe[:, len(ids):]
+    counts = torch.bincount(new.flatten(), minlength=hf.config.vocab_size)
+    counts[new[:, 0]] = 0  # not a first token: rows should stop part-way, not all at once
+    eos = int(counts.argmax())
     hf.config.eos_token_id = eos
     hf.generation_config.eos_token_id = eos
     ours = port_from_hf(hf)
     r = compare((ours, hf), ids, tokenizer=tokenizer, max_new_tokens=20, num_return_sequences=N, seed=3)
     assert r.ref_sequences == hf_generate(hf, ids, 3, do_sample=True, top_k=50, max_new_tokens=20, num_return_sequences=N)
     assert any(x is None for st in r.steps for x in st), "the test needs a row that stops early"
+    assert not all(r.generation.finished_by_eos)
     assert r.agree is True and r.verdict_kind == "identical"
     back = ParityReport.from_dict(json.loads(json.dumps(r.to_dict(), allow_nan=False)))
     assert back == r

@@ -1,0 +1,197 @@
+"""End to end in a real browser: the dashboard served by `python app.py`, driven by headless Chromium.
+
+One test walks a user's path: type a prompt, Generate, read the verdict and both texts, look at every plot
+(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON, and inject a
+bug-lab fault. It also saves docs/screenshot.png (the dashboard after the clean run) for the README.
+
+Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, default /usr/bin/chromium);
+skipped when either is missing. Run: `python -m pytest -m browser tests/test_browser.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apphelper import ROOT, start_app
+from core.faults import FAULTS
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+PROMPT = "The meaning of life is"
+FAULT = "qk_swapped"  # "q and k swapped" in the bug-lab dropdown
+RUN_TIMEOUT_MS = 60_000  # one Generate on the tiny model takes ~5-15 s on 2 CPU cores
+UI_TIMEOUT_MS = 15_000
+TABS = {  # tab label -> the plots (elem_ids) it shows
+    "Per step": ["step-fig"],
+    "Top-50 at a step": ["top50-fig"],
+    "Over steps": ["heat-fig", "entropy-fig"],
+    "Per layer": ["layers-fig"],
+}
+
+
+@pytest.fixture(scope="module")
+def app(request, bpe_dir, tmp_path_factory):
+    return start_app(request, bpe_dir, log_dir=tmp_path_factory.mktemp("app-log"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (set $CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.js_errors = []  # uncaught exceptions in the page: a broken front end
+    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
+    yield page
+    context.close()
+
+
+def _expect():
+    from playwright.sync_api import expect
+
+    return expect
+
+
+def plot_title(page, elem_id: str) -> str:
+    """The rendered plotly title of one gr.Plot (SVG text, so textContent rather than innerText)."""
+    return page.locator(f"#{elem_id} .gtitle").first.text_content() or ""
+
+
+def expect_plot(page, elem_id: str, title: str | re.Pattern | None = None) -> None:
+    """The gr.Plot `elem_id` has a rendered plotly SVG with at least one trace (and the given title)."""
+    expect = _expect()
+    plot = page.locator(f"#{elem_id}")
+    expect(plot.locator(".js-plotly-plot .main-svg").first).to_be_visible()
+    expect(plot.locator(".js-plotly-plot .trace").first).to_be_attached()
+    if title is not None:
+        expect(plot.locator(".gtitle").first).to_have_text(title)
+
+
+def open_tab(page, name: str) -> None:
+    tab = page.get_by_role("tab", name=name, exact=True)
+    tab.click()
+    _expect()(tab).to_have_attribute("aria-selected", "true")
+
+
+def generate(page) -> None:
+    page.locator("#generate").click()
+
+
+def app_log_on_failure(app) -> str:
+    return f"\n--- app log ({app.log_path}) ---\n{app.log()[-4000:]}"
+
+
+def test_dashboard_end_to_end(page, app):
+    expect = _expect()
+    page.goto(app.url)
+    expect(page.locator("#generate")).to_be_visible(timeout=30_000)
+    expect(page.locator("#verdict")).to_contain_text("Press Generate")
+
+    # 1. A clean run: our GPT-2 agrees with HF's token for token.
+    prompt = page.locator("#prompt textarea")
+    prompt.fill(PROMPT)
+    expect(prompt).to_have_value(PROMPT)
+    generate(page)
+    try:
+        expect(page.locator("#verdict")).to_contain_text("identical to HuggingFace", timeout=RUN_TIMEOUT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{app_log_on_failure(app)}") from None
+    expect(page.locator("#verdict")).to_contain_text("max |Δlogit|")
+    for side, label in (("ours-text", "Ours"), ("hf-text", "HuggingFace")):
+        expect(page.locator(f"#{side}")).to_contain_text(f"[1] {PROMPT}")
+        expect(page.locator(f"#{side}")).to_contain_text(f"[5] {PROMPT}")  # 5 rows by default
+    ours = page.locator("#ours-text").inner_text().replace("Ours", "", 1).strip()
+    hf = page.locator("#hf-text").inner_text().replace("HuggingFace", "", 1).strip()
+    assert ours == hf and len(ours) > 5 * (len(PROMPT) + 4), (ours, hf)
+
+    # The default tab's plot, then the screenshot for the README (verdict, texts and a plot).
+    expect_plot(page, "step-fig", "Where the two models differ, step by step")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(300)  # let plotly finish laying out legends/annotations before the picture
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 20_000
+
+    # 2. Every tab's plot(s) render.
+    for tab, plots in TABS.items():
+        open_tab(page, tab)
+        for elem_id in plots:
+            expect_plot(page, elem_id)
+    expect(page.locator("#layers-fig .gtitle")).to_have_text("Per layer: every layer within tolerance")
+    expect(page.locator("#heat-fig .hm").first).to_be_attached()  # the heatmap itself, not just the markers
+    open_tab(page, "Settings")
+    table = page.locator("#settings-table")
+    expect(table).to_be_visible()
+    for setting in ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "num_return_sequences"):
+        expect(table).to_contain_text(setting)
+
+    # 3. The step slider redraws the top-50 chart for another step.
+    open_tab(page, "Top-50 at a step")
+    expect(page.locator("#top50-fig .gtitle")).to_have_text(re.compile(r"^Step 0, row 1: sampled "))
+    before = plot_title(page, "top50-fig")
+    number = page.locator("#step-slider input[type=number]")
+    expect(number).to_have_attribute("max", "21")  # 22 new tokens -> steps 0..21
+    number.fill("7")
+    number.press("Enter")
+    expect(page.locator("#top50-fig .gtitle")).to_have_text(re.compile(r"^Step 7, row 1: sampled "))
+    assert plot_title(page, "top50-fig") != before
+    expect(page.locator("#step-slider input[type=range]")).to_have_value("7")
+    # ... and the keyboard on the range input does too.
+    page.locator("#step-slider input[type=range]").press("ArrowRight")
+    expect(page.locator("#top50-fig .gtitle")).to_have_text(re.compile(r"^Step 8, row 1: sampled "))
+
+    # 4. The run downloads as JSON with the full report.
+    open_tab(page, "Download")
+    link = page.locator("#json-file a[download]").first
+    expect(link).to_be_visible()
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    assert download.suggested_filename == "parity_report.json"
+    report = json.loads(Path(download.path()).read_text(encoding="utf-8"))
+    assert {"verdict", "layers", "steps", "rows"} <= report.keys()
+    assert report["verdict"] == "identical to HuggingFace"
+    assert report["prompt"] == PROMPT and len(report["rows"]) == 5 and len(report["steps"]) == 22
+    expect(page.locator("#csv-file a[download]").first).to_be_visible()
+
+    # 5. Bug lab: swap q and k in our model; the verdict names the first diverging layer.
+    page.locator("#fault input").click()
+    page.get_by_role("option", name=FAULTS[FAULT].title, exact=True).click()
+    expect(page.locator("#fault input")).to_have_value(FAULTS[FAULT].title)
+    generate(page)
+    verdict = page.locator("#verdict")
+    try:
+        expect(verdict).to_contain_text("logits differ", timeout=RUN_TIMEOUT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{app_log_on_failure(app)}") from None
+    expect(verdict).to_contain_text("first diverging layer")
+    expect(verdict).to_contain_text(f"bug lab: {FAULTS[FAULT].title}")
+    open_tab(page, "Per layer")
+    expect_plot(page, "layers-fig", re.compile(r"^Per layer: first diverging layer "))
+    expected_layer = FAULTS[FAULT].first_layer  # where this mistake first shows ("block 0")
+    expect(verdict).to_contain_text(f"first diverging layer {expected_layer}")
+    expect(page.locator("#layers-fig .gtitle")).to_have_text(f"Per layer: first diverging layer {expected_layer}")
+
+    assert not page.js_errors, page.js_errors
+    assert app.alive(), app_log_on_failure(app)
