@@ -94,6 +94,7 @@ def main(argv=None) -> int:
                                "--port", str(port), "--bpe-dir", bpe], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    started = time.perf_counter()
     deadline = time.time() + args.time_limit
     try:
         for _ in range(120):
@@ -105,6 +106,11 @@ def main(argv=None) -> int:
         else:
             print("server did not start")
             return 1
+        up = time.perf_counter() - started
+        first = Client(url, verbose=False)
+        call(first, request_mix(0, 1)[0][0])  # the first request loads the tiny model
+        print(f"app start to ready: HTTP up in {up:.1f} s, first answer (model loaded) at "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
         mixes = [request_mix(i, args.requests) for i in range(args.clients)]
         good = {repr(sorted(inp.items())): inp for mix in mixes for inp, bad in mix if bad is None}
         serial_client = Client(url, verbose=False)

@@ -56,17 +56,26 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
     try:
         local = Path(snapshot_download(repo_id=name, allow_patterns=_HUB_PATTERNS))
-    except Exception as exc:  # offline, unknown id, gated, HTTP error: one clear message for all of them
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        why = "HF_HUB_OFFLINE is set and it is not in the local Hub cache" if offline else type(exc).__name__
-        raise ModelNotAvailableError(
-            f"could not get model {name!r} from the Hugging Face Hub ({why}). Without internet, pass a local "
-            "checkpoint directory instead (config.json + model.safetensors or pytorch_model.bin), e.g. one "
-            "written by GPT2LMHeadModel.save_pretrained()."
-        ) from exc
+    except Exception as exc:  # offline, unknown id, gated, HTTP error: one clear message for each
+        raise ModelNotAvailableError(f"could not get model {name!r} from the Hugging Face Hub ({_why(exc)}). "
+                                     "Without internet, pass a local checkpoint directory instead (config.json + "
+                                     "model.safetensors or pytorch_model.bin), e.g. one written by "
+                                     "GPT2LMHeadModel.save_pretrained().") from exc
     if not _has_weights(local):
         raise ModelNotAvailableError(f"Hub model {name!r} has no safetensors weights")
     return local
+
+
+def _why(exc: Exception) -> str:
+    from huggingface_hub import errors
+
+    if isinstance(exc, (errors.RepositoryNotFoundError, errors.GatedRepoError)):
+        return "no such public model on the Hub"
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        return ("HF_HUB_OFFLINE is set and it is not in the local Hub cache" if offline
+                else "the Hub could not be reached and it is not in the local Hub cache")
+    return type(exc).__name__
 
 
 def load_hf_config(checkpoint: Path):

@@ -251,3 +251,26 @@ def test_every_fault_is_offered_in_the_ui():
     fault_dd = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "fault")
     offered = {choice[1] for choice in fault_dd["props"]["choices"]}
     assert offered == set(FAULTS) | {"none"}
+
+
+def test_offline_start_falls_back_to_the_tiny_model_with_a_banner(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    cache = ModelCache(bpe_dir=str(BPE_DIR))
+    banner, dropdown = handlers.make_load_handler(cache, "gpt2")(progress=lambda *a, **k: None)
+    assert banner.visible is True and "Offline mode" in banner.value and "`gpt2`" in banner.value
+    assert dropdown.value == TINY and cache.resident() == [TINY]
+
+
+def test_offline_without_bpe_files_says_what_is_missing(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+    import tiktoken.load
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken"))
+    monkeypatch.setattr(tiktoken.load, "read_file", lambda path: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.setattr("tiktoken.registry.ENCODINGS", {})
+    banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
+    assert banner.visible is True and "GPT2_BPE_DIR" in banner.value
