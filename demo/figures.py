@@ -48,10 +48,14 @@ def step_diffs_figure(report: dict) -> go.Figure:
     tolerances = [p["tolerance"] for st in report["steps"] for p in st if p is not None]
     if tolerances:
         tol = max(tolerances)
-        fig.add_hline(y=tol, line=dict(color=BAD, dash="dash"), row=1, col=1,
-                      annotation_text=f"tolerance {tol:.2g}", annotation_position="top left")
+        fig.add_hline(y=tol, line=dict(color=BAD, dash="dash"), row=1, col=1)
+        # on log axes plotly places annotations in log10 units
+        fig.add_annotation(x=0, xref="x domain", y=math.log10(tol), yref="y", text=f"tolerance {tol:.2g}",
+                           showarrow=False, xanchor="left", yanchor="bottom", font=dict(color=BAD))
+    kls = [p["kl"] for st in report["steps"] for p in st if p is not None and p["kl"] is not None]
     fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
+    # KL of float noise is ~1e-12..1e-8: a fixed floor keeps it flat at the bottom instead of a zig-zag
+    fig.update_yaxes(type="log", range=[-12, math.log10(max([1e-3, *kls]) * 10)], row=1, col=2)
     fig.update_xaxes(title_text="step")
     return _layout(fig, "Where the two models differ, step by step")
 
@@ -86,9 +90,12 @@ def top50_figure(report: dict, step: int, row: int) -> go.Figure:
         fig.add_vline(x=kept - 0.5, line=dict(color=MUTED, dash="dot"),
                       annotation_text=f"cut-off: {rec['n_kept']} kept", annotation_position="top right")
     picked = rec["token"]
-    fig.update_layout(barmode="group", xaxis=dict(tickangle=-60, tickfont=dict(size=10)), yaxis_title="probability")
-    return _layout(fig, f"Step {step}, row {row + 1}: sampled '{picked}' (rank {rec['rank']}, p={rec['prob']:.3f})",
-                   height=420)
+    fig = _layout(fig, f"Step {step}, row {row + 1}: sampled '{picked}' (rank {rec['rank']}, p={rec['prob']:.3f})",
+                  height=440)
+    fig.update_layout(barmode="group", xaxis=dict(tickangle=-60, tickfont=dict(size=10), automargin=True),
+                      yaxis_title="probability", margin=dict(l=70, b=110),
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"))
+    return fig
 
 
 def heatmap_figure(report: dict, row: int) -> go.Figure:
@@ -135,14 +142,17 @@ def layers_figure(report: dict) -> go.Figure:
     layers = report["layers"]
     names = [l["name"] for l in layers]
     first = report.get("first_diverging_layer")
-    colors = [BAD if l["exceeds"] else OURS for l in layers]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=names, y=[_positive(l["max_abs_diff"]) for l in layers], marker_color=colors,
-                         name="max |Δ|", customdata=[[l["max_abs_diff"], l["tolerance"], l["scale"]] for l in layers],
-                         hovertemplate="%{x}<br>max |Δ| %{customdata[0]:.3g}<br>tolerance %{customdata[1]:.3g}"
-                                       "<br>max |HF| %{customdata[2]:.3g}<extra></extra>"))
+    for exceeds, label, color in ((False, "within tolerance", OURS), (True, "exceeds tolerance", BAD)):
+        sel = [l for l in layers if l["exceeds"] == exceeds]
+        fig.add_trace(go.Bar(x=[l["name"] for l in sel], y=[_positive(l["max_abs_diff"]) for l in sel],
+                             marker_color=color, name=label,
+                             customdata=[[l["max_abs_diff"], l["tolerance"], l["scale"]] for l in sel],
+                             hovertemplate="%{x}<br>max |Δ| %{customdata[0]:.3g}<br>tolerance %{customdata[1]:.3g}"
+                                           "<br>max |HF| %{customdata[2]:.3g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=names, y=[l["tolerance"] for l in layers], mode="lines+markers", name="tolerance",
-                             line=dict(color=BAD, dash="dash")))
+                             line=dict(color="#24292f", dash="dash")))
+    fig.update_xaxes(categoryorder="array", categoryarray=names)
     if first is not None:
         fig.add_annotation(x=first, y=1, yref="paper", text=f"first diverging: {first}", showarrow=True,
                            arrowhead=2, font=dict(color=BAD))

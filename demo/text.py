@@ -3,7 +3,7 @@
 TITLE = "GPT-2 Parity Lab"
 
 INTRO = """
-# 🔬 GPT-2 Parity Lab
+# GPT-2 Parity Lab
 Your GPT-2 samples differ from HuggingFace's and you can't tell why? Type a prompt and press **Generate**.
 Our from-scratch GPT-2 samples; HuggingFace's `GPT2LMHeadModel` is run on the very same tokens, step by step
 and layer by layer, and HF's own `generate()` (or the `text-generation` pipeline) samples with the same random
@@ -47,8 +47,8 @@ HELP_REFERENCE = (
 HELP_FAULT = "Inject a real porting mistake into OUR model only, and watch the comparison catch it."
 
 VERDICT_STYLE = {
-    True: ("#e8f7ee", "#1a7f37", "✅"),
-    False: ("#fdecea", "#b42318", "❌"),
+    True: ("#e8f7ee", "#1a7f37", "✔"),
+    False: ("#fdecea", "#b42318", "✘"),
 }
 
 RUNNING = "⏳ Generating with our GPT-2 …"

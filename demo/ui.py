@@ -14,6 +14,11 @@ from .models import HUB_ALLOWLIST, TINY, ModelCache
 CSS = """
 #verdict {min-height: 3.2em}
 .gradio-container {max-width: 1400px !important}
+/* texts wrap like prose, highlights inline (Gradio's default breaks words and puts spans on new lines) */
+#ours-text .textfield, #hf-text .textfield {display: block; word-break: normal; overflow-wrap: anywhere}
+#ours-text .token-container, #hf-text .token-container {display: inline}
+#ours-text .token.highlighted, #hf-text .token.highlighted {margin: 0; padding: 0 1px}
+#ours-text .line-break, #hf-text .line-break {display: block}
 """
 # Heavy requests (a full compare) at most 2 at a time on 2 cores; cheap view updates are not limited by them.
 RUN_CONCURRENCY = 2
@@ -55,6 +60,7 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
             with gr.Column(scale=1, min_width=320):
                 prompt = gr.Textbox(value=text.PROMPT_EXAMPLES[0], label="Prompt", lines=3, max_lines=8,
                                     elem_id="prompt")
+                run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[prompt], label="Examples")
                 model_dd = gr.Dropdown(choices=cache.allowed, value=model, label="Model", elem_id="model")
                 method = gr.Radio(choices=text.METHODS, value="hf", label="Our sampling method", info=text.HELP_METHOD,
@@ -72,10 +78,8 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
                     seed = gr.Number(value=42, precision=0, label="random seed", elem_id="seed")
                     num_sequences = gr.Slider(1, handlers.MAX_SEQUENCES, value=5, step=1, label="number of sequences",
                                               elem_id="num_sequences")
-                    max_new_tokens = gr.Slider(1, handlers.MAX_NEW_TOKENS, value=22, step=1,
-                                               label="max new tokens (22 = the seed's 30-token rows)",
-                                               elem_id="max_new_tokens")
-                run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    max_new_tokens = gr.Slider(1, handlers.MAX_NEW_TOKENS, value=22, step=1, label="max new tokens",
+                                               info="22: the seed's rows of 30 tokens", elem_id="max_new_tokens")
             with gr.Column(scale=2):
                 c["verdict"] = gr.HTML(handlers.status_html("Press <b>Generate</b> to compare with HuggingFace."))
                 with gr.Row():

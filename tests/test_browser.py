@@ -4,8 +4,8 @@ One test walks a user's path: type a prompt, Generate, read the verdict and both
 (each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON, and inject a
 bug-lab fault. It also saves docs/screenshot.png (the dashboard after the clean run) for the README.
 
-Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, default /usr/bin/chromium);
-skipped when either is missing. Run: `python -m pytest -m browser tests/test_browser.py`.
+Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, else /usr/bin/chromium or `chromium`
+on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/test_browser.py`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from core.faults import FAULTS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = (os.environ.get("CHROMIUM") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+            or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 PROMPT = "The meaning of life is"
 FAULT = "qk_swapped"  # "q and k swapped" in the bug-lab dropdown
-RUN_TIMEOUT_MS = 60_000  # one Generate on the tiny model takes ~5-15 s on 2 CPU cores
+RUN_TIMEOUT_MS = 90_000  # one Generate on the tiny model: ~5 s warm, ~15 s for the first, more under load
 UI_TIMEOUT_MS = 15_000
 TABS = {  # tab label -> the plots (elem_ids) it shows
     "Per step": ["step-fig"],
@@ -46,9 +47,10 @@ def app(request, bpe_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (set $CHROMIUM)")
+    from playwright import sync_api
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM} (install it, e.g. `make chromium`, or set $CHROMIUM)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -119,7 +121,7 @@ def test_dashboard_end_to_end(page, app):
     except AssertionError as exc:
         raise AssertionError(f"{exc}{app_log_on_failure(app)}") from None
     expect(page.locator("#verdict")).to_contain_text("max |Δlogit|")
-    for side, label in (("ours-text", "Ours"), ("hf-text", "HuggingFace")):
+    for side in ("ours-text", "hf-text"):
         expect(page.locator(f"#{side}")).to_contain_text(f"[1] {PROMPT}")
         expect(page.locator(f"#{side}")).to_contain_text(f"[5] {PROMPT}")  # 5 rows by default
     ours = page.locator("#ours-text").inner_text().replace("Ours", "", 1).strip()

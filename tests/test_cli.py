@@ -107,7 +107,7 @@ LONG_PROMPT = "hello" * 140  # 140 tokens for GPT-2's BPE; the tiny model has n_
         (["--model", "/nonexistent/dir"], "/nonexistent/dir"),
         (["--device", "cuda"], "CUDA"),
         (["--prompt", LONG_PROMPT, "--max-new-tokens", "5"], "n_positions=128"),
-        (["--prompt", LONG_PROMPT], "140-token prompt"),
+        (["--prompt", LONG_PROMPT], "140"),
     ],
     ids=lambda x: x if isinstance(x, str) else " ".join(a if len(a) < 20 else a[:8] + "..." for a in x),
 )

@@ -1,0 +1,112 @@
+"""The dashboard's API from code: gradio_client drives /run on a real `python app.py` server and gets exactly
+the texts that the Python API (core.compare and core.generate) gives for the same model, prompt and seed;
+bad inputs come back as clear errors and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from apphelper import TINY_MODEL, start_app
+
+pytestmark = pytest.mark.slow
+
+# /run's outputs in demo/ui.py order, without the gr.State (never sent to clients): verdict, ours, hf, step_fig,
+# top50_fig, heat_fig, entropy_fig, layers_fig, settings, json_file, csv_file, summary, step, row.
+N_OUTPUTS = 14
+VERDICT, JSON_FILE, SUMMARY = 0, 9, 11
+RUN_TIMEOUT_S = 120  # one /run on the tiny model: ~4 s warm, ~15 s for a fresh server's first, more under load
+
+CASES = [  # (prompt, method, top_k, top_p, temperature, seed, num_sequences, max_new_tokens)
+    ("Hello, I'm a language model,", "hf", 50, 1.0, 1.0, 42, 5, 22),  # the dashboard's defaults
+    ("def fibonacci(n):", "hf", 20, 0.9, 0.7, 7, 3, 9),  # top-k, top-p and temperature all active
+]
+
+
+@pytest.fixture(scope="module")
+def app(request, bpe_dir, tmp_path_factory):
+    return start_app(request, bpe_dir, log_dir=tmp_path_factory.mktemp("app-log"))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    import gradio_client
+
+    return gradio_client.Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    """The app's built-in tiny model, built the same way in this process (it is identical on every machine)."""
+    from demo.models import build_tiny_pair
+
+    return build_tiny_pair()
+
+
+def run(client, prompt, method="hf", top_k=50, top_p=1.0, temperature=1.0, seed=42, num_sequences=5,
+        max_new_tokens=22, model=TINY_MODEL, reference="generate", fault="none"):
+    job = client.submit(prompt, model, method, reference, fault, top_k, top_p, temperature, seed, num_sequences,
+                        max_new_tokens, api_name="/run")
+    return job.result(timeout=RUN_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["defaults", "topk-topp-temp"])
+def test_client_texts_match_python_api(client, app, tiny_models, tokenizer, case):
+    import core
+
+    prompt, method, top_k, top_p, temperature, seed, n, max_new = case
+    settings = dict(method=method, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
+                    num_return_sequences=n, max_new_tokens=max_new)
+    job = client.submit(prompt, TINY_MODEL, method, "generate", "none", top_k, top_p, temperature, seed, n, max_new,
+                        api_name="/run")  # the server works while this process computes the expected texts
+    ours, hf = tiny_models
+    report = core.compare((ours, hf), prompt, tokenizer=tokenizer, **settings)
+    generation = core.generate(ours, prompt, tokenizer=tokenizer, **settings)
+    result = job.result(timeout=RUN_TIMEOUT_S)
+    assert len(result) == N_OUTPUTS, f"/run's outputs changed: {len(result)} values{app.log()[-2000:]}"
+    summary = result[SUMMARY]
+    assert isinstance(summary, dict) and "ours_texts" in summary, summary
+
+    assert summary["ours_texts"] == report.generation.texts == generation.texts
+    assert len(summary["ours_texts"]) == n and all(t.startswith(prompt) for t in summary["ours_texts"])
+    assert summary["hf_texts"] == [r.ref_text for r in report.rows]
+    assert summary["verdict"] == report.verdict == "identical to HuggingFace"
+    assert summary["agree"] is True and summary["first_diverging_layer"] is None
+    assert summary["hf_texts"] == summary["ours_texts"]
+    assert "identical to HuggingFace" in result[VERDICT]
+
+    # The JSON download is the whole report of the same run.
+    path = Path(result[JSON_FILE])
+    assert path.name == "parity_report.json"
+    downloaded = json.loads(path.read_text(encoding="utf-8"))
+    assert downloaded["generation"]["texts"] == summary["ours_texts"]
+    assert downloaded["settings"]["seed"] == seed and downloaded["settings"]["top_p"] == pytest.approx(top_p)
+
+
+def test_client_fault_is_reported(client):
+    summary = run(client, "The meaning of life is", fault="qk_swapped", num_sequences=2, max_new_tokens=6)[SUMMARY]
+    assert summary["agree"] is False
+    assert "logits differ" in summary["verdict"] and summary["first_diverging_layer"] == "block 0"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt=""), r"(?i)prompt.*empty|empty.*prompt"),  # refused by core (a gr.Error with its message)
+    (dict(prompt="Hi", top_p=5), r"(?i)top.?p|maximum"),  # refused by the slider's own range check
+    (dict(prompt="Hi", method="greedy", num_sequences=3), r"(?i)greedy"),  # core's SettingsError
+    (dict(prompt="Hi", max_new_tokens=1000), r"(?i)max new tokens|maximum"),
+], ids=["empty-prompt", "top_p-5", "greedy-3-rows", "too-many-tokens"])
+def test_client_bad_input_is_a_clear_error_and_server_keeps_serving(client, app, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    kwargs = dict(kwargs)
+    with pytest.raises(AppError, match=message) as info:
+        run(client, kwargs.pop("prompt"), **kwargs)
+    text = str(info.value)
+    assert "Traceback" not in text and "/tmp" not in text and "Something went wrong" not in text, text
+    assert app.alive(), app.log()[-2000:]
+    # ... and the next good request is answered as usual.
+    summary = run(client, "Hi", num_sequences=1, max_new_tokens=3)[SUMMARY]
+    assert summary["verdict"] == "identical to HuggingFace" and len(summary["ours_texts"]) == 1
