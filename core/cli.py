@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -61,8 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same one-line form and exit status as ours
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -78,6 +78,9 @@ def run_guarded(prog: str, body) -> int:
     except (*USER_ERRORS, CliError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def resolve_dtype_device(args) -> tuple[torch.device, torch.dtype]:

@@ -286,18 +286,18 @@ def make_load_handler(cache: ModelCache, default_model: str):
 
     def on_load(progress=gr.Progress(track_tqdm=True)):
         if default_model == TINY:
-            return gr.Markdown(visible=False), gr.Dropdown(value=TINY)
+            return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=TINY)
         try:
             progress(0, desc=f"loading {default_model}")
             cache.get(default_model)
-            return gr.Markdown(visible=False), gr.Dropdown(value=default_model)
+            return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)
         except ParityLabError as exc:
             why = str(exc).split(". ")[0]
             try:
                 cache.get(TINY)
             except ParityLabError as tiny_exc:  # no BPE files either: say so, keep serving
-                return (gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(value=TINY))
+                return (gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY))
             return gr.Markdown(text.OFFLINE_BANNER.format(wanted=default_model, why=why), visible=True), \
-                gr.Dropdown(value=TINY)
+                gr.Dropdown(choices=cache.allowed, value=TINY)
 
     return on_load

@@ -182,7 +182,7 @@ def test_cli_exits_1_for_every_fault(tiny_checkpoint, capsys, name):
     out = json.loads(capsys.readouterr().out)
     assert code == 1
     assert out["agree"] is False and out["verdict_kind"] == "model" and out["fault"] == name
-    assert out["first_diverging_layer"] is not None
+    assert out["first_diverging_layer"] == FAULTS[name].first_layer  # on the 2-layer, 32-dim model too
 
 
 def test_python_m_core_parity(tiny_checkpoint, bpe_dir):
