@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ParityLabError
-from .model import GPT, ContextLengthError
+from .model import GPT, ContextLengthError, KVCache
 from .tokenizer import Tokenizer
 
 METHODS = ("hf", "nanogpt", "greedy")
@@ -363,18 +363,56 @@ def stream(model: GPT, prompt, *, tokenizer: Tokenizer | None = None, record: bo
     yield from _decode(model, ids, n_new, s, tokenizer, record)
 
 
-def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokenizer, record: bool):
+@dataclass
+class Capture:
+    """Tensors a decoding run can hand to the parity engine (never part of the JSON-ready records): the logits
+    each step sampled from, and the residual stream at every position that was fed to the model."""
+
+    logits: list[torch.Tensor] = field(default_factory=list)  # per step: (B, V) float32
+    hidden: list[list[torch.Tensor]] = field(default_factory=list)  # per forward: n_layer + 2 of (B, T, C)
+
+    def stacked(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, steps, V) logits and, per layer, the (B, positions, C) residual stream."""
+        logits = torch.stack(self.logits, dim=1)
+        hidden = [torch.cat(parts, dim=1) for parts in zip(*self.hidden)]
+        return logits, hidden
+
+
+def _forward(model: GPT, x: torch.Tensor, cache, capture: Capture | None) -> torch.Tensor:
+    if capture is None:
+        return model(x, cache, last_only=True)[:, -1].float()
+    out = model(x, cache, last_only=True, return_hidden=True)
+    capture.hidden.append(out.hidden)
+    return out.logits[:, -1].float()
+
+
+def _prefill(model: GPT, x: torch.Tensor, B: int, cache: KVCache, capture: Capture | None) -> torch.Tensor:
+    """Run the prompt once and copy its keys/values to all B rows (HF repeats the prompt B times first)."""
+    one = model.new_cache(1, x.size(1))
+    logits = _forward(model, x, one, capture)  # (1, V)
+    cache.k[:, :, :, : x.size(1)] = one.k
+    cache.v[:, :, :, : x.size(1)] = one.v
+    cache.pos = one.pos
+    if capture is not None:
+        capture.hidden[-1] = [h.expand(B, -1, -1) for h in capture.hidden[-1]]
+    return logits.expand(B, -1)
+
+
+def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokenizer, record: bool,
+            capture: Capture | None = None):
     device = model.device
     method = s.effective_method
     B = s.num_return_sequences
     eos = model.config.eos_token_id
     generator = torch.Generator(device=device).manual_seed(s.seed)
-    x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat_interleave(B, dim=0)  # (B, T)
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T): every row starts from the same prompt
     cache = model.new_cache(B, len(ids) + n_new)
     unfinished = torch.ones(B, dtype=torch.long, device=device)
     stops_at_eos = method != "nanogpt"  # the seed's loop has no notion of eos: it always grows rows to length
-    logits = model(x, cache, last_only=True)[:, -1].float()  # prefill: (B, V)
+    logits = _prefill(model, x, B, cache, capture)  # (B, V)
     for step in range(n_new):
+        if capture is not None:
+            capture.logits.append(logits)
         if method == "greedy":
             sample_probs = None
             tokens = torch.argmax(logits, dim=-1)
@@ -394,7 +432,7 @@ def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokeniz
         yield StreamEvent(step, tokens.tolist(), [not a for a in unfinished.bool().tolist()], records)
         if not unfinished.any() or step == n_new - 1:
             break
-        logits = model(tokens[:, None], cache, last_only=True)[:, -1].float()  # (B, V)
+        logits = _forward(model, tokens[:, None], cache, capture)  # (B, V)
 
 
 def generate(
@@ -404,16 +442,18 @@ def generate(
     tokenizer: Tokenizer | None = None,
     record: bool = True,
     on_step: Callable[[StreamEvent], None] | None = None,
+    capture: Capture | None = None,
     **settings,
 ) -> Generation:
     """Sample from our model: `prompt` is text (needs `tokenizer`) or token ids; settings as SamplingSettings.
-    `on_step`, if given, sees every StreamEvent as it happens (the UI streams text with it)."""
+    `on_step`, if given, sees every StreamEvent as it happens (the UI streams text with it); `capture`, if given,
+    receives the logits and hidden states of the run (the parity engine compares them with HF's)."""
     s = SamplingSettings.from_kwargs(**settings)
     t0 = time.perf_counter()
     text, ids, n_new = prepare(model, prompt, tokenizer, s)
     B = s.num_return_sequences
     steps: list[StreamEvent] = []
-    for event in _decode(model, ids, n_new, s, tokenizer, record):
+    for event in _decode(model, ids, n_new, s, tokenizer, record, capture):
         steps.append(event)
         if on_step is not None:
             on_step(event)

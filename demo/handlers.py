@@ -13,7 +13,8 @@ import math
 import os
 import queue
 import tempfile
-import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
 import gradio as gr
@@ -33,6 +34,10 @@ MAX_SEQUENCES = 8
 MAX_SEED = 2**31 - 1
 VOCAB = 50257
 NO_FAULT = "none"
+STREAM_INTERVAL_S = 0.2
+# Long-lived threads for the compare work: a fresh thread per request costs ~25% more time in torch (its CPU
+# thread pool is per calling thread), measured in bench/bench_compare.py.
+_WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="compare")
 
 
 class InputError(ParityLabError, ValueError):
@@ -140,11 +145,8 @@ def highlighted(report: dict, token_text, side: str) -> list[tuple[str, str | No
     return spans
 
 
-def partial_spans(prompt: str, rows: list[list[int]], token_text) -> list[tuple[str, str | None]]:
-    spans = []
-    for r, ids in enumerate(rows):
-        spans.append((f"[{r + 1}] {prompt}" + "".join(token_text(t) for t in ids) + "\n", None))
-    return spans
+def partial_spans(prompt: str, completions: list[str]) -> list[tuple[str, str | None]]:
+    return [(f"[{r + 1}] {prompt}{text}\n", None) for r, text in enumerate(completions)]
 
 
 def settings_rows(report: dict) -> list[list]:
@@ -222,16 +224,20 @@ def make_run_handler(cache: ModelCache, components: dict):
             finally:
                 events.put(None)
 
-        threading.Thread(target=work, daemon=True).start()
+        _WORKERS.submit(work)
         token_text = lambda t: loaded.tokenizer.decode([t])  # noqa: E731
-        rows: list[list[int]] = [[] for _ in range(args["num_return_sequences"])]
-        done = [False] * len(rows)
+        texts = [""] * args["num_return_sequences"]
+        done = [False] * len(texts)
+        last_yield = 0.0
         while (ev := events.get()) is not None:
             for r, t in enumerate(ev.tokens):
                 if not done[r]:
-                    rows[r].append(t)
+                    texts[r] += token_text(t)
                 done[r] = ev.finished[r]
-            yield {c["verdict"]: status_html(text.RUNNING), c["ours"]: partial_spans(prompt, rows, token_text)}
+            # stream at most ~5 updates a second: each one costs the sampling thread the GIL for a while
+            if events.empty() and time.perf_counter() - last_yield > STREAM_INTERVAL_S:
+                last_yield = time.perf_counter()
+                yield {c["verdict"]: status_html(text.RUNNING), c["ours"]: partial_spans(prompt, texts)}
         if "error" in result:
             raise _user_error(result["error"])
         yield {c["verdict"]: status_html(text.COMPARING)}
