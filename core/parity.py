@@ -350,14 +350,14 @@ def _hf_tokenizer(tokenizer: Tokenizer):
 def run_hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str):
     """HF's own sampling, seeded the way users do it. Returns (sequences, kwargs HF received, user kwargs)."""
     captured: dict = {}
-    original = hf.generate
+    original = type(hf).generate.__get__(hf)  # the class's method: never another request's spy
 
     def spy(*args, **kwargs):  # record exactly what reaches generate() (the pipeline adds its defaults)
         captured.update({k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")})
         return original(*args, **kwargs)
 
     with global_rng_section():
-        hf.generate = spy
+        hf.generate = spy  # only while we hold the lock: every HF sampling call goes through this section
         try:
             if reference == "generate":
                 user = _user_hf_kwargs(s, explicit_only=False)

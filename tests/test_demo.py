@@ -233,12 +233,19 @@ def test_concurrent_requests_equal_serial_ones(cache):
 
 
 def test_hf_reference_lock_keeps_generate_reproducible_under_concurrency(cache):
-    """HF's side seeds the global RNG: without the lock, concurrent requests would steal each other's draws."""
-    arg_list = [handlers.parse_inputs(cache, **{**GOOD, "seed": seed, "max_new_tokens": 12})
-                for seed in (11, 12, 13, 14)]
-    serial, concurrent = _serial_and_concurrent(cache, arg_list, lambda r: (r.ref_sequences, r.verdict_kind))
+    """HF's side seeds the global RNG and records what reaches generate(): without the lock (and a spy that
+    never chains to another request's), concurrent requests would steal each other's draws or settings."""
+    arg_list = [handlers.parse_inputs(cache, **{**GOOD, "seed": seed, "max_new_tokens": 8, "reference": ref,
+                                                "num_sequences": n})
+                for seed, ref, n in [(11, "generate", 5), (12, "pipeline", 2), (13, "generate", 3),
+                                     (14, "pipeline", 3), (15, "generate", 1), (16, "pipeline", 4)]]
+
+    def key(r):
+        return r.ref_sequences, r.verdict, [(row.name, row.hf, row.source) for row in r.settings_table]
+
+    serial, concurrent = _serial_and_concurrent(cache, arg_list, key)
     assert serial == concurrent
-    assert all(kind == "identical" for _, kind in concurrent)
+    assert [len(seqs) for seqs, _, _ in concurrent] == [5, 2, 3, 3, 1, 4]
 
 
 def test_python_api_and_generate_agree_with_the_handler(cache, report):

@@ -365,3 +365,27 @@ def test_bad_input(pair, tokenizer):
         compare(pair, PROMPT, tokenizer=tokenizer, colour="red")
     with pytest.raises(ParityError):
         compare(object(), PROMPT, tokenizer=tokenizer)
+
+
+def test_hf_reference_never_chains_to_a_spy_installed_by_another_request(pair, tokenizer):
+    """A concurrent request's spy on hf.generate (installed under the lock) must never see our call: a stale
+    reference to it leaked one request's settings into another's table under load."""
+    from core.parity import run_hf_reference
+    from core.sampling import SamplingSettings
+
+    ours, hf = pair
+    foreign_calls = []
+
+    def foreign_spy(*args, **kwargs):
+        foreign_calls.append(kwargs)
+        return type(hf).generate(hf, *args, **kwargs)
+
+    hf.generate = foreign_spy  # what another request's section looks like from outside the lock
+    try:
+        s = SamplingSettings(num_return_sequences=2, max_new_tokens=4, seed=5)
+        ids = tokenizer.encode(PROMPT)
+        out, received, _ = run_hf_reference(hf, tokenizer, PROMPT, ids, s, "generate")
+    finally:
+        hf.__dict__.pop("generate", None)
+    assert foreign_calls == []
+    assert received["num_return_sequences"] == 2 and len(out) == 2
