@@ -61,8 +61,7 @@ def main(argv=None) -> int:
 
     cache = ModelCache(extra=["bench-124m"], bpe_dir=bpe_dir())
     cache._models["bench-124m"] = LoadedModel("bench-124m", ours, hf, tok, False)
-    comps = {k: k for k in ("verdict", "ours", "hf", "step_fig", "top50_fig", "heat_fig", "entropy_fig", "layers_fig",
-                            "settings", "json_file", "csv_file", "summary", "state", "step", "row")}
+    comps = {k: k for k in handlers.OUTPUT_KEYS}
     run = handlers.make_run_handler(cache, comps)
 
     def dashboard():

@@ -34,6 +34,9 @@ MAX_SEQUENCES = 8
 MAX_SEED = 2**31 - 1
 VOCAB = 50257
 NO_FAULT = "none"
+# The Generate button's outputs, in order (ui.py wires them; gradio_client sees them in this order).
+OUTPUT_KEYS = ("verdict", "ours", "hf", "step_fig", "top50_fig", "heat_fig", "entropy_fig", "layers_fig", "settings",
+               "json_file", "csv_file", "summary", "state", "step", "row")
 STREAM_INTERVAL_S = 0.2
 # Long-lived threads for the compare work: a fresh thread per request costs ~25% more time in torch (its CPU
 # thread pool is per calling thread), measured in bench/bench_compare.py.

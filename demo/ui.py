@@ -115,8 +115,7 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
 
         inputs = [prompt, model_dd, method, reference, fault, top_k, top_p, temperature, seed, num_sequences,
                   max_new_tokens]
-        outputs = [c[k] for k in ("verdict", "ours", "hf", "step_fig", "top50_fig", "heat_fig", "entropy_fig",
-                                  "layers_fig", "settings", "json_file", "csv_file", "summary", "state", "step", "row")]
+        outputs = [c[k] for k in handlers.OUTPUT_KEYS]
         run_btn.click(handlers.make_run_handler(cache, c), inputs, outputs, api_name="run",
                       concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
         c["step"].change(handlers.show_step, [c["state"], c["step"], c["row"]], [c["top50_fig"]], api_visibility="private")

@@ -44,6 +44,13 @@ def make_hf(seed: int = 0, sharpen: float = 3.0, attn: str = "sdpa", wte_scale: 
     return model
 
 
+def hf_generate(hf, ids, seed, **kwargs) -> list[list[int]]:
+    """HF's side, called the way users call it: seed the global RNG, then generate."""
+    x = torch.tensor([ids])
+    torch.manual_seed(seed)
+    return hf.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs).tolist()
+
+
 @pytest.fixture(scope="session")
 def bpe_dir() -> Path:
     return BPE_DIR

@@ -56,8 +56,7 @@ def test_run_compare_is_the_core_call(cache, report):
 
 def test_run_handler_streams_then_fills_every_view(cache, monkeypatch):
     monkeypatch.setattr(handlers, "STREAM_INTERVAL_S", 0.0)  # stream whenever the sampler is ahead of us
-    comps = {k: k for k in ("verdict", "ours", "hf", "step_fig", "top50_fig", "heat_fig", "entropy_fig",
-                            "layers_fig", "settings", "json_file", "csv_file", "summary", "state", "step", "row")}
+    comps = {k: k for k in handlers.OUTPUT_KEYS}
     run = handlers.make_run_handler(cache, comps)
     updates = list(run(*GOOD.values(), progress=lambda *a, **k: None))
     streamed = [u["ours"] for u in updates if "ours" in u and "state" not in u]
@@ -171,8 +170,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("bad,match", BAD_INPUTS, ids=[m + str(i) for i, (_, m) in enumerate(BAD_INPUTS)])
 def test_every_bad_input_is_a_clear_gr_error_and_the_server_keeps_serving(cache, bad, match):
-    comps = {k: k for k in ("verdict", "ours", "hf", "step_fig", "top50_fig", "heat_fig", "entropy_fig",
-                            "layers_fig", "settings", "json_file", "csv_file", "summary", "state", "step", "row")}
+    comps = {k: k for k in handlers.OUTPUT_KEYS}
     run = handlers.make_run_handler(cache, comps)
     with pytest.raises(gr.Error) as info:
         list(run(*{**GOOD, **bad}.values(), progress=lambda *a, **k: None))

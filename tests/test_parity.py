@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import ODD, ROOT, make_hf
+from conftest import ODD, ROOT, hf_generate, make_hf
 
 from core import FAULTS, ParityError, ParityReport, SettingsError, compare, port_from_hf
 from core.cli import main_parity
@@ -26,13 +26,6 @@ N, MAX_LEN = 5, 30  # the seed's example: 5 rows grown to 30 tokens
 def pair():
     hf = make_hf(seed=11, sharpen=2.5, **ODD)
     return port_from_hf(hf), hf
-
-
-def hf_generate(hf, ids, seed, **kwargs):
-    """HF's side, called the way users call it: seed the global RNG, then generate."""
-    x = torch.tensor([ids])
-    torch.manual_seed(seed)
-    return hf.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs).tolist()
 
 
 def hf_sample(hf, ids, seed, **kwargs):

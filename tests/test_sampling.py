@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ODD, make_hf
+from conftest import ODD, hf_generate, make_hf
 
 from core import SettingsError, generate, port_from_hf, stream
 from core.model import ContextLengthError
@@ -19,13 +19,6 @@ PROMPT = "Hello, I'm a language model,"
 def pair():
     hf = make_hf(seed=11, sharpen=2.5, **ODD)
     return port_from_hf(hf), hf
-
-
-def hf_generate(hf, ids, seed, **kwargs):
-    """HF's side, called the way users call it: seed the global RNG, then generate."""
-    x = torch.tensor([ids])
-    torch.manual_seed(seed)
-    return hf.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs).tolist()
 
 
 SETTINGS = [
