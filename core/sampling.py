@@ -435,6 +435,7 @@ def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokeniz
         logits = _forward(model, tokens[:, None], cache, capture)  # (B, V)
 
 
+@torch.inference_mode()
 def generate(
     model: GPT,
     prompt,
