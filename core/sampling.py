@@ -341,12 +341,12 @@ def prepare(model: GPT, prompt, tokenizer: Tokenizer | None, settings: SamplingS
     bad = [i for i in ids if not 0 <= i < model.config.vocab_size]
     if bad:
         raise SettingsError(f"token ids out of range [0, {model.config.vocab_size}): {bad[:5]}")
-    n_new = settings.new_tokens_for(len(ids))
     if len(ids) >= model.config.n_positions:
         raise ContextLengthError(
             f"the prompt is {len(ids)} tokens: longer than the model's context leaves room for "
             f"(n_positions={model.config.n_positions})"
         )
+    n_new = settings.new_tokens_for(len(ids))
     if len(ids) + n_new > model.config.n_positions:
         raise ContextLengthError(
             f"prompt ({len(ids)} tokens) + {n_new} new tokens = {len(ids) + n_new} exceeds the model's context "

@@ -228,3 +228,32 @@ def test_bad_prompts_are_refused(pair, tokenizer):
     n = ours.config.n_positions
     with pytest.raises(ContextLengthError, match=f"n_positions={n}"):
         generate(ours, [1] * (n - 5), max_new_tokens=10)
+
+
+@pytest.mark.parametrize(
+    "prompt,match",
+    [
+        ("a\x00b", "NUL"),
+        ("ring the bell\x07", "control characters"),
+        ("half a pair \ud83d", "surrogate"),
+        ("x" * 1_000_000, "characters"),
+        ("<|endoftext|>", "only <|endoftext|>"),
+        (" <|endoftext|>\n", "only <|endoftext|>"),
+        ("word " * 1100, "longer than the model's context"),
+        (12345, "text or a list of token ids"),
+    ],
+)
+def test_bad_prompts_are_refused_with_a_specific_message(pair, tokenizer, prompt, match):
+    from core import ParityLabError, compare
+
+    ours, hf = pair
+    with pytest.raises(ParityLabError, match=match):
+        generate(ours, prompt, tokenizer=tokenizer)
+    with pytest.raises(ParityLabError, match=match):
+        compare((ours, hf), prompt, tokenizer=tokenizer)
+
+
+def test_tabs_and_newlines_are_fine_in_prompts(pair, tokenizer):
+    ours, _ = pair
+    gen = generate(ours, "def f(x):\n\treturn x\r\n", tokenizer=tokenizer, max_new_tokens=2)
+    assert gen.prompt_ids == tokenizer.encode("def f(x):\n\treturn x\r\n")
