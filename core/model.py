@@ -106,11 +106,6 @@ class KVCache:
         self.pos = 0
         self.max_len = max_len
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (e.g. to drop finished ones)."""
-        self.k = self.k[:, rows]
-        self.v = self.v[:, rows]
-
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, except for a few rows of fp32 on the CPU with a contiguous (out, in) weight: there the product

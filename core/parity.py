@@ -276,8 +276,8 @@ def step_diffs(gen: Generation, s: SamplingSettings, a_all: torch.Tensor, b_all:
     tokens = tokens.reshape(B * S, 1)  # (B*S, 1), row-major over (row, step) like a and b
     top_ids = torch.tensor([[rec.top_ids if rec is not None else list(range(TOP_N)) for rec in step]
                             for step in gen.records]).transpose(0, 1).reshape(B * S, -1)
-    top_a, top_b = torch.topk(a, TOP_N, dim=-1).indices, torch.topk(b, TOP_N, dim=-1).indices
-    overlap = (top_a[:, :, None] == top_b[:, None, :]).any(dim=-1).sum(dim=-1)
+    top_b = torch.topk(b, TOP_N, dim=-1).indices  # ours' top-50 is already in the records (top_ids)
+    overlap = (top_ids[:, :, None] == top_b[:, None, :]).any(dim=-1).sum(dim=-1)
     cols = {
         "dmax": (a - b).abs().amax(dim=-1),
         "scale": b.abs().amax(dim=-1),
