@@ -1,13 +1,19 @@
-"""HuggingFace's side: its teacher-forced residual stream, its own generate()/pipeline as users call them, and the
-effective settings transformers resolved. Knows transformers and the global RNGs; knows nothing about our model.
+"""HuggingFace's side: its teacher-forced residual stream, its own generate()/pipeline as users call them (cached,
+and run beside the model under test on a worker thread), and the effective settings transformers resolved.
+Knows transformers, the global RNGs and what determines HF's results; knows nothing about our model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import math
 import random
 import threading
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -200,3 +206,170 @@ def _setting_differs(name: str, ours, hf, greedy: bool) -> bool:
     return ours != hf
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HF's results, cached: asking again for something already computed is nearly free. A result is keyed by
+# everything that determines it (model_key + the request), held in a bounded LRU, and shared read-only.
+
+
+class ResultCache:
+    """A bounded, thread-safe LRU of HF's results: at most `max_entries` entries and `max_bytes` of tensors.
+
+    Each entry holds a weak reference to the HF model it came from: a hit needs that very object alive (a new
+    model that reuses a freed one's id() never matches), and entries of freed models are dropped."""
+
+    def __init__(self, max_entries: int = 32, max_bytes: int = 256 * 2**20):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._entries: OrderedDict = OrderedDict()  # key -> (weakref to the HF model, value, nbytes)
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, hf, key):
+        """The cached value for `key` computed with this very `hf` object, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0]() is hf:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry[1]
+            self.misses += 1
+            return None
+
+    def put(self, hf, key, value, nbytes: int = 0) -> None:
+        if self.max_entries <= 0 or nbytes > self.max_bytes:
+            return  # too big to keep: computed again next time
+        with self._lock:
+            self._drop(key)
+            self._entries[key] = (weakref.ref(hf), value, nbytes)
+            self._bytes += nbytes
+            for k in [k for k, e in self._entries.items() if e[0]() is None]:  # results of models since freed
+                self._drop(k)
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))  # least recently used first
+
+    def _drop(self, key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[2]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+# One cache for the process: HF reference runs (tiny: token ids and kwargs) and teacher-forced passes (residual
+# stream + logits: ~30 MB for the seed's case at 124M, ~70 MB at 1.5B; bigger ones are not kept).
+REFERENCE_CACHE = ResultCache()
+
+
+def _json(obj) -> str:
+    try:
+        return obj.to_json_string(use_diff=False)
+    except Exception:  # noqa: BLE001 - an exotic config: its dict still identifies it
+        return repr(sorted(obj.to_dict().items()))
+
+
+def model_key(hf) -> tuple:
+    """What identifies HF's model as it is now: the object, every weight's storage, shape, dtype and version
+    counter (bumped by in-place edits), a strided sample of its values (edits through `.data` bypass the
+    counter), the config and generation config (incl. the attention implementation), and library versions."""
+    import transformers
+
+    storage, samples = [], []
+    for t in [*hf.parameters(), *hf.buffers()]:
+        try:
+            version = t._version
+        except RuntimeError:  # an inference tensor has no version counter: the sample still sees edits
+            version = -1
+        storage.append((t.data_ptr(), version, tuple(t.shape), str(t.dtype), str(t.device)))
+        if t.is_contiguous() and t.numel():
+            flat = t.detach().reshape(-1)
+            samples.append(flat[:: max(1, flat.numel() // 61)].float())
+    sample = torch.cat(samples).cpu().numpy().tobytes() if samples else b""
+    return (
+        id(hf), type(hf).__module__, type(hf).__qualname__, tuple(storage), sample, _json(hf.config),
+        _json(hf.generation_config), str(getattr(hf.config, "_attn_implementation", None)),
+        transformers.__version__, torch.__version__,
+    )
+
+
+def reference_key(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str,
+                  model: tuple | None = None) -> tuple:
+    """Everything that determines run_hf_reference's result. Our method and faults never reach HF: only the
+    kwargs HF receives (what _user_hf_kwargs derives from the settings), the seed and the prompt do; the
+    pipeline also reads the prompt text, the BPE files and its own defaults (part of transformers' version)."""
+    user = _user_hf_kwargs(s, explicit_only=reference == "pipeline")
+    key = ("reference", reference, model or model_key(hf), tuple(prompt_ids), tuple(sorted(user.items())), s.seed)
+    if reference == "pipeline":
+        files = tokenizer.files if tokenizer is not None else None
+        key += (prompt_text, tuple(map(str, files)) if files else None)
+    return key
+
+
+def hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str,
+                 cache: ResultCache = REFERENCE_CACHE, model: tuple | None = None):
+    """run_hf_reference, cached by reference_key: (sequences, kwargs HF received, user kwargs), the caller's copy."""
+    key = reference_key(hf, tokenizer, prompt_text, prompt_ids, s, reference, model)
+    result = cache.get(hf, key)
+    if result is None:
+        result = run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference)
+        cache.put(hf, key, copy.deepcopy(result))
+    return copy.deepcopy(result)
+
+
+def hf_teacher_forced_cached(hf, sequences: torch.Tensor, keep: int = 0, cache: ResultCache = REFERENCE_CACHE,
+                             model: tuple | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """hf_teacher_forced, cached by the model and the token streams: the tensors are shared, read-only."""
+    key = ("teacher_forced", model or model_key(hf), tuple(map(tuple, sequences.tolist())), keep, str(sequences.device))
+    result = cache.get(hf, key)
+    if result is None:
+        result = hf_teacher_forced(hf, sequences, keep=keep)
+        cache.put(hf, key, result, nbytes=sum(t.nbytes for t in result[0]) + result[1].nbytes)
+    return list(result[0]), result[1]
+
+
+# HF's own sampling does not depend on the model under test: it runs on a long-lived worker thread (a fresh
+# thread per request costs torch ~25%) while the model under test generates on the caller's thread.
+_POOL_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hf-reference")
+        return _POOL
+
+
+def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings,
+                               reference: str, cache: ResultCache = REFERENCE_CACHE) -> Future:
+    """Start hf_reference beside the caller's work -> a Future of (sequences, received, user, seconds on HF's
+    side). A cache hit is answered here, as a finished Future (seconds 0)."""
+    import time
+
+    model = model_key(hf)
+    key = reference_key(hf, tokenizer, prompt_text, prompt_ids, s, reference, model)
+    done: Future = Future()
+    hit = cache.get(hf, key)
+    if hit is not None:
+        done.set_result((*copy.deepcopy(hit), 0.0))
+        return done
+
+    def work():
+        t = time.perf_counter()
+        result = run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference)
+        cache.put(hf, key, copy.deepcopy(result))
+        return (*result, time.perf_counter() - t)
+
+    return _pool().submit(work)
