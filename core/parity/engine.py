@@ -19,7 +19,8 @@ from ..sampling import Capture, SamplingSettings, generate, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
 from .explain import _verdict, explain_rows
-from .reference import hf_reference_in_background, hf_teacher_forced, hf_teacher_forced_cached, settings_table
+from .reference import (hf_reference_in_background, hf_teacher_forced, hf_teacher_forced_cached, model_key,
+                        settings_table)
 from .report import LayerDiff, ParityError, ParityReport
 
 REFERENCES = ("generate", "pipeline", "logits")
@@ -87,9 +88,9 @@ def compare(
     timings = {}
     # perf: HF's own sampling depends on nothing of ours, so it starts first and runs on a worker thread beside
     # our generation (cached: a repeated request, or one that changes only our side, reuses it)
-    pending = None
+    pending, hf_key = None, model_key(hf)
     if reference != "logits":
-        pending = hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference)
+        pending = hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference, model=hf_key)
 
     t = time.perf_counter()
     capture = Capture()
@@ -103,7 +104,7 @@ def compare(
     n_steps = len(gen.records)
     with torch.inference_mode():
         ours_logits, ours_hidden = capture.stacked()
-        ref_hidden, ref_logits = hf_teacher_forced_cached(hf, seqs, keep=n_steps + 1)  # perf: cached by streams
+        ref_hidden, ref_logits = hf_teacher_forced_cached(hf, seqs, keep=n_steps + 1, model=hf_key)  # perf: cached
         hf_logits = ref_logits[:, :n_steps]  # positions P-1 .. L-2 predict steps 0 .. S-1
         rtol = relative_tolerance(ours.config.mlp_width)
         layers = layer_diffs(ours.config.n_layer, ours_hidden + [ours_logits], ref_hidden + [hf_logits], rtol)

@@ -338,8 +338,10 @@ def hf_teacher_forced_cached(hf, sequences: torch.Tensor, keep: int = 0, cache: 
     return list(result[0]), result[1]
 
 
-# HF's own sampling does not depend on the model under test: it runs on a long-lived worker thread (a fresh
-# thread per request costs torch ~25%) while the model under test generates on the caller's thread.
+# HF's own sampling does not depend on the model under test: it runs on one long-lived worker thread (a fresh
+# thread per request costs torch ~25%; HF's sampling is serialised by HF_RNG_LOCK anyway) while the model under
+# test generates on the caller's thread. REFERENCE_THREADS: the worker's torch threads (None: half the caller's).
+REFERENCE_THREADS: int | None = None
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 
@@ -348,17 +350,23 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hf-reference")
+            caller = torch.get_num_threads()
+            share = REFERENCE_THREADS or max(1, caller // 2)
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-reference",
+                                       initializer=torch.set_num_threads, initargs=(share,))
+            _POOL.submit(lambda: None).result()  # the worker exists and has its share of the cores
+            torch.set_num_threads(caller)  # set_num_threads also sets what threads started later get: restore
         return _POOL
 
 
 def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings,
-                               reference: str, cache: ResultCache = REFERENCE_CACHE) -> Future:
+                               reference: str, cache: ResultCache = REFERENCE_CACHE,
+                               model: tuple | None = None) -> Future:
     """Start hf_reference beside the caller's work -> a Future of (sequences, received, user, seconds on HF's
     side). A cache hit is answered here, as a finished Future (seconds 0)."""
     import time
 
-    model = model_key(hf)
+    model = model or model_key(hf)
     key = reference_key(hf, tokenizer, prompt_text, prompt_ids, s, reference, model)
     done: Future = Future()
     hit = cache.get(hf, key)
