@@ -1,4 +1,4 @@
-"""Memory: ours + HF resident together vs HF alone, for the gpt2-124M shape (random init), fresh processes.
+"""Memory: ours + HF resident together vs HF alone, at the gpt2 124M and 355M shapes (random init), fresh processes.
 
 Each measurement runs in its own Python process (same imports in both) that loads a saved 124M checkpoint:
   hf    - load_hf_model(dir): HuggingFace's GPT2LMHeadModel alone, after one generate() (the seed's case);
@@ -6,7 +6,7 @@ Each measurement runs in its own Python process (same imports in both) that load
           after HF's generate() and ours;
   pair+compare - the pair, then one full compare of the seed's case (peak while working).
 Prints resident (VmRSS) and peak (VmHWM) MiB and the ratio pair / HF alone (target <= 1.2x).
-Run: `.venv/bin/python bench/bench_memory.py`.
+Run: `.venv/bin/python bench/bench_memory.py` (`--shapes 124m` for one shape; the 1.5B peak: bench_xl_memory.py).
 """
 
 from __future__ import annotations
@@ -62,27 +62,37 @@ def child(mode: str, checkpoint: str) -> None:
     del model
 
 
+SHAPES = {"124m": dict(n_layer=12, n_head=12, n_embd=768), "355m": dict(n_layer=24, n_head=16, n_embd=1024)}
+
+
 def main() -> int:
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 3 and not sys.argv[1].startswith("-"):
         child(sys.argv[1], sys.argv[2])
         return 0
+    import argparse
+
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        GPT2LMHeadModel(GPT2Config()).save_pretrained(tmp)
-        res = {}
-        for mode in ("hf", "pair", "pair+compare"):
-            out = subprocess.run([sys.executable, __file__, mode, tmp], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    base = res["hf"]["VmRSS"]
-    print("gpt2-124M shape, fp32, each in a fresh process (MiB):")
-    for mode, r in res.items():
-        print(f"  {mode:<14} resident {r['VmRSS']:7.0f}   peak {r['VmHWM']:7.0f}   resident / HF alone "
-              f"{r['VmRSS'] / base:4.2f}x")
-    print(f"target: ours + HF resident <= 1.2x HF alone -> measured {res['pair']['VmRSS'] / base:.2f}x")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="124m,355m")
+    args = ap.parse_args()
+    for shape in args.shapes.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(0)
+            GPT2LMHeadModel(GPT2Config(**SHAPES[shape])).save_pretrained(tmp)
+            res = {}
+            for mode in ("hf", "pair", "pair+compare"):
+                out = subprocess.run([sys.executable, __file__, mode, tmp], capture_output=True, text=True,
+                                     check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        base = res["hf"]["VmRSS"]
+        print(f"{shape} shape, fp32, each in a fresh process (MiB):")
+        for mode, r in res.items():
+            print(f"  {mode:<14} resident {r['VmRSS']:7.0f}   peak {r['VmHWM']:7.0f}   resident / HF alone "
+                  f"{r['VmRSS'] / base:4.2f}x")
+        print(f"target at {shape}: ours + HF resident <= 1.2x HF alone -> measured {res['pair']['VmRSS'] / base:.2f}x"
+              f" (during a compare: peak {res['pair+compare']['VmHWM'] / res['hf']['VmHWM']:.2f}x HF alone's peak)")
     return 0
 
 

@@ -206,8 +206,6 @@ def _setting_differs(name: str, ours, hf, greedy: bool) -> bool:
     return ours != hf
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------
 # HF's results, cached: asking again for something already computed is nearly free. A result is keyed by
 # everything that determines it (model_key + the request), held in a bounded LRU, and shared read-only.
