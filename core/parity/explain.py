@@ -218,6 +218,10 @@ def _verdict(rows: list[RowComparison], layers, step_list, reference, per_layer:
     first_layer = next((l for l in layers if l.exceeds), None)
     any_step = any(d.exceeds for st in step_list for d in st if d is not None)
     if first_layer is not None or any_step:
+        if first_layer is not None and not any_step and first_layer.name != "lm_head":
+            return False, "model", (f"hidden states differ from HuggingFace from {first_layer.name} on, although every "
+                                    "sampled step's logits agree (a mistake that only earlier positions see, such as "
+                                    "a missing causal mask when each step recomputes the whole sequence)")
         if first_layer is not None and (per_layer or first_layer.name != "lm_head"):
             return False, "model", f"logits differ from HuggingFace: first diverging layer {first_layer.name}"
         if not per_layer:
