@@ -269,3 +269,44 @@ def test_concurrent_compares_equal_serial_ones(tokenizer):
     for t in threads:
         t.join(timeout=120)
     assert results == serial
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HF's reference beside our generation: each on its share of the cores, nobody else's thread count touched
+
+
+def _threads_of_a_new_thread() -> int:
+    out = {}
+
+    def probe():
+        torch.ones(4).sum()  # a thread's first torch op fixes its thread count
+        out["n"] = torch.get_num_threads()
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(timeout=30)
+    return out["n"]
+
+
+def test_sharing_cores_leaves_other_threads_alone():
+    from concurrent.futures import Future
+
+    n = torch.get_num_threads()
+    running = Future()  # HF still sampling
+    with refmod.sharing_cores_with(running):
+        inside = torch.get_num_threads()
+        new_inside = _threads_of_a_new_thread()
+    assert inside == max(1, n - refmod._reference_share(n))
+    assert new_inside == n and torch.get_num_threads() == n and _threads_of_a_new_thread() == n
+    running.set_result(None)
+    with refmod.sharing_cores_with(running):  # HF done (or cached): all cores stay ours
+        assert torch.get_num_threads() == n
+
+
+def test_compare_restores_thread_counts(pair, tokenizer):
+    n = torch.get_num_threads()
+    refmod.REFERENCE_CACHE.clear()
+    compare(pair, PROMPT, tokenizer=tokenizer, **SEED_CASE)
+    assert torch.get_num_threads() == n and _threads_of_a_new_thread() == n
+    worker = refmod._pool().submit(torch.get_num_threads).result()
+    assert worker == refmod._reference_share(n)

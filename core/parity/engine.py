@@ -22,7 +22,7 @@ from ..tokenizer import Tokenizer, load_tokenizer
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
 from .explain import _verdict, explain_rows, sampler_notes
 from .reference import (hf_reference_in_background, hf_teacher_forced, hf_teacher_forced_cached, model_key,
-                        settings_table)
+                        settings_table, sharing_cores_with)
 from .report import LayerDiff, ParityError, ParityReport
 from .subject import SubjectRun, run_ours
 
@@ -98,7 +98,7 @@ def compare_run(
     hf_device = next(hf.parameters()).device
     seqs = torch.tensor(gen.sequences, device=hf_device)
     n_steps = len(gen.records)
-    with torch.inference_mode():
+    with torch.inference_mode(), sharing_cores_with(pending):  # perf: HF may still be sampling beside us
         ours_logits = run.step_logits[:, :n_steps].float().to(hf_device)
         ref_hidden, ref_logits = hf_teacher_forced_cached(hf, seqs, keep=n_steps + 1, model=hf_key)  # perf: cached
         hf_logits = ref_logits[:, :n_steps]  # positions P-1 .. L-2 predict steps 0 .. S-1
@@ -236,7 +236,8 @@ def compare(
         hf_key = model_key(hf)
         if reference != "logits":
             pending = start_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, hf_key)
-        run = run_ours(faulty, prompt, s, tokenizer=tokenizer, on_step=on_step, label=label or "Ours")
+        with sharing_cores_with(pending):
+            run = run_ours(faulty, prompt, s, tokenizer=tokenizer, on_step=on_step, label=label or "Ours")
     else:
         if fault not in (None, "", "none"):
             raise ParityError("bug-lab faults are injected into our GPT only, not into your model")

@@ -338,23 +338,60 @@ def hf_teacher_forced_cached(hf, sequences: torch.Tensor, keep: int = 0, cache: 
 
 # HF's own sampling does not depend on the model under test: it runs on one long-lived worker thread (a fresh
 # thread per request costs torch ~25%; HF's sampling is serialised by HF_RNG_LOCK anyway) while the model under
-# test generates on the caller's thread. REFERENCE_THREADS: the worker's torch threads (None: half the caller's).
+# test generates on the caller's thread, each on its share of the cores (two OpenMP teams on the same cores wait
+# on each other's preempted threads). REFERENCE_THREADS: the worker's torch threads (None: half the caller's).
 REFERENCE_THREADS: int | None = None
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
+_KEEPER: ThreadPoolExecutor | None = None
+
+
+def _reference_share(n: int) -> int:
+    return min(n, REFERENCE_THREADS or max(1, n // 2))
+
+
+def _keep_default(n: int) -> None:
+    """torch.set_num_threads sets the calling thread's count *and* the count threads started later get: put
+    the latter back to `n` from a thread that runs no torch work, leaving the caller's own count as it is."""
+    global _KEEPER
+    with _POOL_LOCK:
+        if _KEEPER is None:
+            _KEEPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-threads-default")
+    _KEEPER.submit(torch.set_num_threads, n).result()
+
+
+def _set_own_threads(n: int) -> None:
+    torch.get_num_threads()  # a thread takes the default count at its first torch call: take it before setting
+    torch.set_num_threads(n)
 
 
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
-            caller = torch.get_num_threads()
-            share = REFERENCE_THREADS or max(1, caller // 2)
-            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-reference",
-                                       initializer=torch.set_num_threads, initargs=(share,))
-            _POOL.submit(lambda: None).result()  # the worker exists and has its share of the cores
-            torch.set_num_threads(caller)  # set_num_threads also sets what threads started later get: restore
-        return _POOL
+        if _POOL is not None:
+            return _POOL
+        caller = torch.get_num_threads()
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-reference",
+                                   initializer=_set_own_threads, initargs=(_reference_share(caller),))
+        _POOL.submit(lambda: None).result()  # the worker exists and has its share of the cores
+    _keep_default(caller)
+    return _POOL
+
+
+@contextlib.contextmanager
+def sharing_cores_with(pending: Future | None):
+    """While HF's reference runs on its worker (`pending` not done), the calling thread uses the other cores."""
+    n = torch.get_num_threads()
+    mine = max(1, n - _reference_share(n))
+    if pending is None or pending.done() or mine == n:
+        yield
+        return
+    torch.set_num_threads(mine)
+    _keep_default(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings,
