@@ -108,16 +108,16 @@ class KVCache:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except for a few rows of fp32 on the CPU with a contiguous (out, in) weight: there the product
-    is computed as W @ x^T (at least 2 columns), which MKL runs 1.5-3x faster than x @ W^T (its gemv/skinny-gemm
-    path) for GPT-2's shapes; measured in bench/bench_generate.py. Same result to float rounding."""
+    """F.linear, except for 2-16 rows of fp32 on the CPU with a contiguous (out, in) weight: there the product
+    is computed as W @ x^T, which MKL ran 1.5-3x faster than x @ W^T (its skinny-gemm path) for GPT-2's shapes on
+    the CPU of the first measurements (bench/bench_generate.py); on a Sapphire Rapids CPU both take the same time.
+    One row stays F.linear (MKL's gemv): the 2-column W @ x^T the first CPU preferred is 2x slower than the gemv
+    on Sapphire Rapids (B=1 decoding fell to 0.54x HF's speed). Same result to float rounding."""
     rows = x.numel() // x.size(-1)
-    if rows <= 16 and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous():
+    if 2 <= rows <= 16 and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous():
         x2 = x.reshape(rows, x.size(-1))
-        if rows == 1:
-            x2 = x2.expand(2, -1).contiguous()  # a 2-column gemm beats the gemv; the copy is dropped below
         y = torch.addmm(bias[:, None], weight, x2.t()) if bias is not None else weight @ x2.t()  # (out, rows)
-        return y.t()[:rows].reshape(*x.shape[:-1], weight.size(0))
+        return y.t().reshape(*x.shape[:-1], weight.size(0))
     return F.linear(x, weight, bias)
 
 
