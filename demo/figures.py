@@ -24,7 +24,8 @@ LOG_AXIS = dict(type="log", dtick=1, exponentformat="power", showexponent="all",
 
 
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01, y=0.98, yanchor="top", font=dict(size=15)), height=height,
+    fig.update_layout(title=dict(text=title, x=0.01, xref="paper", y=1, yref="container", yanchor="top",
+                                 pad=dict(t=12), font=dict(size=15)), height=height,
                       margin=dict(l=64, r=16, t=70, b=50), template="plotly_white",
                       legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=11)),
                       hoverlabel=dict(align="left"))
@@ -221,7 +222,6 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
                                  tickfont=dict(size=11, family="monospace"), automargin=True),
                       margin=dict(l=10, t=130, b=60),
                       legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
-    fig.update_layout(title=dict(y=0.995))
     fig.update_layout(legend=dict(y=-0.01, yanchor="top"))
     return fig
 

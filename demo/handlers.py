@@ -562,7 +562,8 @@ def pick_token(report: dict | None, log_scale, evt: gr.EventData):
         return (gr.skip(),) * 6
     step, row = _step_row(report, data["step"], data["row"])
     top, heat, ent = show_step(report, step, row, log_scale)
-    return gr.Slider(value=step), gr.Dropdown(value=row), top, heat, ent, gr.Tabs(selected="top50")
+    rows = [(f"row {i + 1}", i) for i in range(len(report["rows"]))]
+    return gr.Slider(value=step), gr.Dropdown(choices=rows, value=row), top, heat, ent, gr.Tabs(selected="top50")
 
 
 # ---------------------------------------------------------------------------------------------------------

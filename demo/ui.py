@@ -183,8 +183,9 @@ def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> 
                            concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
     run.then(handlers.refresh_if_log, view_in, views, **private)
     inp["run"].click(None, inputs, None, js=URL_JS % json.dumps(list(handlers.INPUT_KEYS)), **private)
-    c["step"].change(handlers.show_step, view_in, views, **private)
-    c["row"].change(handlers.show_row, view_in, views, **private)
+    # .input: the user moved them (a run or a token click sets them and draws the views itself, so no race)
+    c["step"].input(handlers.show_step, view_in, views, **private)
+    c["row"].input(handlers.show_row, view_in, views, **private)
     c["log"].change(handlers.show_step, view_in, views, **private)
     for key in ("ours", "hf"):
         c[key].click(handlers.pick_token, [c["state"], c["log"]],
