@@ -294,7 +294,7 @@ DOWNLOAD_DIGITS = 4
 _ROUNDED = {"top_logits", "top_probs", "top_sample_probs", "hf_top_probs", "hf_top_sample_probs", "prob", "raw_prob",
             "entropy", "raw_entropy", "hf_prob"}
 _DERIVED = {"top_kept", "top_tokens", "token"}  # top_kept = top_sample_probs > 0; strings are in "tokens" by id
-KEEP_RUNS = 16  # run folders kept per server process (older ones are deleted)
+KEEP_RUNS = 8  # run folders kept per server process (older ones are deleted; Gradio serves its own copies)
 _RUN_DIR: str | None = None
 _RUN_COUNTER = itertools.count()
 _RUN_LOCK = threading.Lock()
@@ -350,11 +350,30 @@ def expand_report(compact: dict) -> dict:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sweep_stale_run_dirs(tmp: str) -> None:
+    """Remove download folders left by processes that are gone (killed servers never run atexit)."""
+    for name in os.listdir(tmp):
+        m = re.fullmatch(r"parity-lab-(\d+)-\w+", name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 def run_dir() -> str:
-    """This process's folder for download files (removed at exit)."""
+    """This process's folder for download files (removed at exit, or by the next process if this one is killed)."""
     global _RUN_DIR
     with _RUN_LOCK:
         if _RUN_DIR is None or not os.path.isdir(_RUN_DIR):
+            _sweep_stale_run_dirs(tempfile.gettempdir())
             _RUN_DIR = tempfile.mkdtemp(prefix=f"parity-lab-{os.getpid()}-")
             atexit.register(shutil.rmtree, _RUN_DIR, True)
         return _RUN_DIR

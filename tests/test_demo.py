@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import threading
 
 import gradio as gr
@@ -562,6 +563,23 @@ def test_download_files_are_bounded_per_process(report, tmp_path, monkeypatch):
     paths = [handlers.write_downloads(report)[0] for _ in range(5)]
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert len(kept) == 3 and all(os.path.exists(p) for p in paths[-3:]) and not os.path.exists(paths[0])
+
+
+def test_download_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"parity-lab-{int(gone.stdout)}-abc123"
+    mine = tmp_path / f"parity-lab-{os.getpid()}-def456"
+    other = tmp_path / "unrelated-dir"
+    for d in (dead, mine, other):
+        (d / "run-000000").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(handlers, "_RUN_DIR", None)
+    new = handlers.run_dir()
+    assert not dead.exists() and mine.exists() and other.exists()
+    assert os.path.dirname(new) == str(tmp_path)
 
 
 def test_query_parameters_restore_valid_inputs_only():
