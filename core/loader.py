@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -100,21 +101,35 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, budget_s: float | Non
     name = str(name_or_path)
     if is_local_name(name):
         raise ModelNotAvailableError(f"no checkpoint directory at {name}", model=name)
-    deadline = time.monotonic() + (budget_s if budget_s is not None else hub_budget_s())
+    budget = Budget.start(budget_s if budget_s is not None else hub_budget_s())
     from huggingface_hub import hf_hub_download, snapshot_download  # only this module talks to the Hub
 
     _bound_hub_requests()
-    config_file = Path(_hub_call(name, "config.json", deadline, hf_hub_download, repo_id=name, filename="config.json"))
+    config_file = Path(_hub_call(name, "config.json", budget, hf_hub_download, repo_id=name, filename="config.json"))
     check_gpt2_config(config_file.parent, name)
-    local = Path(_hub_call(name, "the weights and tokenizer files", deadline, snapshot_download, repo_id=name,
+    local = Path(_hub_call(name, "the weights and tokenizer files", budget, snapshot_download, repo_id=name,
                            allow_patterns=_HUB_PATTERNS))
     if not _has_weights(local):
+        _why_no_weights(name, budget)
+    return local
+
+
+def _why_no_weights(name: str, budget: Budget) -> None:
+    """snapshot_download falls back to a partial cached snapshot (here: the config.json just fetched) when the Hub
+    fails it; ask the Hub for the file list to tell that failure from a repo without safetensors weights."""
+    from huggingface_hub import HfApi
+
+    info = _hub_call(name, "the file list", budget.at_least(hub_timeout_s()), HfApi().model_info, repo_id=name)
+    files = {s.rfilename for s in info.siblings or []}
+    if not any(f == "model.safetensors" or re.fullmatch(r"model-.*\.safetensors", f) for f in files):
         raise ModelNotAvailableError(
             f"Hub model {name!r} has no safetensors weights (this tool downloads model.safetensors only, never "
             "pickled pytorch_model.bin files)",
             "Convert it with GPT2LMHeadModel.from_pretrained(...).save_pretrained(DIR) and pass DIR instead",
             model=name, reason="no_safetensors")
-    return local
+    raise ModelNotAvailableError(
+        f"the Hugging Face Hub lists safetensors weights for {name!r} but they could not be downloaded",
+        f"Try again later, or {_LOCAL_TODO}", model=name, reason="server_error")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,25 +166,47 @@ def _bound_hub_requests() -> None:
     _http.set_client_factory(factory)
 
 
-class _HttpErrorLog(logging.Handler):
-    """huggingface_hub's "HTTP Error 503 thrown while requesting HEAD url" retry warnings for one model, so a
-    load that runs out of time while the Hub keeps answering 5xx is reported as a server error, not a timeout."""
+class _HubLog(logging.Handler):
+    """huggingface_hub's retry warnings about one model: "HTTP Error 503 thrown while requesting HEAD url" (so a
+    load that runs out of time while the Hub keeps answering 5xx is reported as a server error, not a timeout) and
+    "'<error>' thrown while requesting ..." (a connection failure: reported at once, not after every retry)."""
 
-    PATTERN = re.compile(r"HTTP Error (\d+) thrown while requesting (\w+) (\S+)")
+    HTTP = re.compile(r"HTTP Error (\d+) thrown while requesting (\w+) (\S+)")
+    NETWORK = re.compile(r"'(.*)' thrown while requesting (\w+) (\S+)", re.S)
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, wake: threading.Event):
         super().__init__(logging.WARNING)
-        self.name_part = f"/{name}/"
-        self.seen: list[tuple[int, str, str]] = []
+        self.name_part, self.wake = f"/{name}/", wake
+        self.http_errors: list[tuple[int, str, str]] = []
+        self.network_error: tuple[str, str, str] | None = None
 
     def emit(self, record):
-        m = self.PATTERN.search(record.getMessage())
-        if m and self.name_part in m.group(3):
-            self.seen.append((int(m.group(1)), m.group(2), m.group(3)))
+        message = record.getMessage()
+        if m := self.HTTP.search(message):
+            if self.name_part in m.group(3):
+                self.http_errors.append((int(m.group(1)), m.group(2), m.group(3)))
+        elif (m := self.NETWORK.search(message)) and self.name_part in m.group(3) and "timed out" not in m.group(1):
+            self.network_error = (m.group(1), m.group(2), m.group(3))
+            self.wake.set()
 
 
-def _hub_call(name: str, what: str, deadline: float, fn, **kwargs):
-    """fn(**kwargs) in a daemon thread, given up at `deadline`; every failure -> ModelNotAvailableError."""
+@dataclass(frozen=True)
+class Budget:
+    """The time allowed for one model's Hub download: `seconds` in all, ending at `deadline` (time.monotonic)."""
+
+    seconds: float
+    deadline: float
+
+    @classmethod
+    def start(cls, seconds: float) -> Budget:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def at_least(self, seconds: float) -> Budget:
+        return Budget(self.seconds, max(self.deadline, time.monotonic() + seconds))
+
+
+def _hub_call(name: str, what: str, budget: Budget, fn, **kwargs):
+    """fn(**kwargs) in a daemon thread, given up at the budget's deadline; every failure -> ModelNotAvailableError."""
     result: dict = {}
     done = threading.Event()
 
@@ -181,25 +218,35 @@ def _hub_call(name: str, what: str, deadline: float, fn, **kwargs):
         finally:
             done.set()
 
-    watch = _HttpErrorLog(name)
+    watch = _HubLog(name, done)
     hub_logger = logging.getLogger("huggingface_hub")
     hub_logger.addHandler(watch)
     started = time.monotonic()
     try:
         threading.Thread(target=work, name=f"hub-download {name}", daemon=True).start()
-        if not done.wait(max(deadline - started, 0.0)):
-            if watch.seen:
-                status, method, url = watch.seen[-1]
-                raise _server_error(name, what, status, method, url, retried=True)
+        done.wait(max(budget.deadline - started, 0.0))
+        if "value" not in result and "error" not in result:
+            if watch.network_error:  # huggingface_hub is retrying a failed connection: say so now
+                error, method, url = watch.network_error
+                raise _unreachable(name, what, f"{error.splitlines()[0][:200]} ({method} {url})")
+            if watch.http_errors:
+                raise _server_error(name, what, *watch.http_errors[-1], retried=True)
             raise HubTimeoutError(
-                f"gave up downloading {what} of {name!r} from the Hugging Face Hub at {_endpoint()}: the model's time "
-                f"budget ran out (no answer within {time.monotonic() - started:.0f} s)",
+                f"gave up getting {what} of {name!r} from the Hugging Face Hub at {_endpoint()}: the Hub did not "
+                f"finish answering within the {budget.seconds:g} s allowed for one model's download",
                 _todo_timeout(), model=name, reason="timeout")
     finally:
         hub_logger.removeHandler(watch)
     if "error" in result:
-        raise _explain(result["error"], name, what, watch.seen) from result["error"]
+        raise _explain(result["error"], name, what, watch.http_errors) from result["error"]
     return result["value"]
+
+
+def _unreachable(name: str, what: str, detail: str) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"could not reach the Hugging Face Hub at {_endpoint()} to get {what} of {name!r} ({detail}), and it is "
+        "not in the local cache", f"Check the internet connection (and HF_ENDPOINT or proxy settings), or {_LOCAL_TODO}",
+        model=name, reason="unreachable")
 
 
 def _endpoint() -> str:
@@ -234,7 +281,7 @@ def _server_error(name, what, status, method, url, retried=False) -> ModelNotAva
         phrase = ""
     again = ", again on every retry" if retried else ""
     return ModelNotAvailableError(
-        f"the Hugging Face Hub answered HTTP {status}{phrase} to {method} {url}{again}, while downloading {what} "
+        f"the Hugging Face Hub answered HTTP {status}{phrase} to {method} {url}{again}, while getting {what} "
         f"of {name!r}", f"The Hub is having trouble: try again later, or {_LOCAL_TODO}",
         model=name, reason="server_error", status=status)
 
@@ -298,20 +345,16 @@ def _explain(exc: BaseException, name: str, what: str, http_errors) -> ModelNotA
         return _server_error(name, what, *http_errors[-1], retried=True)
     if err := first(httpx2.TimeoutException):
         return HubTimeoutError(
-            f"the Hugging Face Hub at {_endpoint()} stopped answering while downloading {what} of {name!r} "
+            f"the Hugging Face Hub at {_endpoint()} stopped answering while getting {what} of {name!r} "
             f"({type(err).__name__} after {hub_timeout_s():g} s without data), and it is not in the local cache",
             _todo_timeout(), model=name, reason="timeout")
     if err := first(hub.FileMetadataError):
         return ModelNotAvailableError(
-            f"{_endpoint()} did not answer like the Hugging Face Hub while downloading {what} of {name!r} (no "
+            f"{_endpoint()} did not answer like the Hugging Face Hub while getting {what} of {name!r} (no "
             "X-Repo-Commit header)", f"Check HF_ENDPOINT and any proxy, or {_LOCAL_TODO}",
             model=name, reason="server_error")
     err = first(httpx2.TransportError, ConnectionError, OSError) or exc
-    return ModelNotAvailableError(
-        f"could not reach the Hugging Face Hub at {_endpoint()} to download {what} of {name!r} "
-        f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'}), and it is not in "
-        "the local cache", f"Check the internet connection (and HF_ENDPOINT or proxy settings), or {_LOCAL_TODO}",
-        model=name, reason="unreachable")
+    return _unreachable(name, what, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'}")
 
 
 def _suggest(name: str) -> tuple[str, ...]:

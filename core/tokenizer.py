@@ -140,15 +140,13 @@ def _hub_files(repo_id: str, *, download: bool) -> tuple[Path, Path] | None:
         return Path(cached[0]), Path(cached[1])
     if not download:
         return None
-    import time
-
     from huggingface_hub import hf_hub_download
 
-    from .loader import _bound_hub_requests, _hub_call, hub_budget_s
+    from .loader import Budget, _bound_hub_requests, _hub_call, hub_budget_s
 
     _bound_hub_requests()
-    deadline = time.monotonic() + hub_budget_s()
-    return tuple(Path(_hub_call(repo_id, name, deadline, hf_hub_download, repo_id=repo_id, filename=name))
+    budget = Budget.start(hub_budget_s())
+    return tuple(Path(_hub_call(repo_id, name, budget, hf_hub_download, repo_id=repo_id, filename=name))
                  for name in _FILE_NAMES[0])
 
 

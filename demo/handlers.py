@@ -24,7 +24,7 @@ from core.errors import ParityLabError
 from core.faults import FAULTS
 
 from . import figures, text
-from .models import TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
+from .models import RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
 log = logging.getLogger("parity_lab")
 
@@ -299,7 +299,7 @@ def make_load_handler(cache: ModelCache, default_model: str):
             return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=TINY)
         try:
             progress(0, desc=f"loading {default_model}")
-            cache.get(default_model, wait_s=cache.page_wait_s)
+            cache.get(default_model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
             return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)
         except ModelStillLoadingError as exc:
             banner = text.LOADING_BANNER.format(wanted=default_model, seconds=exc.seconds)

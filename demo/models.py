@@ -36,6 +36,8 @@ TINY_LOGIT_STD = 3.0  # ln_f's gain raised so distributions are peaked, like a t
 # request (it holds one of the few run slots), and a page load (the page stays usable on the tiny model).
 RUN_WAIT_ENV, PAGE_WAIT_ENV = "PARITY_LAB_LOAD_WAIT", "PARITY_LAB_PAGE_WAIT"
 DEFAULT_RUN_WAIT_S, DEFAULT_PAGE_WAIT_S = 60.0, 8.0
+# A page load reports a failure this recent instead of starting the same load again (a Generate always retries).
+RETRY_AFTER_S = 60.0
 
 # What a dashboard visitor can do about a model that could not be loaded (the CLI's advice, a local checkpoint
 # directory, is not something the UI or the API accepts).
@@ -99,6 +101,7 @@ class _Load:
     done: threading.Event = field(default_factory=threading.Event)
     result: LoadedModel | None = None
     error: BaseException | None = None
+    finished: float = 0.0
 
 
 def build_tiny_pair() -> tuple[GPT, object]:
@@ -138,6 +141,7 @@ class ModelCache:
                                                                                     DEFAULT_PAGE_WAIT_S)
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loads: dict[str, _Load] = {}
+        self._failed: dict[str, _Load] = {}  # the last failed load of each model
         self._lock = threading.Lock()  # guards the two dicts only; never held while loading
         self._build_lock = threading.Lock()  # one model built (weights in memory) at a time, after its download
 
@@ -154,17 +158,21 @@ class ModelCache:
         with self._lock:
             return list(self._loads)
 
-    def get(self, name: str, wait_s: float | None = None) -> LoadedModel:
+    def get(self, name: str, wait_s: float | None = None, retry_after_s: float | None = None) -> LoadedModel:
         """The loaded model; starts its load if needed and waits until that load has run `wait_s` seconds
         (default `self.wait_s`), then raises ModelStillLoadingError. A failed load raises its reason, worded
-        for the dashboard."""
+        for the dashboard; with `retry_after_s`, a failure that recent is reported without loading again."""
         self.check(name)
         with self._lock:
             if name in self._models:
                 self._models.move_to_end(name)
                 return self._models[name]
             load = self._loads.get(name)
-            if load is None:
+            failed = self._failed.get(name)
+            if load is None and failed is not None and retry_after_s is not None and \
+                    time.monotonic() - failed.finished < retry_after_s:
+                load = failed
+            elif load is None:
                 load = self._loads[name] = _Load(name)
                 threading.Thread(target=self._run, args=(load,), name=f"load {name}", daemon=True).start()
         wait = self.wait_s if wait_s is None else wait_s
@@ -202,8 +210,13 @@ class ModelCache:
             else:
                 log.error("model %s could not be loaded", name, exc_info=exc)
         finally:
+            load.finished = time.monotonic()
             with self._lock:
                 self._loads.pop(name, None)
+                if load.error is not None:
+                    self._failed[name] = load
+                else:
+                    self._failed.pop(name, None)
             load.done.set()
 
     def _evict_for_one_more(self) -> None:
