@@ -1,0 +1,138 @@
+"""Why a row diverged (model, settings, sampling order, near tie) and the one-line verdict.
+
+Knows our sampling methods' random draws; works on diffs and token streams only, not on models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sampling import Generation, SamplingSettings
+from .diffs import sampling_log_probs
+from .report import RowComparison
+
+# ---------------------------------------------------------------------------------------------------------
+# Why a row diverged
+
+
+def _uniforms_at(seed: int, step: int, shape: tuple[int, int]) -> torch.Tensor:
+    """The float64 uniforms HF-exact sampling draws at `step` (B x V per step, in order), for a tie check."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(step):
+        torch.rand(shape, dtype=torch.float64, generator=g)
+    return torch.rand(shape, dtype=torch.float64, generator=g)
+
+
+def _near_tie(s: SamplingSettings, row: int, step: int, ours_logits_s, hf_logits_s, dlogit: float, B: int) -> dict | None:
+    """Is the choice at (row, step) a near-tie that float noise of size `dlogit` can flip? Evidence or None."""
+    method = s.effective_method
+    a, b = ours_logits_s[row], hf_logits_s[row]
+    if method == "greedy":
+        top2 = torch.topk(b, 2).values
+        margin = (top2[0] - top2[1]).item()
+        return {"margin": margin, "max_abs_dlogit": dlogit} if margin <= 2 * dlogit else None
+    if method != "hf":
+        return None
+    # HF-exact sampling picks argmax(log p - log q) with q = -log1p(-u): replay the step's draws
+    u = _uniforms_at(s.seed, step, (B, a.numel()))[row]
+    logq = torch.log(-torch.log1p(-u)).float()
+    score_a = sampling_log_probs(a[None], s)[0] - logq
+    score_b = sampling_log_probs(b[None], s)[0] - logq
+    best = torch.topk(score_b, 2).values
+    margin = (best[0] - best[1]).item()
+    scaled = 2 * dlogit / (s.temperature or 1.0)
+    if score_a.argmax() != score_b.argmax() and margin <= scaled + 1e-6:
+        return {"margin": margin, "max_abs_dlogit": dlogit, "temperature": s.temperature}
+    return None
+
+
+def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, steps,
+                 ours_logits, hf_logits, first_layer) -> list[RowComparison]:
+    P = len(gen.prompt_ids)
+    rows = []
+    diff_settings = [r for r in table if r.differs]
+    for r in range(len(gen.sequences)):
+        ours_new = gen.sequences[r][P:]
+        ref_new = ref[r][P:] if ref is not None and r < len(ref) else []
+        prompt_same = ref is not None and r < len(ref) and ref[r][:P] == gen.prompt_ids
+        first = None
+        for i in range(max(len(ours_new), len(ref_new))):
+            if i >= len(ours_new) or i >= len(ref_new) or ours_new[i] != ref_new[i]:
+                first = i
+                break
+        identical = prompt_same and first is None
+        decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
+        cause, why, evidence = None, "identical to HuggingFace", {}
+        if not identical:
+            s_idx = first if first is not None else 0
+            bad = [d for st in steps[: s_idx + 1] for d in [st[r]] if d is not None and d.exceeds]
+            if bad:
+                cause = "model"
+                why = f"the models' logits differ at step {bad[0].step} (max |Δlogit| {bad[0].max_abs_dlogit:.3g}" \
+                      f" > tolerance {bad[0].tolerance:.2g}); first diverging layer: {first_layer}"
+                evidence = {"step": bad[0].step, "max_abs_dlogit": bad[0].max_abs_dlogit, "layer": first_layer}
+            elif not prompt_same:
+                cause, why = "settings", "HF saw a different prompt (the pipeline truncates it to max_length)"
+            elif diff_settings:
+                cause = "settings"
+                parts = [f"{d.name}: ours {d.ours!r} vs HF {d.hf!r} ({d.source})" for d in diff_settings]
+                why = "same model, different effective settings: " + "; ".join(parts)
+                evidence = {d.name: {"ours": d.ours, "hf": d.hf, "source": d.source} for d in diff_settings}
+            elif s.effective_method == "nanogpt":
+                cause = "sampling_order"
+                why = ("same model, different random draws: the seed's loop draws one number per row over the "
+                       f"{s.top_k or 'full'} sorted top-k probabilities; HF draws over the full vocabulary in id order")
+                evidence = {"ours_method": "nanogpt", "hf_draws_per_step": "B x vocab"}
+            else:
+                st = steps[s_idx][r] if s_idx < len(steps) else None
+                tie = None
+                if st is not None:
+                    tie = _near_tie(s, r, s_idx, ours_logits[:, s_idx], hf_logits[:, s_idx],
+                                    st.max_abs_dlogit, len(gen.sequences))
+                if tie is not None:
+                    cause = "near_tie"
+                    why = (f"a near-tie flipped by float noise at step {s_idx}: the winning margin {tie['margin']:.2g} "
+                           f"is within the logit difference {tie['max_abs_dlogit']:.2g}")
+                    evidence = tie
+                else:
+                    cause = "unexplained"
+                    why = f"diverges at step {s_idx} with logits within tolerance and no tie: please report this"
+        rows.append(RowComparison(
+            row=r, ours_new_ids=ours_new, ref_new_ids=ref_new, ours_text=decode(gen.sequences[r]),
+            ref_text=decode(ref[r]) if ref is not None and r < len(ref) else "",
+            identical=identical, first_divergent_step=None if identical else (first if first is not None else 0),
+            cause=cause, explanation=why, evidence=evidence,
+        ))
+    return rows
+
+
+_HEADLINES = {
+    "identical": "identical to HuggingFace",
+    "logits_agree": "logits agree with HuggingFace within tolerance",
+    "sampling_order": "same model, different random draws: sampling order",
+    "settings": "same model, different effective settings",
+    "near_tie": "same model; a near-tie flipped by float noise",
+    "unexplained": "rows diverge with agreeing logits and no known cause",
+}
+
+
+def _verdict(rows: list[RowComparison], layers, step_list, reference) -> tuple[bool, str, str]:
+    first_layer = next((l for l in layers if l.exceeds), None)
+    any_step = any(d.exceeds for st in step_list for d in st if d is not None)
+    if first_layer is not None or any_step:
+        where = first_layer.name if first_layer is not None else "lm_head"
+        return False, "model", f"logits differ from HuggingFace: first diverging layer {where}"
+    if reference == "logits":
+        return True, "logits_agree", _HEADLINES["logits_agree"]
+    causes = [r.cause for r in rows if not r.identical]
+    if not causes:
+        return True, "identical", _HEADLINES["identical"]
+    for kind in ("unexplained", "settings", "sampling_order", "near_tie"):
+        if kind in causes:
+            head = _HEADLINES[kind]
+            if kind == "settings":
+                head += ": " + next(r.explanation.split(": ", 1)[1] for r in rows if r.cause == "settings")
+            return kind != "unexplained", kind, f"{head} ({len(causes)} of {len(rows)} rows differ)"
+    raise AssertionError(causes)  # pragma: no cover
+
+

@@ -1,0 +1,122 @@
+"""The parity report's data: plain, JSON-ready dataclasses (and back). Knows no model, no tensor, no UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ParityLabError
+from ..sampling import Generation
+
+
+class ParityError(ParityLabError, ValueError):
+    """Bad input to compare() (unknown reference, missing pieces for the pipeline reference...)."""
+
+
+@dataclass
+class LayerDiff:
+    index: int
+    name: str  # "embeddings", "block 0", ..., "ln_f", "lm_head"
+    max_abs_diff: float
+    scale: float  # max |HF value| at this layer
+    tolerance: float
+    exceeds: bool
+
+
+@dataclass
+class StepDiff:
+    step: int
+    row: int
+    max_abs_dlogit: float
+    tolerance: float
+    exceeds: bool
+    kl: float | None  # KL(HF || ours) of the sampling distributions; None if ours gives 0 where HF doesn't
+    support_mismatch: bool
+    top1_agree: bool
+    top50_overlap: int
+    token_id: int  # the token our sampler chose here
+    ours_prob: float
+    ours_rank: int
+    hf_prob: float
+    hf_rank: int
+    hf_top_probs: list[float]  # HF's model probabilities of our record's top-50 tokens (same order)
+    hf_top_sample_probs: list[float]
+
+
+@dataclass
+class RowComparison:
+    row: int
+    ours_new_ids: list[int]
+    ref_new_ids: list[int]
+    ours_text: str
+    ref_text: str
+    identical: bool
+    first_divergent_step: int | None
+    cause: str | None  # None | "model" | "settings" | "sampling_order" | "near_tie" | "unexplained"
+    explanation: str
+    evidence: dict = field(default_factory=dict)
+
+
+@dataclass
+class SettingRow:
+    name: str
+    ours: object
+    hf: object
+    source: str  # "you" | "model generation_config" | "pipeline default" | "transformers default" | ...
+    differs: bool
+
+
+@dataclass
+class ParityReport:
+    model: str
+    prompt: str | None
+    prompt_ids: list[int]
+    settings: dict
+    reference: str
+    fault: str | None
+    agree: bool  # the implementations agree: models within tolerance and every divergence explained
+    verdict: str  # one line in plain words
+    verdict_kind: str  # identical | logits_agree | sampling_order | settings | near_tie | model | unexplained
+    rtol: float  # max|Δ| tolerated per unit of max|HF value| (NOISE_FACTOR * eps32 * sqrt(mlp_width))
+    atol: float
+    max_abs_dlogit: float
+    first_diverging_layer: str | None
+    layers: list[LayerDiff]
+    steps: list[list[StepDiff | None]]  # [step][row]; None where the row had finished
+    rows: list[RowComparison]
+    settings_table: list[SettingRow]
+    generation: Generation
+    ref_sequences: list[list[int]] | None
+    timings: dict
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParityReport":
+        from ..sampling import StepRecord
+
+        d = dict(d)
+        gen = dict(d["generation"])
+        gen["records"] = [[StepRecord(**r) if r is not None else None for r in step] for step in gen["records"]]
+        d["generation"] = Generation(**gen)
+        d["layers"] = [LayerDiff(**x) for x in d["layers"]]
+        d["steps"] = [[StepDiff(**x) if x is not None else None for x in step] for step in d["steps"]]
+        d["rows"] = [RowComparison(**x) for x in d["rows"]]
+        d["settings_table"] = [SettingRow(**x) for x in d["settings_table"]]
+        return cls(**d)
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _plain(obj):
+    """dataclasses.asdict without its deep copies (the report is not mutated afterwards): ~5x faster."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {name: _plain(getattr(obj, name)) for name in obj.__dataclass_fields__}
+    if isinstance(obj, (list, tuple)):  # lists of plain numbers/strings are shared, not copied
+        return [_plain(x) for x in obj] if any(not isinstance(x, _SCALARS) for x in obj) else obj
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
