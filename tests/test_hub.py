@@ -215,10 +215,8 @@ def test_cli_against_the_stand_in_hub(hub, tmp_path, tiny_hf, label, model, faul
         assert elapsed < 4 + 25, elapsed  # the budget (4 s) plus interpreter start-up and imports
 
 
-@pytest.mark.xfail(condition=(ROOT / "core" / "parity.py").is_file(), strict=True,
-                   reason="core/__init__.py imports core.parity, the module `python -m core.parity` runs; the split "
-                          "of core/parity.py into a package with __main__.py (another branch) removes the warning")
 def test_python_m_entry_points_print_no_runtime_warning():
+    """Issue 12 item 6: `python -m core.parity` must not be a module that `core/__init__` imports first."""
     for module in ("core.parity", "core.generate"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                               timeout=90, env=dict(os.environ, PYTHONWARNINGS="default"))
