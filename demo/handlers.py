@@ -290,6 +290,22 @@ def show_row(report: dict | None, step, row):
             figures.entropy_figure(report, row))
 
 
+def make_model_handler(cache: ModelCache):
+    """Choosing a model in the menu starts its load at once; the note under the menu says whether it is ready,
+    still downloading (Generate says the same until it is), or why it cannot be loaded here."""
+
+    def on_model(model):
+        try:
+            cache.get(model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
+        except ModelStillLoadingError as exc:
+            return gr.Markdown(text.MODEL_LOADING.format(model=model, seconds=exc.seconds), visible=True)
+        except ParityLabError as exc:
+            return gr.Markdown(f"⚠️ {exc}", visible=True)
+        return gr.Markdown(visible=False)
+
+    return on_model
+
+
 def make_load_handler(cache: ModelCache, default_model: str):
     """On page load: the default model if it is ready within `cache.page_wait_s` of its load's start; otherwise the
     built-in tiny model, with a banner saying why (still loading, offline, Hub error...). Never hangs the page."""

@@ -22,7 +22,7 @@ import torch
 
 from core import GPT, Tokenizer, load_pair, load_tokenizer, port_from_hf
 from core.errors import ModelNotAvailableError, ParityLabError
-from core.loader import resolve_checkpoint
+from core.loader import is_local_name, resolve_checkpoint
 
 log = logging.getLogger("parity_lab")
 
@@ -33,9 +33,10 @@ TINY_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, n_positions=1024)
 TINY_SEED = 1234
 TINY_LOGIT_STD = 3.0  # ln_f's gain raised so distributions are peaked, like a trained model's
 # How long a request waits for a model that is loading, counted from the start of that load (seconds): a run
-# request (it holds one of the few run slots), and a page load (the page stays usable on the tiny model).
+# request (short: it holds one of the few run slots, which requests for other models need), and a page load or a
+# choice in the model menu (the page stays usable on the tiny model meanwhile).
 RUN_WAIT_ENV, PAGE_WAIT_ENV = "PARITY_LAB_LOAD_WAIT", "PARITY_LAB_PAGE_WAIT"
-DEFAULT_RUN_WAIT_S, DEFAULT_PAGE_WAIT_S = 60.0, 8.0
+DEFAULT_RUN_WAIT_S, DEFAULT_PAGE_WAIT_S = 5.0, 8.0
 # A page load reports a failure this recent instead of starting the same load again (a Generate always retries).
 RETRY_AFTER_S = 60.0
 
@@ -158,9 +159,17 @@ class ModelCache:
         with self._lock:
             return list(self._loads)
 
+    def prefetch(self, name: str) -> None:
+        """Start loading `name` in the background (e.g. the default model at start-up); returns at once."""
+        try:
+            self.get(name, wait_s=0.0)
+        except ParityLabError:
+            pass  # still loading, or failed: logged by the load itself
+
     def get(self, name: str, wait_s: float | None = None, retry_after_s: float | None = None) -> LoadedModel:
         """The loaded model; starts its load if needed and waits until that load has run `wait_s` seconds
-        (default `self.wait_s`), then raises ModelStillLoadingError. A failed load raises its reason, worded
+        (default: `self.wait_s` for a Hub model, as long as it takes for the tiny model or a local directory),
+        then raises ModelStillLoadingError. A failed load raises its reason, worded
         for the dashboard; with `retry_after_s`, a failure that recent is reported without loading again."""
         self.check(name)
         with self._lock:
@@ -175,8 +184,9 @@ class ModelCache:
             elif load is None:
                 load = self._loads[name] = _Load(name)
                 threading.Thread(target=self._run, args=(load,), name=f"load {name}", daemon=True).start()
-        wait = self.wait_s if wait_s is None else wait_s
-        if not load.done.wait(max(0.0, load.started + wait - time.monotonic())):
+        if wait_s is None:  # a model built from local files cannot hang on the Hub: a request waits for it
+            wait_s = float("inf") if name == TINY or is_local_name(name) else self.wait_s
+        if not load.done.wait(None if wait_s == float("inf") else max(0.0, load.started + wait_s - time.monotonic())):
             raise ModelStillLoadingError(name, time.monotonic() - load.started)
         if load.error is not None:
             exc = load.error

@@ -22,6 +22,10 @@ LOADING_BANNER = (
     "runs on the built-in tiny random-init GPT-2 (its texts are noise, its parity figures real): choose `{wanted}` "
     "in the Model menu again in a minute."
 )
+MODEL_LOADING = (
+    "⏳ `{model}` is downloading from the Hugging Face Hub (started {seconds:.0f} s ago); Generate works once it is "
+    "loaded. Other models, and the built-in tiny one, work meanwhile."
+)
 LOAD_FAILED_BANNER = (
     "⚠️ **`{wanted}` could not be loaded**: {why}. {next_step} Running on the built-in tiny random-init GPT-2 "
     "meanwhile: the texts are noise, but every parity figure is real. " + OWN_CHECKPOINT_HINT

@@ -63,6 +63,7 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
                 run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[prompt], label="Examples")
                 model_dd = gr.Dropdown(choices=cache.allowed, value=model, label="Model", elem_id="model")
+                model_status = gr.Markdown(visible=False, elem_id="model-status")  # loading / failed, per choice
                 method = gr.Radio(choices=text.METHODS, value="hf", label="Our sampling method", info=text.HELP_METHOD,
                                   elem_id="method")
                 reference = gr.Radio(choices=text.REFERENCES, value="generate", label="HuggingFace reference",
@@ -121,6 +122,8 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
         c["step"].change(handlers.show_step, [c["state"], c["step"], c["row"]], [c["top50_fig"]], api_visibility="private")
         c["row"].change(handlers.show_row, [c["state"], c["step"], c["row"]],
                         [c["top50_fig"], c["heat_fig"], c["entropy_fig"]], api_visibility="private")
+        model_dd.input(handlers.make_model_handler(cache), [model_dd], [model_status], api_visibility="private",
+                       concurrency_limit=None)
         demo.load(handlers.make_load_handler(cache, model), None, [banner, model_dd], api_visibility="private",
                   concurrency_limit=1, concurrency_id="load")
     return demo

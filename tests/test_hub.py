@@ -319,3 +319,14 @@ def test_offline_dashboard_says_what_works_there(monkeypatch, tmp_path, bpe_dir)
     assert LOCAL_TODO not in str(exc) and "--model DIR" in str(exc) and TINY in str(exc)
     banner, _ = handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2")(progress=lambda *a, **k: None)
     assert "Offline mode" in banner.value and "--model DIR" in banner.value and LOCAL_TODO not in banner.value
+
+
+def test_choosing_a_model_starts_its_load_and_says_how_it_goes(online, bpe_dir):
+    cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=10, page_wait_s=0.2)
+    online.fault("gpt2-medium/resolve/main/config.json", method="HEAD", delay_s=1.0)
+    on_model = handlers.make_model_handler(cache)
+    note, chose_s = timed(on_model, "gpt2-medium")
+    assert note.visible and "`gpt2-medium` is downloading" in note.value and chose_s < 1
+    assert wait_until(lambda: "gpt2-medium" in cache.resident(), 15)
+    assert on_model("gpt2-medium").visible is False  # ready: nothing to say
+    assert "not available here" in on_model("../etc/passwd").value
