@@ -82,8 +82,11 @@ def main() -> int:
                                         stdout=open(app.log_path, "wb"), stderr=subprocess.STDOUT)
             app._wait_ready(120)
             client = Client(app.url, verbose=False)
-            first, outcome = run(client, "gpt2")
-            print(f"shape {args.shape}: first gpt2 Generate (download + load + run): {first:.2f} s ({outcome})")
+            start, outcome = time.perf_counter(), ""
+            while outcome != "ok" and time.perf_counter() - start < 120:  # the app started gpt2's download at launch
+                outcome = run(client, "gpt2")[1]
+            print(f"shape {args.shape}: gpt2 resident {time.perf_counter() - start:.2f} s after the first Generate "
+                  f"({outcome})")
             for model in ("gpt2", "tiny-random-gpt2"):
                 run(client, model)  # warm
             baseline = {m: [run(client, m)[0] for _ in range(args.repeat)] for m in ("gpt2", "tiny-random-gpt2")}
