@@ -51,6 +51,8 @@ def hub(tiny_checkpoint, odd_checkpoint):
         hub.add_repo("someone/gpt2-bin-only", {"config.json": json.dumps(config).encode(),
                                                "pytorch_model.bin": b"pickle"})
         hub.add_repo("someone/gated-gpt2", files, gated=True)
+        hub.add_repo("someone/gpt2-cross-attention", {**files, "config.json": json.dumps(
+            {**config, "add_cross_attention": True}).encode()})
         yield hub
 
 
@@ -103,6 +105,14 @@ def test_non_gpt2_is_refused_before_any_weight_is_fetched(online):
         resolve_checkpoint("google-bert/bert-base-uncased", budget_s=BUDGET_S)
     assert info.value.reason == "not_gpt2"
     assert fetched(online) == {"config.json"} and not any("safetensors" in r for r in online.requests)
+
+
+def test_unsupported_gpt2_options_are_refused_before_any_weight_is_fetched(online):
+    from core.model import UnsupportedConfigError
+
+    with pytest.raises(UnsupportedConfigError, match="add_cross_attention=True"):
+        resolve_checkpoint("someone/gpt2-cross-attention", budget_s=BUDGET_S)
+    assert fetched(online) == {"config.json"}
 
 
 def closed_port_url() -> str:
