@@ -101,35 +101,51 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, budget_s: float | Non
     name = str(name_or_path)
     if is_local_name(name):
         raise ModelNotAvailableError(f"no checkpoint directory at {name}", model=name)
-    budget = Budget.start(budget_s if budget_s is not None else hub_budget_s())
-    from huggingface_hub import hf_hub_download, snapshot_download  # only this module talks to the Hub
+    from huggingface_hub import hf_hub_download  # only this module talks to the Hub
 
     _bound_hub_requests()
+    budget = Budget.start(budget_s if budget_s is not None else hub_budget_s())
     config_file = Path(_hub_call(name, "config.json", budget, hf_hub_download, repo_id=name, filename="config.json"))
     check_gpt2_config(config_file.parent, name)
-    local = Path(_hub_call(name, "the weights and tokenizer files", budget, snapshot_download, repo_id=name,
-                           allow_patterns=_HUB_PATTERNS))
-    if not _has_weights(local):
-        _why_no_weights(name, budget)
+    local = Path(_hub_call(name, "the weights and tokenizer files", budget, _fetch_files, name))
+    if not _has_weights(local):  # cannot happen: _fetch_files checks; kept as the invariant callers rely on
+        raise ModelNotAvailableError(f"Hub model {name!r}: no weights in {local}", model=name, reason="server_error")
     return local
 
 
-def _why_no_weights(name: str, budget: Budget) -> None:
-    """snapshot_download falls back to a partial cached snapshot (here: the config.json just fetched) when the Hub
-    fails it; ask the Hub for the file list to tell that failure from a repo without safetensors weights."""
-    from huggingface_hub import HfApi
+def _fetch_files(name: str) -> str:
+    """The files a GPT-2 needs (_HUB_PATTERNS), one after the other in the calling thread (no worker pool that
+    would outlive a give-up): the Hub's file list, then each file through the Hub cache. With the Hub unavailable,
+    a complete cached copy serves. Returns the snapshot directory."""
+    from fnmatch import fnmatch
 
-    info = _hub_call(name, "the file list", budget.at_least(hub_timeout_s()), HfApi().model_info, repo_id=name)
-    files = {s.rfilename for s in info.siblings or []}
-    if not any(f == "model.safetensors" or re.fullmatch(r"model-.*\.safetensors", f) for f in files):
+    import httpx2
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub import errors as hub
+
+    try:
+        info = HfApi().model_info(name)
+    except (httpx2.TransportError, hub.OfflineModeIsEnabled, hub.HfHubHTTPError) as exc:
+        if isinstance(exc, hub.RepositoryNotFoundError):
+            raise
+        try:  # the Hub cannot list the files: a complete copy in the cache will do
+            local = snapshot_download(repo_id=name, allow_patterns=_HUB_PATTERNS, local_files_only=True)
+        except hub.LocalEntryNotFoundError:
+            raise exc from None
+        if _has_weights(Path(local)):
+            return local
+        raise exc from None
+    wanted = sorted((s.rfilename for s in info.siblings or [] if s.rfilename != "config.json"  # fetched first
+                     and any(fnmatch(s.rfilename, p) for p in _HUB_PATTERNS)),
+                    key=lambda f: (f.endswith(".safetensors"), f))  # small files first, the weights last
+    if not any(f.endswith(".safetensors") for f in wanted):
         raise ModelNotAvailableError(
             f"Hub model {name!r} has no safetensors weights (this tool downloads model.safetensors only, never "
             "pickled pytorch_model.bin files)",
             "Convert it with GPT2LMHeadModel.from_pretrained(...).save_pretrained(DIR) and pass DIR instead",
             model=name, reason="no_safetensors")
-    raise ModelNotAvailableError(
-        f"the Hugging Face Hub lists safetensors weights for {name!r} but they could not be downloaded",
-        f"Try again later, or {_LOCAL_TODO}", model=name, reason="server_error")
+    paths = [hf_hub_download(repo_id=name, filename=f) for f in wanted]
+    return str(Path(paths[-1]).parent)  # every file of one revision lands in the same snapshot directory
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -169,7 +185,8 @@ def _bound_hub_requests() -> None:
 class _HubLog(logging.Handler):
     """huggingface_hub's retry warnings about one model: "HTTP Error 503 thrown while requesting HEAD url" (so a
     load that runs out of time while the Hub keeps answering 5xx is reported as a server error, not a timeout) and
-    "'<error>' thrown while requesting ..." (a connection failure: reported at once, not after every retry)."""
+    "'<error>' thrown while requesting ..." (a connection failure, or a request that timed out after the first one
+    did: reported at once, not after every retry with its back-off)."""
 
     HTTP = re.compile(r"HTTP Error (\d+) thrown while requesting (\w+) (\S+)")
     NETWORK = re.compile(r"'(.*)' thrown while requesting (\w+) (\S+)", re.S)
@@ -179,14 +196,20 @@ class _HubLog(logging.Handler):
         self.name_part, self.wake = f"/{name}/", wake
         self.http_errors: list[tuple[int, str, str]] = []
         self.network_error: tuple[str, str, str] | None = None
+        self.timed_out: tuple[str, str] | None = None
 
     def emit(self, record):
         message = record.getMessage()
         if m := self.HTTP.search(message):
             if self.name_part in m.group(3):
                 self.http_errors.append((int(m.group(1)), m.group(2), m.group(3)))
-        elif (m := self.NETWORK.search(message)) and self.name_part in m.group(3) and "timed out" not in m.group(1):
-            self.network_error = (m.group(1), m.group(2), m.group(3))
+        elif (m := self.NETWORK.search(message)) and self.name_part in m.group(3):
+            if "timed out" in m.group(1):  # the second request in a row without an answer: stop waiting
+                self.timed_out = (m.group(2), m.group(3))
+            else:
+                self.network_error = (m.group(1), m.group(2), m.group(3))
+            _ABANDONED.add(record.thread)  # given up on from now: its next lines ("Retrying in 1s") are not news
+            _silence_abandoned()
             self.wake.set()
 
 
@@ -201,34 +224,53 @@ class Budget:
     def start(cls, seconds: float) -> Budget:
         return cls(seconds, time.monotonic() + seconds)
 
-    def at_least(self, seconds: float) -> Budget:
-        return Budget(self.seconds, max(self.deadline, time.monotonic() + seconds))
+
+_ABANDONED: set[int] = set()  # threads of Hub calls given up on: their retry warnings are no longer news
 
 
-def _hub_call(name: str, what: str, budget: Budget, fn, **kwargs):
+def _silence_abandoned() -> None:
+    """Drop huggingface_hub's log lines from abandoned calls' threads (they would follow the error message)."""
+    for handler in logging.getLogger("huggingface_hub").handlers:
+        if not any(getattr(f, "_parity_lab", False) for f in handler.filters):
+            drop = lambda record: record.thread not in _ABANDONED  # noqa: E731
+            drop._parity_lab = True
+            handler.addFilter(drop)
+
+
+def _hub_call(name: str, what: str, budget: Budget, fn, /, *args, **kwargs):
     """fn(**kwargs) in a daemon thread, given up at the budget's deadline; every failure -> ModelNotAvailableError."""
     result: dict = {}
     done = threading.Event()
 
     def work():
         try:
-            result["value"] = fn(**kwargs)
+            result["value"] = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             result["error"] = exc
         finally:
             done.set()
+            _ABANDONED.discard(threading.get_ident())  # thread ids are reused: forget this one
 
     watch = _HubLog(name, done)
     hub_logger = logging.getLogger("huggingface_hub")
     hub_logger.addHandler(watch)
     started = time.monotonic()
     try:
-        threading.Thread(target=work, name=f"hub-download {name}", daemon=True).start()
+        worker = threading.Thread(target=work, name=f"hub-download {name}", daemon=True)
+        worker.start()
         done.wait(max(budget.deadline - started, 0.0))
         if "value" not in result and "error" not in result:
+            _ABANDONED.add(worker.ident)  # it ends by itself (every request is bounded); nobody waits for it
+            _silence_abandoned()
             if watch.network_error:  # huggingface_hub is retrying a failed connection: say so now
                 error, method, url = watch.network_error
                 raise _unreachable(name, what, f"{error.splitlines()[0][:200]} ({method} {url})")
+            if watch.timed_out:
+                method, url = watch.timed_out
+                raise HubTimeoutError(
+                    f"the Hugging Face Hub at {_endpoint()} stopped answering while getting {what} of {name!r} "
+                    f"(no answer to {method} {url} within {hub_timeout_s():g} s, twice), and it is not in the local "
+                    "cache", _todo_timeout(), model=name, reason="timeout")
             if watch.http_errors:
                 raise _server_error(name, what, *watch.http_errors[-1], retried=True)
             raise HubTimeoutError(
