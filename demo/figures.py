@@ -10,7 +10,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .divergence import Divergence, is_greedy, report_divergences
+from .divergence import is_greedy, report_divergences
 
 OURS = "#1f6feb"
 HF = "#f59e0b"

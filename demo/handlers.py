@@ -443,10 +443,6 @@ def _message(exc: Exception) -> str:
     return f"Something went wrong on our side ({type(exc).__name__}). Please try again or report it."
 
 
-def _user_error(exc: Exception) -> gr.Error:
-    return gr.Error(_message(exc), print_exception=False)
-
-
 def error_outputs(c: dict, message: str) -> dict:
     """Every Generate output after a refused request: the reason in the verdict panel, the old run cleared."""
     return {
