@@ -183,34 +183,47 @@ def _bound_hub_requests() -> None:
 
 
 class _HubLog(logging.Handler):
-    """huggingface_hub's retry warnings about one model: "HTTP Error 503 thrown while requesting HEAD url" (so a
-    load that runs out of time while the Hub keeps answering 5xx is reported as a server error, not a timeout) and
-    "'<error>' thrown while requesting ..." (a connection failure, or a request that timed out after the first one
-    did: reported at once, not after every retry with its back-off)."""
+    """huggingface_hub's retry warnings from one Hub call's thread: "HTTP Error 503 thrown while requesting HEAD
+    url" (so a call that runs out of time while the Hub keeps answering 5xx is reported as a server error, not a
+    timeout); "'<error>' thrown while requesting ..." (a connection failure, or a request that timed out after the
+    first one did) and a second "Error while downloading ...: timed out" (a stalled body): reported at once, not
+    after every retry with its back-off."""
 
     HTTP = re.compile(r"HTTP Error (\d+) thrown while requesting (\w+) (\S+)")
     NETWORK = re.compile(r"'(.*)' thrown while requesting (\w+) (\S+)", re.S)
+    BODY = re.compile(r"Error while downloading from (\S+): (.*)", re.S)
 
-    def __init__(self, name: str, wake: threading.Event):
+    def __init__(self, wake: threading.Event):
         super().__init__(logging.WARNING)
-        self.name_part, self.wake = f"/{name}/", wake
+        self.wake = wake
+        self.thread: int | None = None  # the call's worker thread, set by the worker itself
         self.http_errors: list[tuple[int, str, str]] = []
         self.network_error: tuple[str, str, str] | None = None
         self.timed_out: tuple[str, str] | None = None
+        self.body_timeouts = 0
 
     def emit(self, record):
+        if record.thread != self.thread:
+            return
         message = record.getMessage()
         if m := self.HTTP.search(message):
-            if self.name_part in m.group(3):
-                self.http_errors.append((int(m.group(1)), m.group(2), m.group(3)))
-        elif (m := self.NETWORK.search(message)) and self.name_part in m.group(3):
+            self.http_errors.append((int(m.group(1)), m.group(2), m.group(3)))
+            return
+        if m := self.NETWORK.search(message):
             if "timed out" in m.group(1):  # the second request in a row without an answer: stop waiting
                 self.timed_out = (m.group(2), m.group(3))
             else:
                 self.network_error = (m.group(1), m.group(2), m.group(3))
-            _ABANDONED.add(record.thread)  # given up on from now: its next lines ("Retrying in 1s") are not news
-            _silence_abandoned()
-            self.wake.set()
+        elif (m := self.BODY.search(message)) and "timed out" in m.group(2):
+            self.body_timeouts += 1
+            if self.body_timeouts < 2:
+                return
+            self.timed_out = ("GET", m.group(1).rstrip(":"))
+        else:
+            return
+        _ABANDONED.add(record.thread)  # given up on from now: its next lines ("Retrying in 1s") are not news
+        _silence_abandoned()
+        self.wake.set()
 
 
 @dataclass(frozen=True)
@@ -243,6 +256,7 @@ def _hub_call(name: str, what: str, budget: Budget, fn, /, *args, **kwargs):
     done = threading.Event()
 
     def work():
+        watch.thread = threading.get_ident()
         try:
             result["value"] = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
@@ -251,7 +265,7 @@ def _hub_call(name: str, what: str, budget: Budget, fn, /, *args, **kwargs):
             done.set()
             _ABANDONED.discard(threading.get_ident())  # thread ids are reused: forget this one
 
-    watch = _HubLog(name, done)
+    watch = _HubLog(done)
     hub_logger = logging.getLogger("huggingface_hub")
     hub_logger.addHandler(watch)
     started = time.monotonic()
@@ -269,7 +283,7 @@ def _hub_call(name: str, what: str, budget: Budget, fn, /, *args, **kwargs):
                 method, url = watch.timed_out
                 raise HubTimeoutError(
                     f"the Hugging Face Hub at {_endpoint()} stopped answering while getting {what} of {name!r} "
-                    f"(no answer to {method} {url} within {hub_timeout_s():g} s, twice), and it is not in the local "
+                    f"(no data from {method} {url} for {hub_timeout_s():g} s, twice), and it is not in the local "
                     "cache", _todo_timeout(), model=name, reason="timeout")
             if watch.http_errors:
                 raise _server_error(name, what, *watch.http_errors[-1], retried=True)

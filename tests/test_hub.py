@@ -134,7 +134,8 @@ CASES = [
     ("stalled config", "gpt2", [dict(path="config.json", stall=True)], "timeout", None, "stopped answering", True),
     ("stalled model API", "gpt2", [dict(path="^/api/models/", stall=True)], "timeout", None, "stopped answering",
      True),
-    ("stalled weights body", "gpt2", [dict(path="^/lfs/", stall_body=True)], "timeout", None, "gave up", True),
+    ("stalled weights body", "gpt2", [dict(path="^/lfs/", stall_body=True)], "timeout", None,
+     "the weights and tokenizer files of 'gpt2'", True),  # the budget or two reads without data, whichever first
     ("unreachable", "gpt2", "closed port", "unreachable", None, "could not reach", True),
 ]
 
@@ -198,7 +199,7 @@ def run_cli(hub, tmp_path, argv, budget=True):
 CLI_CASES = [
     ("healthy", "gpt2", [], 0, None),
     ("stalled Hub", "gpt2", [dict(path=".", stall=True)], 2, "stopped answering while getting config.json of 'gpt2'"),
-    ("stalled weights", "gpt2", [dict(path="^/lfs/", stall_body=True)], 2, "gave up getting the weights"),
+    ("stalled weights", "gpt2", [dict(path="^/lfs/", stall_body=True)], 2, "while getting the weights and tokenizer"),
     ("Hub answering 503", "gpt2", [dict(path="resolve", status=503)], 2, "HTTP 503 Service Unavailable"),
     ("typo", "gpt-2", [], 2, "there is no model 'gpt-2' on the Hugging Face Hub"),
 ]
