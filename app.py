@@ -11,4 +11,9 @@ mine = load_yours(args)  # `--yours FILE.py:NAME`: the user's own GPT-2, loaded 
 demo = build_demo(model=args.model, bpe_dir=args.bpe_dir, max_models=args.max_models, mine=mine)
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("parity_lab").setLevel(logging.INFO)  # which model loaded, or why it fell back
+    demo.model_cache.prefetch(args.model)  # start the default model's download now, in the background
     demo.queue(**QUEUE).launch(server_name=args.host, server_port=args.port, **launch_kwargs())

@@ -32,7 +32,7 @@ from core.faults import FAULTS
 
 from . import figures, text, yours
 from .divergence import report_divergences
-from .models import TINY, ModelCache
+from .models import RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
 log = logging.getLogger("parity_lab")
 
@@ -623,23 +623,47 @@ def make_query_handlers(cache: ModelCache):
     return inputs_from_query, model_from_query
 
 
+def make_model_handler(cache: ModelCache):
+    """Choosing a model in the menu starts its load at once; the note under the menu says whether it is ready,
+    still downloading (Generate says the same until it is), or why it cannot be loaded here."""
+
+    def on_model(model):
+        try:
+            cache.get(model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
+        except ModelStillLoadingError as exc:
+            return gr.Markdown(text.MODEL_LOADING.format(model=model, seconds=exc.seconds), visible=True)
+        except ParityLabError as exc:
+            return gr.Markdown(f"⚠️ {exc}", visible=True)
+        return gr.Markdown(visible=False)
+
+    return on_model
+
+
 def make_load_handler(cache: ModelCache, default_model: str):
-    """On page load: make sure the default model is there (download with progress); offline -> tiny model."""
+    """On page load: the default model if it is ready within `cache.page_wait_s` of its load's start; otherwise the
+    built-in tiny model, with a banner saying why (still loading, offline, Hub error...). Never hangs the page."""
 
     def on_load(progress=gr.Progress(track_tqdm=True)):
         if default_model == TINY:
             return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=TINY)
         try:
             progress(0, desc=f"loading {default_model}")
-            cache.get(default_model)
+            cache.get(default_model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
             return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)
+        except ModelStillLoadingError as exc:
+            banner = text.LOADING_BANNER.format(wanted=default_model, seconds=exc.seconds)
+        except ModelUnavailableHereError as exc:
+            if exc.reason in ("offline", "unreachable"):
+                banner = text.OFFLINE_BANNER.format(wanted=default_model, why=exc.what) + " " + text.OWN_CHECKPOINT_HINT
+            else:
+                banner = text.LOAD_FAILED_BANNER.format(wanted=default_model, why=exc.what, next_step=exc.next_step)
         except ParityLabError as exc:
-            why = str(exc).split(". ")[0]
-            try:
-                cache.get(TINY)
-            except ParityLabError as tiny_exc:  # no BPE files either: say so, keep serving
-                return (gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY))
-            return gr.Markdown(text.OFFLINE_BANNER.format(wanted=default_model, why=why), visible=True), \
-                gr.Dropdown(choices=cache.allowed, value=TINY)
+            banner = f"⚠️ **`{default_model}` could not be loaded**: {exc}"
+        log.warning("default model %s is not available now; the page falls back to %s", default_model, TINY)
+        try:
+            cache.get(TINY)
+        except ParityLabError as tiny_exc:  # should not happen (bundled BPE files): say so, keep serving
+            return gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
+        return gr.Markdown(banner, visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
 
     return on_load

@@ -363,14 +363,18 @@ def test_offline_start_falls_back_to_the_tiny_model_with_a_banner(monkeypatch, t
 
 
 def test_offline_without_bpe_files_says_what_is_missing(monkeypatch, tmp_path):
+    """Offline with no BPE directory and empty caches the bundled files serve; only without them too (a broken
+    install) does the banner say that nothing can run, and what to point at."""
     import huggingface_hub.constants as hub_constants
-    import tiktoken.load
+
+    import core.tokenizer
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken"))
-    monkeypatch.setattr(tiktoken.load, "read_file", lambda path: (_ for _ in ()).throw(ConnectionError("offline")))
-    monkeypatch.setattr("tiktoken.registry.ENCODINGS", {})
+    banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
+    assert banner.visible is True and "Offline mode" in banner.value and dropdown.value == TINY
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "no-bundled-copy")
     banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
     assert banner.visible is True and "GPT2_BPE_DIR" in banner.value
 
