@@ -310,3 +310,15 @@ def test_compare_restores_thread_counts(pair, tokenizer):
     assert torch.get_num_threads() == n and _threads_of_a_new_thread() == n
     worker = refmod._pool().submit(torch.get_num_threads).result()
     assert worker == refmod._reference_share(n)
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["deferred", "overlapped"])
+def test_reference_beside_our_generation_gives_the_serial_report(pair, tokenizer, monkeypatch, overlap):
+    refmod.REFERENCE_CACHE.clear()
+    serial = without_timings(compare(pair, PROMPT, tokenizer=tokenizer, fault="qk_swapped", **SEED_CASE))
+    refmod.REFERENCE_CACHE.clear()
+    monkeypatch.setattr(refmod, "OVERLAP_REFERENCE", overlap)
+    n = torch.get_num_threads()
+    report = compare(pair, PROMPT, tokenizer=tokenizer, fault="qk_swapped", **SEED_CASE)
+    assert without_timings(report) == serial and report.timings["hf_reference_s"] > 0
+    assert torch.get_num_threads() == n

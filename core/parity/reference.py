@@ -336,11 +336,14 @@ def hf_teacher_forced_cached(hf, sequences: torch.Tensor, keep: int = 0, cache: 
     return list(result[0]), result[1]
 
 
-# HF's own sampling does not depend on the model under test: it runs on one long-lived worker thread (a fresh
-# thread per request costs torch ~25%; HF's sampling is serialised by HF_RNG_LOCK anyway) while the model under
-# test generates on the caller's thread, each on its share of the cores (two OpenMP teams on the same cores wait
-# on each other's preempted threads). REFERENCE_THREADS: the worker's torch threads (None: half the caller's).
-REFERENCE_THREADS: int | None = None
+# HF's own sampling does not depend on the model under test. With OVERLAP_REFERENCE it runs on one long-lived
+# worker thread (a fresh thread per request costs torch ~25%; HF's sampling is serialised by HF_RNG_LOCK anyway)
+# while the model under test generates on the caller's thread, each on its share of the cores (two OpenMP teams
+# on the same cores wait on each other's preempted threads). Off by default: on the 2-core Sapphire Rapids box
+# both generations run 1.9x slower on 1 thread than on 2, so side by side they took 3% longer than one after the
+# other (bench/bench_compare.py). Without it, HF's reference runs on the caller's thread when it is asked for.
+OVERLAP_REFERENCE = False
+REFERENCE_THREADS: int | None = None  # the worker's torch threads (None: half the caller's)
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 _KEEPER: ThreadPoolExecutor | None = None
@@ -383,7 +386,7 @@ def sharing_cores_with(pending: Future | None):
     """While HF's reference runs on its worker (`pending` not done), the calling thread uses the other cores."""
     n = torch.get_num_threads()
     mine = max(1, n - _reference_share(n))
-    if pending is None or pending.done() or mine == n:
+    if pending is None or isinstance(pending, _Deferred) or pending.done() or mine == n:
         yield
         return
     torch.set_num_threads(mine)
@@ -397,8 +400,9 @@ def sharing_cores_with(pending: Future | None):
 def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings,
                                reference: str, cache: ResultCache = REFERENCE_CACHE,
                                model: tuple | None = None) -> Future:
-    """Start hf_reference beside the caller's work -> a Future of (sequences, received, user, seconds on HF's
-    side). A cache hit is answered here, as a finished Future (seconds 0)."""
+    """hf_reference as a Future of (sequences, received, user, seconds on HF's side): with OVERLAP_REFERENCE
+    started now beside the caller's work, else run on the caller's thread at .result(). A cache hit is answered
+    here, as a finished Future (seconds 0)."""
     import time
 
     model = model or model_key(hf)
@@ -415,4 +419,19 @@ def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids
         cache.put(hf, key, copy.deepcopy(result))
         return (*result, time.perf_counter() - t)
 
-    return _pool().submit(work)
+    return _pool().submit(work) if OVERLAP_REFERENCE else _Deferred(work)
+
+
+class _Deferred:
+    """A Future-like that runs its work on the caller's thread when its result is first asked for."""
+
+    def __init__(self, work):
+        self._work, self._result = work, None
+
+    def done(self) -> bool:
+        return self._result is not None
+
+    def result(self):
+        if self._result is None:
+            self._result = self._work()
+        return self._result
