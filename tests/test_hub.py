@@ -318,7 +318,7 @@ def test_page_load_never_hangs_and_then_says_why(online, bpe_dir):
     on_load = handlers.make_load_handler(cache, "gpt2-medium")
     (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
     print(f"\npage load while the default model's download hangs: {page_s:.2f} s")
-    assert page_s < 3 and dropdown.value == TINY and banner.visible
+    assert page_s < 5 and dropdown.value == TINY and banner.visible  # the tiny model built meanwhile (~1 s)
     assert "still downloading" in banner.value and "`gpt2-medium`" in banner.value
     assert wait_until(lambda: not cache.loading(), BUDGET_S + 5)
     (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
