@@ -262,30 +262,30 @@ class Result:
     tensors: dict[str, torch.Tensor] = field(repr=False)
 
 
-def read_header(path: Path, max_bytes: int) -> dict:
+def read_header(path: Path, max_bytes: int, what: str = "the file") -> dict:
     """The safetensors header (JSON) with the size checks that come before any parsing of tensor data."""
     size = path.stat().st_size
     if size > max_bytes:
-        raise DumpError(f"the file is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
+        raise DumpError(f"{what} is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
     if size < 8:
-        raise DumpError("not a safetensors file: shorter than its 8-byte header length")
+        raise DumpError(f"{what} is not a safetensors file: shorter than its 8-byte header length")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > min(MAX_HEADER_BYTES, size - 8):
-            raise DumpError("not a safetensors file (or truncated): its header length "
-                            f"{n} does not fit in {size - 8} bytes / the {MAX_HEADER_BYTES >> 20} MiB header limit")
+            raise DumpError(f"{what} is not a safetensors file, or is truncated: its first 8 bytes announce a "
+                            f"{n:,}-byte header, but {size - 8:,} bytes follow (header limit {MAX_HEADER_BYTES >> 20} MiB)")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DumpError("not a safetensors file: its header is not JSON") from None
+        raise DumpError(f"{what} is not a safetensors file: its header is not JSON") from None
     if not isinstance(header, dict):
-        raise DumpError("not a safetensors file: its header is not a JSON object")
+        raise DumpError(f"{what} is not a safetensors file: its header is not a JSON object")
     end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
                and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
     if 8 + n + end != size:
-        raise DumpError(f"the safetensors file is truncated or padded: its header describes {8 + n + end} bytes, "
-                        f"the file has {size}")
+        raise DumpError(f"{what} is truncated or padded: its safetensors header describes {8 + n + end:,} bytes, "
+                        f"the file has {size:,}")
     return header
 
 
@@ -293,7 +293,7 @@ def _read_checked(path: Path, kind: str, max_bytes: int, manifest_override: dict
     """Header, manifest and tensors of a dump file; every tensor's dtype, shape and values checked."""
     from safetensors import SafetensorError, safe_open
 
-    read_header(path, max_bytes)
+    read_header(path, max_bytes, f"the {kind} file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -478,6 +478,15 @@ class DumpCheck:
     def to_dict(self) -> dict:
         return {"reference_id": self.reference_id, "implementation": self.implementation, "agree": self.agree,
                 "cases": [r.to_dict() for r in self.reports]}
+
+    def cases_described(self) -> list[str]:
+        out = []
+        for i, r in enumerate(self.reports):
+            prompt = repr(r.prompt) if r.prompt is not None else f"{len(r.prompt_ids)} token ids"
+            s = r.settings
+            out.append(f"case{i}: prompt {prompt}, {s['effective_method'] if 'effective_method' in s else s['method']}"
+                       f", seed {s['seed']}, {len(r.rows)} row(s)")
+        return out
 
 
 def compare_dump(reference, result, *, tokenizer=None, manifest=None, max_bytes: int = MAX_RESULT_BYTES) -> DumpCheck:
