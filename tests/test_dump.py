@@ -1,0 +1,304 @@
+"""The dump format: export HF's reference, a result written by another implementation, check it (API and CLI).
+
+HF transformers is the independent reference throughout: the reference's numbers are HF's, and a result is
+judged against them; the numpy example never imports torch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from core import compare, port_from_hf
+from core.faults import apply_fault
+from core.parity.dump import (
+    FORMAT, METADATA_KEY, DumpError, compare_dump, export_reference, load_reference, load_result, make_cases,
+    result_from_gpt, result_manifest, save_reference, save_result,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Hello, I'm a language model,"
+SETTINGS = dict(num_return_sequences=2, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def ref_dir(tmp_path_factory, tiny_checkpoint, tokenizer):
+    """HF's reference for the tiny checkpoint, with layers: one prompt x two seeds, plus one greedy case."""
+    from core.loader import load_hf_model
+
+    hf = load_hf_model(tiny_checkpoint)
+    cases = make_cases([PROMPT], tokenizer, [42, 7], **SETTINGS)
+    cases += make_cases(["The quick brown fox"], tokenizer, [0], method="greedy", max_new_tokens=5)
+    cases[-1].name = "case2"
+    ref = export_reference(hf, cases, model="tiny", layers=True, tokenizer=tokenizer)
+    out = tmp_path_factory.mktemp("ref")
+    save_reference(ref, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref(ref_dir):
+    return load_reference(ref_dir)
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_checkpoint):
+    from core.loader import load_hf_model
+
+    return port_from_hf(load_hf_model(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def good_result(tmp_path_factory, ref, ours):
+    manifest, tensors = result_from_gpt(ours, ref)
+    path = tmp_path_factory.mktemp("res") / "ours.safetensors"
+    save_result(path, manifest, tensors)
+    return path, manifest, tensors
+
+
+def test_export_writes_what_the_spec_says(ref_dir, ref, tiny_hf):
+    manifest = json.loads((ref_dir / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT and manifest["version"] == 1 and manifest["layers"] is True
+    assert [c["name"] for c in manifest["cases"]] == ["case0", "case1", "case2"]
+    template = json.loads((ref_dir / "result_template.json").read_text())
+    assert template["manifest"]["reference_id"] == manifest["reference_id"]
+    assert {"case0.tokens", "case0.logits", "case0.hidden", "case0.sampled"} <= set(template["tensors"])
+    with safe_open(str(ref_dir / "reference.safetensors"), framework="pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    P = len(manifest["cases"][0]["prompt_ids"])
+    assert shapes["case0.tokens"] == [2, P + 6]
+    assert shapes["case0.logits"] == [2, 6, 50257]
+    assert shapes["case0.hidden"] == [2 + 2, 2, P + 5, 32]
+    # the streams are HF generate()'s, seeded as users do; the logits are HF's own at the positions that matter
+    from conftest import hf_generate
+
+    ids = manifest["cases"][0]["prompt_ids"]
+    assert ref.tensors["case0.tokens"].tolist() == hf_generate(tiny_hf, ids, 42, do_sample=True, top_k=50,
+                                                               num_return_sequences=2, max_new_tokens=6)
+    tokens = ref.tensors["case0.tokens"]
+    with torch.no_grad():
+        hf_logits = tiny_hf(tokens[:, :-1]).logits[:, P - 1:]
+    torch.testing.assert_close(ref.tensors["case0.logits"], hf_logits, rtol=0, atol=1e-5)
+
+
+def test_round_trip_our_model_is_identical(ref_dir, good_result, tokenizer):
+    path, _, _ = good_result
+    check = compare_dump(ref_dir, path, tokenizer=tokenizer)
+    assert check.agree
+    assert [r.verdict_kind for r in check.reports] == ["identical"] * 3
+    for r in check.reports:
+        assert r.first_diverging_layer is None and [l.name for l in r.layers][-1] == "lm_head"
+        assert len(r.layers) == 2 + 2 + 1 and not any(l.exceeds for l in r.layers)
+        assert all(row.identical for row in r.rows)
+
+
+def test_same_verdicts_as_compare(ref, ours, tiny_hf, tokenizer, tmp_path):
+    """A fault in our model: check on its result flags the very layer compare() flags."""
+    s = ref.cases[0].settings
+    for fault in ("c_proj_not_transposed", "no_position_embeddings", "untied_lm_head"):
+        live = compare((ours, tiny_hf), PROMPT, tokenizer=tokenizer, reference="logits", fault=fault, **{
+            k: s[k] for k in ("num_return_sequences", "max_new_tokens", "seed")})
+        manifest, tensors = result_from_gpt(apply_fault(ours, fault), ref, sampled=False)
+        check = compare_dump(ref, save_result(tmp_path / f"{fault}.safetensors", manifest, tensors),
+                             tokenizer=tokenizer)
+        dumped = check.reports[0]
+        assert not check.agree
+        assert dumped.verdict_kind == live.verdict_kind == "model"
+        assert dumped.first_diverging_layer == live.first_diverging_layer, fault
+
+
+def test_sampled_rows_explained(ref, ours, tokenizer, tmp_path):
+    """Sampled ids from a non-torch sampler: different draws are named as such; the greedy case must match."""
+    manifest, tensors = result_from_gpt(ours, ref)
+    manifest["sampler"] = "other"
+    g = torch.Generator().manual_seed(1)
+    for case in ("case0", "case1"):
+        t = tensors[f"{case}.sampled"].clone()
+        P = len(ref.manifest["cases"][0]["prompt_ids"])
+        t[:, P:] = torch.randint(0, 50000, t[:, P:].shape, generator=g)
+        tensors[f"{case}.sampled"] = t
+    check = compare_dump(ref, save_result(tmp_path / "r.safetensors", manifest, tensors), tokenizer=tokenizer)
+    r0 = check.reports[0]
+    assert check.agree and r0.verdict_kind == "sampling_order"
+    assert {row.cause for row in r0.rows} == {"sampling_order"} and r0.rows[0].first_divergent_step == 0
+    assert check.reports[2].verdict_kind == "identical"  # greedy: their argmax equals HF's
+
+
+def _numpy_example(*args):
+    """Run examples/numpy_gpt2.py with torch made unimportable (it must not need it)."""
+    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = ['numpy_gpt2.py'] + sys.argv[1:]; "
+            "runpy.run_path('examples/numpy_gpt2.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_example_is_identical(ref_dir, tiny_checkpoint, tokenizer, tmp_path, dtype):
+    out = tmp_path / "np.safetensors"
+    _numpy_example("--checkpoint", tiny_checkpoint, "--reference", ref_dir, "--out", out, "--dtype", dtype)
+    check = compare_dump(ref_dir, out, tokenizer=tokenizer)
+    assert check.agree, [r.verdict for r in check.reports]
+    assert [r.verdict_kind for r in check.reports] == ["sampling_order", "sampling_order", "identical"]
+    for r in check.reports:
+        assert r.max_abs_dlogit < 0.5 * r.layers[-1].tolerance  # float noise, well inside the tolerance
+        assert r.max_abs_dlogit > 0  # a genuinely separate computation, not HF's numbers copied back
+
+
+@pytest.mark.parametrize("mistake,layer", [("ln_eps", "block 0"), ("last_block_no_scale", "block 1"),
+                                           ("gelu_relu", "block 0")])
+def test_numpy_mistake_flagged_at_its_layer(ref_dir, tiny_checkpoint, tokenizer, tmp_path, mistake, layer):
+    out = tmp_path / "np.safetensors"
+    _numpy_example("--checkpoint", tiny_checkpoint, "--reference", ref_dir, "--out", out, "--mistake", mistake,
+                   "--no-sampling")
+    check = compare_dump(ref_dir, out, tokenizer=tokenizer)
+    assert not check.agree
+    assert {r.first_diverging_layer for r in check.reports} == {layer}
+    assert all(r.verdict_kind == "model" for r in check.reports)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: each a specific message, nothing loaded or executed
+
+
+def _write(tmp_path, manifest, tensors, name="bad.safetensors"):
+    return save_result(tmp_path / name, manifest, tensors)
+
+
+def _expect(ref, path, match, **kw):
+    with pytest.raises(DumpError, match=match):
+        load_result(path, ref, **kw)
+
+
+def test_bad_files(ref, good_result, tmp_path):
+    path, manifest, tensors = good_result
+    text = tmp_path / "notes.safetensors"
+    text.write_text("these are not tensors, just text that happens to be long enough")
+    _expect(ref, text, "not a safetensors file")
+    tiny = tmp_path / "tiny.safetensors"
+    tiny.write_bytes(b"\x01\x02")
+    _expect(ref, tiny, "shorter than its 8-byte header")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    _expect(ref, cut, "truncated")
+    _expect(ref, path, "limit is", max_bytes=1 << 20)
+    _expect(ref, tmp_path / "missing.safetensors", "no result file")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "nometa.safetensors"))
+    _expect(ref, tmp_path / "nometa.safetensors", "has no manifest")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "badjson.safetensors"), metadata={METADATA_KEY: "{not json"})
+    _expect(ref, tmp_path / "badjson.safetensors", "not valid JSON")
+
+
+def test_bad_manifests(ref, good_result, tmp_path):
+    _, manifest, tensors = good_result
+    _expect(ref, _write(tmp_path, {**manifest, "version": 2}, tensors), "format version 2")
+    _expect(ref, _write(tmp_path, {**manifest, "format": "llm.c-state"}, tensors), "not a gpt2-parity-dump")
+    _expect(ref, _write(tmp_path, {**manifest, "kind": "reference"}, tensors), "where a 'result' was expected")
+    _expect(ref, _write(tmp_path, {**manifest, "model": "distilgpt2"}, tensors), "for model 'distilgpt2'")
+    other = json.loads(json.dumps(manifest))
+    other["reference_id"] = "0" * 16
+    other["cases"][0]["settings"]["seed"] = 3
+    _expect(ref, _write(tmp_path, other, tensors), "other prompts or settings")
+    _expect(ref, _write(tmp_path, {**manifest, "sampler": "python"}, tensors), "'sampler' must be")
+    # a separate manifest file wins over the metadata
+    side = tmp_path / "manifest.json"
+    side.write_text(json.dumps({**manifest, "version": 0}))
+    _expect(ref, _write(tmp_path, manifest, tensors), "format version 0", manifest_path=side)
+
+
+def test_bad_tensors(ref, good_result, tmp_path):
+    _, manifest, tensors = good_result
+    drop = {k: v for k, v in tensors.items() if k != "case1.logits"}
+    _expect(ref, _write(tmp_path, manifest, drop), "lacks tensor case1.logits")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logit": tensors["case0.logits"].clone()}),
+            "unexpected tensor 'case0.logit'")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": tensors["case0.logits"][..., :-1]}),
+            r"case0.logits' has shape \[2, 6, 50256\]; expected \[2, 6, 50257\]")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.hidden": tensors["case0.hidden"][1:]}),
+            "case0.hidden' has shape")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": tensors["case0.logits"][0]}),
+            "expected 3 dimensions")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": tensors["case0.logits"].to(torch.int32)}),
+            "dtype I32; expected one of F64, F32, F16, BF16")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.tokens": tensors["case0.tokens"].float()}),
+            "dtype F32; expected one of I64, I32")
+    nan = tensors["case1.hidden"].clone()
+    nan[3, 1, 2, 5] = float("nan")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case1.hidden": nan}), "case1.hidden' has 1 NaN/Inf")
+    inf = tensors["case0.logits"].clone()
+    inf[0, 0, 0] = float("inf")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": inf}), "NaN/Inf")
+    wrong = tensors["case0.tokens"].clone()
+    wrong[1, -2] = (wrong[1, -2] + 1) % 50257
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.tokens": wrong}),
+            "tokens do not match the reference's: first at row 1")
+    bad_ids = tensors["case0.sampled"].clone()
+    bad_ids[0, -1] = 60000
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.sampled": bad_ids}), "outside")
+
+
+def test_reference_dir_errors(tmp_path, good_result):
+    path, _, _ = good_result
+    with pytest.raises(DumpError, match="no reference at"):
+        load_reference(tmp_path)
+    with pytest.raises(DumpError, match="where a 'reference' was expected"):
+        load_reference(path)  # a result given as the reference
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cli(capsys, *args):
+    """main_parity in-process -> (exit status, stdout, stderr); argparse's own errors raise SystemExit."""
+    from core.cli import main_parity
+
+    try:
+        code = main_parity([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_export_and_check(tiny_checkpoint, tmp_path, ours, tokenizer, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there\nThe quick brown fox\n")
+    out = tmp_path / "ref"
+    rc, stdout, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--prompts", prompts, "--out", out, "--seeds",
+                              "1", "2", "--max-new-tokens", "3", "--num-return-sequences", "2")
+    assert rc == 0, stderr
+    assert "wrote 4 case(s)" in stdout and "MiB" in stdout
+    ref = load_reference(out)
+    assert "case0.hidden" not in ref.tensors and not ref.manifest["layers"]
+    good = save_result(tmp_path / "good.safetensors", *result_from_gpt(ours, ref, layers=False))
+    rc, stdout, _ = _cli(capsys, "check", "--reference", out, "--yours", good)
+    assert rc == 0 and "verdict: AGREE - identical to HuggingFace" in stdout and "4 of 4 case(s) agree" in stdout
+    bad = save_result(tmp_path / "bad.safetensors", *result_from_gpt(apply_fault(ours, "untied_lm_head"), ref,
+                                                                     layers=False))
+    rc, stdout, _ = _cli(capsys, "check", "--reference", out, "--yours", bad, "--json")
+    data = json.loads(stdout)
+    assert rc == 1 and data["agree"] is False
+    assert {c["verdict_kind"] for c in data["cases"]} == {"model"}
+    assert all(c["first_diverging_layer"] == "lm_head" for c in data["cases"])
+    rc, stdout, stderr = _cli(capsys, "check", "--reference", out, "--yours", prompts)
+    assert rc == 2 and stderr.count("\n") == 1 and "not a safetensors file" in stderr and "Traceback" not in stderr
+    rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--seeds", "-1")
+    assert rc == 2 and "seed" in stderr and stderr.count("\n") == 1
+    rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--method", "nanogpt")
+    assert rc == 2 and "invalid choice" in stderr
+
+
+def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
+    rc, stdout, stderr = _cli(capsys, "--model", tiny_checkpoint, "--reference", "logits", "--max-new-tokens", "2",
+                              "--num-return-sequences", "1")
+    assert rc == 0, stderr
+    assert stdout.startswith("verdict: AGREE")
