@@ -99,7 +99,7 @@ class Reference:
 
     @property
     def cases(self) -> list[Case]:
-        return [Case(**c) for c in self.manifest["cases"]]
+        return [Case(c["name"], c["prompt"], c["prompt_ids"], c["settings"]) for c in self.manifest["cases"]]
 
     @property
     def config(self) -> dict:
@@ -338,8 +338,8 @@ def _check_manifest(m: dict, kind: str, where: str) -> None:
     if not isinstance(cases, list) or not cases or len(cases) > MAX_CASES:
         raise DumpError(f"{where}: 'cases' must be a list of 1 to {MAX_CASES} cases")
     for i, c in enumerate(cases):
-        if not isinstance(c, dict) or set(c) != {"name", "prompt", "prompt_ids", "settings"}:
-            raise DumpError(f"{where}: case {i} must have exactly name, prompt, prompt_ids, settings")
+        if not isinstance(c, dict) or not {"name", "prompt", "prompt_ids", "settings"} <= set(c):
+            raise DumpError(f"{where}: case {i} must have name, prompt, prompt_ids and settings")
         if c["name"] != f"case{i}":
             raise DumpError(f"{where}: case {i} must be named 'case{i}', got {c['name']!r}")
         ids = c["prompt_ids"]
