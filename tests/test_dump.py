@@ -114,20 +114,31 @@ def test_same_verdicts_as_compare(ref, ours, tiny_hf, tokenizer, tmp_path):
 
 
 def test_sampled_rows_explained(ref, ours, tokenizer, tmp_path):
-    """Sampled ids from a non-torch sampler: different draws are named as such; the greedy case must match."""
+    """Sampled ids from a sampler with its own random numbers: valid draws are 'different random draws', tokens
+    the settings never sample are the sampler's fault; the greedy case must match HF exactly."""
+    from core import generate
+
     manifest, tensors = result_from_gpt(ours, ref)
     manifest["sampler"] = "other"
-    g = torch.Generator().manual_seed(1)
-    for case in ("case0", "case1"):
-        t = tensors[f"{case}.sampled"].clone()
-        P = len(ref.manifest["cases"][0]["prompt_ids"])
-        t[:, P:] = torch.randint(0, 50000, t[:, P:].shape, generator=g)
-        tensors[f"{case}.sampled"] = t
+    for i, case in enumerate(ref.cases[:2]):  # valid draws from the same distribution, other random numbers
+        gen = generate(ours, case.prompt_ids, record=False, **{**case.settings, "seed": 1000 + i})
+        tensors[f"{case.name}.sampled"] = torch.tensor(gen.sequences)
     check = compare_dump(ref, save_result(tmp_path / "r.safetensors", manifest, tensors), tokenizer=tokenizer)
     r0 = check.reports[0]
-    assert check.agree and r0.verdict_kind == "sampling_order"
-    assert {row.cause for row in r0.rows} == {"sampling_order"} and r0.rows[0].first_divergent_step == 0
+    assert check.agree and r0.verdict_kind == "sampling_order" and r0.sampler == "yours"
+    assert {row.cause for row in r0.rows} == {"sampling_order"}
     assert check.reports[2].verdict_kind == "identical"  # greedy: their argmax equals HF's
+
+    P = len(ref.cases[0].prompt_ids)
+    t = tensors["case0.sampled"].clone()
+    logits = tensors["case0.logits"][0, 0]
+    t[0, P] = int(logits.argsort()[100])  # rank ~50000: never inside top-k 50
+    tensors["case0.sampled"] = t
+    check = compare_dump(ref, save_result(tmp_path / "r2.safetensors", manifest, tensors), tokenizer=tokenizer)
+    r0 = check.reports[0]
+    assert not check.agree and r0.verdict_kind == "sampler"
+    assert r0.rows[0].cause == "sampler" and r0.rows[0].first_divergent_step == 0
+    assert "never sample" in r0.rows[0].explanation
 
 
 def _numpy_example(*args):

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ParityLabError
-from ..sampling import Generation, SamplingSettings, logits_to_probs, process_logits_hf, step_records
+from ..sampling import Generation, SamplingSettings
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
 from .explain import _verdict, explain_rows
 from .report import LayerDiff, ParityReport, SettingRow
@@ -31,6 +30,7 @@ METADATA_KEY = "gpt2_parity_dump"  # the result's manifest, as JSON, in the safe
 REFERENCE_TENSORS = "reference.safetensors"
 REFERENCE_MANIFEST = "manifest.json"
 RESULT_TEMPLATE = "result_template.json"
+SUBJECT = "Result file"  # how reports and the dashboard name the side under test
 
 # Limits for reading untrusted files (the dashboard passes a smaller max_bytes).
 MAX_RESULT_BYTES = 4 << 30
@@ -512,49 +512,40 @@ def _default_tokenizer():
         return None  # texts stay empty; every number is still compared
 
 
-def _active_rows(tokens: torch.Tensor, P: int, eos: int) -> list[list[bool]]:
-    """[step][row]: is the row still generating at this step (HF stops a row after its eos)?"""
-    B, T = tokens.shape
-    out, done = [], [False] * B
-    for k in range(T - P):
-        out.append([not d for d in done])
-        done = [d or int(tokens[r, P + k]) == eos for r, d in enumerate(done)]
-    return out
-
-
-def _records(logits: torch.Tensor, tokens: torch.Tensor, P: int, s: SamplingSettings, active, tokenizer):
-    """Per-step records of the result's own distributions, at the reference's tokens (teacher-forced)."""
-    records = []
-    for k in range(logits.size(1)):
-        raw, chosen = logits[:, k], tokens[:, P + k]
-        if s.effective_method == "greedy":
-            probs = F.one_hot(chosen, raw.size(-1)).to(raw.dtype)
-        else:
-            probs = logits_to_probs(process_logits_hf(raw, s.temperature, s.top_k, s.top_p))
-        records.append(step_records(k, raw, probs, chosen, active[k], tokenizer))
-    return records
-
-
-def _generation(case: Case, s: SamplingSettings, sequences: list[list[int]], records, eos: int, tokenizer) -> Generation:
-    P = len(case.prompt_ids)
-    new_ids, done = [], []
-    for seq in sequences:
+def _with_sampled_rows(gen: Generation, sampled: list[list[int]], eos: int, tokenizer) -> Generation:
+    """The result's own sampled rows as the subject's texts and sequences; the records stay on the reference's
+    streams, where the result's logits were computed."""
+    P = len(gen.prompt_ids)
+    new_ids = []
+    for seq in sampled:
         row = []
         for t in seq[P:]:
             row.append(t)
             if t == eos:
                 break
         new_ids.append(row)
-        done.append(bool(row) and row[-1] == eos)
     decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
-    return Generation(settings=s.to_dict(), prompt=case.prompt, prompt_ids=list(case.prompt_ids),
-                      sequences=sequences, new_token_ids=new_ids, texts=[decode(case.prompt_ids + r) for r in new_ids],
-                      completions=[decode(r) for r in new_ids], finished_by_eos=done, records=records)
+    gen.sequences = sampled
+    gen.new_token_ids = new_ids
+    gen.finished_by_eos = [bool(row) and row[-1] == eos for row in new_ids]
+    gen.completions = [decode(row) for row in new_ids]
+    gen.texts = [decode(gen.prompt_ids + row) for row in new_ids]
+    return gen
+
+
+def _outside_support(s: SamplingSettings, logits_k: torch.Tensor, token: int) -> bool:
+    """Does the settings' distribution (from the result's own logits at that step) give `token` zero probability?"""
+    from .subject import sampling_probs
+
+    return bool(sampling_probs(logits_k[None].float(), s)[0, token] <= 0)
 
 
 def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityReport:
-    """One case: per-layer and per-step diffs, a cause for every divergent row, the verdict."""
+    """One case: per-layer and per-step diffs on the reference's streams (the result's model teacher-forced on
+    HF's tokens), then, where the result has its own sampled ids, each row's first divergence and its cause."""
     import time
+
+    from .subject import build_generation
 
     t0 = time.perf_counter()
     config = ref.config
@@ -564,68 +555,69 @@ def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityRepo
     hf_logits = ref.tensors[f"{name}.logits"].float()
     ours_logits = res.tensors[f"{name}.logits"].float()
     rtol = relative_tolerance(config["mlp_width"])
-    active = _active_rows(tokens, P, eos)
-    records = _records(ours_logits, tokens, P, s, active, tokenizer)
-    notes = ["per-step views are on the reference's token streams (your model teacher-forced on HF's tokens)"]
-
-    sampled = res.tensors.get(f"{name}.sampled")
-    sequences = sampled.long().tolist() if sampled is not None else tokens.tolist()
-    gen = _generation(case, s, sequences, records, eos, tokenizer)
+    gen = build_generation(s, case.prompt, case.prompt_ids, tokens[:, P:], ours_logits, eos_id=eos,
+                           tokenizer=tokenizer)
+    impl = res.manifest.get("implementation") if isinstance(res.manifest.get("implementation"), dict) else {}
+    described = ", ".join(str(impl[k]) for k in ("name", "framework", "dtype", "notes") if impl.get(k))
+    notes = [f"result file: {described or 'no implementation named'}; per-step views are on the reference's "
+             "token streams (your model teacher-forced on HF's tokens)"]
 
     ours_h, ref_h = res.tensors.get(f"{name}.hidden"), ref.tensors.get(f"{name}.hidden")
-    if ours_h is not None and ref_h is not None:
+    per_layer = ours_h is not None and ref_h is not None
+    if per_layer:
         layers = layer_diffs(config["n_layer"], [h.float() for h in ours_h.unbind(0)] + [ours_logits],
                              list(ref_h.unbind(0)) + [hf_logits], rtol)
     else:
         only = layer_diffs(0, [ours_logits], [hf_logits], rtol)[0]
         layers = [LayerDiff(config["n_layer"] + 2, "lm_head", only.max_abs_diff, only.scale, only.tolerance,
                             only.exceeds)]
-        notes.append("no per-layer comparison: " + ("the result has no hidden states" if ours_h is None
-                                                     else "the reference was exported without --layers"))
+        notes.append("per-layer comparison not possible: " + ("the result has no hidden states" if ours_h is None
+                                                             else "the reference was exported without --layers"))
     steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
     first_layer = next((l.name for l in layers if l.exceeds), None)
 
-    reference = "generate" if sampled is not None else "logits"
-    ref_seqs = tokens.tolist() if sampled is not None else None
-    sampler = res.manifest.get("sampler", "other")
-    table = _settings_table(s, res.manifest, config) if sampled is not None else []
-    rows = explain_rows(gen, s, ref_seqs, tokenizer, table, steps, ours_logits, hf_logits, first_layer)
+    sampled = res.tensors.get(f"{name}.sampled")
+    own_draws = res.manifest.get("sampler", "other") != "torch"
+    sampler = "yours" if own_draws and sampled is not None else s.effective_method
+    reference, ref_seqs, table = "logits", None, []
+    if sampled is not None:
+        reference, ref_seqs = "generate", tokens.tolist()
+        gen = _with_sampled_rows(gen, sampled.long().tolist(), eos, tokenizer)
+        table = _settings_table(s, res.manifest)
+    rows = explain_rows(gen, s, ref_seqs, tokenizer, table, steps, ours_logits, hf_logits, first_layer,
+                        sampler=s.effective_method)
     for row in rows:
         if reference == "logits":
             row.identical, row.first_divergent_step, row.cause = True, None, None
             row.explanation = "not compared (the result has no sampled ids)"
-        elif row.cause in ("near_tie", "unexplained") and sampler != "torch" and s.effective_method != "greedy":
-            row.cause = "sampling_order"
-            row.explanation = ("same model, different random draws: your sampler does not draw torch's random "
-                               "numbers under the case's seed (sampler: 'other'), so sampled rows may differ")
-            row.evidence = {"sampler": sampler}
+        elif row.cause in ("near_tie", "unexplained") and own_draws and s.effective_method != "greedy":
+            k = row.first_divergent_step
+            token = row.ours_new_ids[k] if k < len(row.ours_new_ids) else None
+            if token is not None and k < ours_logits.size(1) and _outside_support(s, ours_logits[row.row, k], token):
+                row.cause = "sampler"
+                row.explanation = (f"your sampler chose token {token} at step {k}, which the settings (top-k "
+                                   f"{s.top_k or 'off'}, top-p {s.top_p:g}) never sample: a forgotten filter?")
+                row.evidence = {"kind": "support", "step": k, "token_id": token}
+            else:
+                row.cause = "sampling_order"
+                row.explanation = ("same model, different random draws: your sampler does not draw torch's random "
+                                   "numbers under the case's seed (sampler 'other'), so sampled rows differ "
+                                   "from HF's")
+                row.evidence = {"ours_method": "yours", "hf_draws_per_step": "B x vocab"}
     if reference == "logits":
         notes.append("no sampled ids in the result: the models are compared, the sampling is not")
-    agree, kind, verdict = _verdict(rows, layers, steps, reference)
+    agree, kind, verdict = _verdict(rows, layers, steps, reference, per_layer=per_layer)
     max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
-    impl = res.manifest.get("implementation") or {}
-    label = impl.get("name") if isinstance(impl, dict) else None
-    report = ParityReport(
+    return ParityReport(
         model=ref.manifest["model"]["id"], prompt=case.prompt, prompt_ids=list(case.prompt_ids),
         settings=s.to_dict(), reference=reference, fault=None, agree=agree, verdict=verdict, verdict_kind=kind,
         rtol=rtol, atol=ATOL, max_abs_dlogit=max_dlogit, first_diverging_layer=first_layer, layers=layers,
         steps=steps, rows=rows, settings_table=table, generation=gen, ref_sequences=ref_seqs,
-        timings={"total_s": time.perf_counter() - t0},
+        timings={"total_s": time.perf_counter() - t0}, subject=SUBJECT, sampler=sampler, notes=notes,
     )
-    _attach_label(report, label or "yours", notes)
-    return report
 
 
-def _attach_label(report: ParityReport, label: str, notes: list[str]) -> None:
-    """The subject's name and notes, where the report has fields for them (the bring-your-own protocol)."""
-    if hasattr(report, "label"):
-        report.label = label
-    if hasattr(report, "notes"):
-        report.notes = list(getattr(report, "notes") or []) + notes
-    report.timings["notes"] = notes  # always visible in the JSON
-
-
-def _settings_table(s: SamplingSettings, manifest: dict, config: dict) -> list[SettingRow]:
+def _settings_table(s: SamplingSettings, manifest: dict) -> list[SettingRow]:
     """The sampling settings the result declares (manifest 'sampling', optional) against the case's."""
     declared = manifest.get("sampling") if isinstance(manifest.get("sampling"), dict) else {}
     rows = []
