@@ -8,7 +8,7 @@ import gradio as gr
 
 from core.faults import FAULTS
 
-from . import handlers, text
+from . import handlers, text, upload
 from .models import HUB_ALLOWLIST, TINY, ModelCache
 
 CSS = """
@@ -80,6 +80,7 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
                                               elem_id="num_sequences")
                     max_new_tokens = gr.Slider(1, handlers.MAX_NEW_TOKENS, value=22, step=1, label="max new tokens",
                                                info="22: the seed's rows of 30 tokens", elem_id="max_new_tokens")
+                upload_panel = upload.build_panel()  # "Check a result file": demo/upload.py
             with gr.Column(scale=2):
                 c["verdict"] = gr.HTML(handlers.status_html("Press <b>Generate</b> to compare with HuggingFace."))
                 with gr.Row():
@@ -118,6 +119,7 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
         outputs = [c[k] for k in handlers.OUTPUT_KEYS]
         run_btn.click(handlers.make_run_handler(cache, c), inputs, outputs, api_name="run",
                       concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
+        upload.wire_panel(upload_panel, cache, c, model_dd, RUN_CONCURRENCY)
         c["step"].change(handlers.show_step, [c["state"], c["step"], c["row"]], [c["top50_fig"]], api_visibility="private")
         c["row"].change(handlers.show_row, [c["state"], c["step"], c["row"]],
                         [c["top50_fig"], c["heat_fig"], c["entropy_fig"]], api_visibility="private")

@@ -413,22 +413,43 @@ def _check_case_tensors(manifest: dict, case: dict, tensors: dict, where: str, r
         raise DumpError(f"{where}: {name}.tokens does not start with the case's prompt_ids")
 
 
+def _read_manifest_file(manifest_path) -> dict:
+    mp = Path(manifest_path)
+    if not mp.is_file() or mp.stat().st_size > MAX_HEADER_BYTES:
+        raise DumpError(f"the manifest file is missing or larger than {MAX_HEADER_BYTES >> 20} MiB")
+    try:
+        text = mp.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DumpError("the manifest file is not UTF-8 text") from None
+    return _parse_manifest_json(text, "the manifest file")
+
+
+def peek_result_manifest(path: str | os.PathLike, *, manifest_path=None, max_bytes: int = MAX_RESULT_BYTES) -> dict:
+    """A result's manifest from the safetensors header alone (no tensor read), checked for format and cases: what
+    a server needs to know which reference to build before it reads anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise DumpError("no result file given")
+    header = read_header(p, max_bytes, "the result file")
+    if manifest_path is not None:
+        manifest = _read_manifest_file(manifest_path)
+    else:
+        meta = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
+        if METADATA_KEY not in meta:
+            raise DumpError(f"the result file has no manifest: put it as JSON in the safetensors metadata under "
+                            f"{METADATA_KEY!r} (or give the manifest as a separate JSON file)")
+        manifest = _parse_manifest_json(str(meta[METADATA_KEY]), "the result file's metadata")
+    _check_manifest(manifest, "result", "the result")
+    return manifest
+
+
 def load_result(path: str | os.PathLike, reference: Reference, *, manifest_path: str | os.PathLike | None = None,
                 max_bytes: int = MAX_RESULT_BYTES) -> Result:
     """Read a result written by any implementation, checking it against `reference` before and after loading."""
     p = Path(path)
     if not p.is_file():
         raise DumpError(f"no result file at {str(path)!r}")
-    override = None
-    if manifest_path is not None:
-        mp = Path(manifest_path)
-        if not mp.is_file() or mp.stat().st_size > MAX_HEADER_BYTES:
-            raise DumpError(f"the manifest {str(manifest_path)!r} is missing or larger than {MAX_HEADER_BYTES >> 20} MiB")
-        try:
-            text = mp.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DumpError("the manifest file is not UTF-8 text") from None
-        override = _parse_manifest_json(text, "the manifest file")
+    override = _read_manifest_file(manifest_path) if manifest_path is not None else None
     manifest, tensors = _read_checked(p, "result", max_bytes, override)
     check_result_against(manifest, tensors, reference)
     return Result(manifest, tensors)
