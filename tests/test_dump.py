@@ -313,3 +313,105 @@ def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
                               "--num-return-sequences", "1")
     assert rc == 0, stderr
     assert stdout.startswith("verdict: AGREE")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dashboard's "Check a result file" panel (handlers; the real server below)
+
+
+@pytest.fixture(scope="module")
+def tiny_app_reference():
+    """What the dashboard computes for its built-in tiny model and the seed's case, computed here independently."""
+    from demo import upload
+    from demo.models import TINY, build_tiny_pair
+    from core import load_tokenizer
+
+    ours_t, hf_t = build_tiny_pair()
+    tok = load_tokenizer(None)
+    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), dict(upload.SEED_SETTINGS))
+    return ours_t, export_reference(hf_t, [case], model=TINY, layers=True, tokenizer=tok)
+
+
+@pytest.fixture
+def upload_dir(tmp_path, monkeypatch):
+    """Gradio's upload folder, in a tmp dir: the only place the panel reads files from."""
+    folder = tmp_path / "gradio-uploads"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def panel_env(bpe_dir):
+    from demo import upload
+    from demo.handlers import OUTPUT_KEYS
+    from demo.models import ModelCache
+
+    cache = ModelCache(bpe_dir=str(bpe_dir))
+    refs = upload.ReferenceCache()
+    c = {k: k for k in OUTPUT_KEYS}  # outputs_for keys its values by component; names stand in for them here
+    panel = {k: k for k in ("status", "case", "checked")}
+    return cache, refs, upload.make_check_handler(cache, refs, c, panel)
+
+
+def test_upload_check_shows_every_view(panel_env, tiny_app_reference, upload_dir):
+    from demo.handlers import OUTPUT_KEYS
+
+    cache, refs, check = panel_env
+    ours_t, ref = tiny_app_reference
+    good = save_result(upload_dir / "ours.safetensors", *result_from_gpt(ours_t, ref))
+    out = check([str(good)])
+    assert set(OUTPUT_KEYS) <= set(out)
+    assert out["state"]["verdict_kind"] == "identical" and out["state"]["subject"] == "Result file"
+    assert "identical to HuggingFace" in out["verdict"] and "✅ agrees" in out["status"]
+    assert len(out["state"]["layers"]) == 4 + 2 + 1  # tiny model: embeddings, 4 blocks, ln_f, lm_head
+    for key in ("step_fig", "top50_fig", "heat_fig", "entropy_fig", "layers_fig"):
+        assert out[key] is not None and len(out[key].data) > 0, key
+    # the mistake a port can make shows as such, at its layer
+    bad = save_result(upload_dir / "bad.safetensors", *result_from_gpt(apply_fault(ours_t, "c_proj_not_transposed"),
+                                                                       ref))
+    out = check([str(bad)])
+    assert out["state"]["verdict_kind"] == "model" and out["state"]["first_diverging_layer"] == "block 0"
+    assert "❌ differs" in out["status"]
+    assert len(refs._refs) == 1  # the second upload reused the cached reference
+
+
+def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, monkeypatch):
+    import gradio as gr
+    from demo import upload
+
+    cache, refs, check = panel_env
+    ours_t, ref = tiny_app_reference
+    manifest, tensors = result_from_gpt(ours_t, ref, layers=False, sampled=False)
+
+    def refused(files, match):
+        with pytest.raises(gr.Error, match=match):
+            check(files)
+
+    refused(None, "upload a result file")
+    refused(["/etc/passwd"], "file paths are not accepted")
+    outside = save_result(tmp_path / "outside.safetensors", manifest, tensors)
+    refused([str(outside)], "file paths are not accepted")
+    refused([{"path": str(outside)}], "file paths are not accepted")
+    text = upload_dir / "result.safetensors"
+    text.write_text("hello")
+    refused([str(text)], "not a safetensors file")
+    two = save_result(upload_dir / "two.safetensors", manifest, tensors)
+    refused([str(two), str(two)], "upload one result file")
+    refused([str(_write(upload_dir, {**manifest, "model": "my-gpt2"}, tensors))], "does not serve")
+    refused([str(_write(upload_dir, {**manifest, "version": 3}, tensors))], "format version 3")
+    nan = tensors["case0.logits"].clone()
+    nan[0, 0, 0] = float("nan")
+    refused([str(_write(upload_dir, manifest, {**tensors, "case0.logits": nan}))], "NaN/Inf")
+    many = {**manifest, "cases": [dict(manifest["cases"][0], name=f"case{i}") for i in range(5)]}
+    refused([str(_write(upload_dir, many, tensors))], "at most 4")
+    monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 1 << 20)
+    refused([str(two)], "the limit is 1 MiB")
+    monkeypatch.undo()
+    # a separate manifest file is accepted
+    bare = upload_dir / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(bare))
+    side = upload_dir / "manifest.json"
+    side.write_text(json.dumps(manifest))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(upload_dir))
+    assert check([str(bare), str(side)])["state"]["verdict_kind"] == "logits_agree"
