@@ -129,6 +129,15 @@ def main(argv=None) -> int:
                   f"(agree={chk.agree}), worst max|Δ|/tolerance {worst_ratio(chk):.3f}, "
                   f"max|Δlogit| {r.max_abs_dlogit:.2e}")
         print(f"  ours (torch, as a result file): worst max|Δ|/tolerance {worst_ratio(out['check']):.3f}")
+        from core.cli import format_report
+
+        res = work / "numpy_mistake.safetensors"
+        subprocess.run([sys.executable, str(ROOT / "examples" / "numpy_gpt2.py"), "--checkpoint", str(ckpt),
+                        "--reference", str(work / "ref_layers"), "--out", str(res), "--mistake",
+                        "last_block_no_scale", "--no-sampling"], check=True, capture_output=True)
+        report = compare_dump(work / "ref_layers", res, tokenizer=tok).reports[0]
+        print("numpy example with --mistake last_block_no_scale:")
+        print("\n".join(format_report(report).splitlines()[:20]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
