@@ -170,17 +170,20 @@ def cases_markdown(check: dict) -> str:
     return "\n".join(lines)
 
 
-def _fail(exc: Exception):
-    return handlers._user_error(exc)
-
-
 def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: dict):
+    """The Check button: every view of the main output area for the uploaded result (its first differing case).
+    A refused upload shows its reason in the verdict panel and the status, clears the old views, then ends as a
+    gr.Error, as the Generate button does."""
+
     def check(files, progress=gr.Progress()):
         try:
             progress(0, desc="reading the result, computing HF's reference")
             result, loaded = check_upload(cache, refs, files)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the server keeps serving
-            raise _fail(exc) from None
+            msg = handlers._message(exc)
+            yield {**handlers.error_outputs(c, msg), panel["status"]: f"❌ {msg}", panel["checked"]: None,
+                   panel["case"]: gr.Dropdown(visible=False)}
+            raise gr.Error(msg, print_exception=False) from None
         data = result.to_dict()
         first = next((i for i, r in enumerate(data["cases"]) if not r["agree"]), 0)
         token_text = lambda t: loaded.tokenizer.decode([t])  # noqa: E731
@@ -189,7 +192,7 @@ def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: 
         out[panel["case"]] = gr.Dropdown(choices=[(f"case {i}", i) for i in range(len(data["cases"]))], value=first,
                                          visible=len(data["cases"]) > 1, interactive=True)
         out[panel["checked"]] = {"model": loaded.name, "cases": data["cases"]}
-        return out
+        yield out
 
     return check
 
@@ -211,7 +214,7 @@ def make_reference_handler(cache: ModelCache, refs: ReferenceCache):
             progress(0, desc=f"HF's reference for {model}")
             return seed_reference(cache, refs, model)
         except Exception as exc:  # noqa: BLE001
-            raise _fail(exc) from None
+            raise handlers._user_error(exc) from None
 
     return get_reference
 

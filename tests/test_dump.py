@@ -351,7 +351,20 @@ def panel_env(bpe_dir):
     refs = upload.ReferenceCache()
     c = {k: k for k in OUTPUT_KEYS}  # outputs_for keys its values by component; names stand in for them here
     panel = {k: k for k in ("status", "case", "checked")}
-    return cache, refs, upload.make_check_handler(cache, refs, c, panel)
+    handler = upload.make_check_handler(cache, refs, c, panel)
+
+    def check(files):
+        """The handler's last update (it yields the reason before raising gr.Error on a refused upload)."""
+        updates = []
+        try:
+            for update in handler(files):
+                updates.append(update)
+        except Exception:
+            assert updates and updates[-1]["state"] is None and updates[-1]["status"].startswith("❌")
+            raise
+        return updates[-1]
+
+    return cache, refs, check
 
 
 def test_upload_check_shows_every_view(panel_env, tiny_app_reference, upload_dir):
@@ -415,3 +428,75 @@ def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, 
     side.write_text(json.dumps(manifest))
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(upload_dir))
     assert check([str(bare), str(side)])["state"]["verdict_kind"] == "logits_agree"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The panel on a real server: gradio_client and a browser
+
+
+@pytest.fixture(scope="module")
+def app_server(request, bpe_dir, tmp_path_factory):
+    from apphelper import start_app
+
+    return start_app(request, bpe_dir, log_dir=tmp_path_factory.mktemp("app-log"))
+
+
+@pytest.fixture(scope="module")
+def upload_files(tiny_app_reference, tmp_path_factory):
+    ours_t, ref = tiny_app_reference
+    folder = tmp_path_factory.mktemp("uploads")
+    good = save_result(folder / "good.safetensors", *result_from_gpt(ours_t, ref))
+    bad = save_result(folder / "late_block_bug.safetensors",
+                      *result_from_gpt(apply_fault(ours_t, "untied_lm_head"), ref, sampled=False))
+    text = folder / "notes.safetensors"
+    text.write_text("not tensors at all, just some text")
+    return {"good": good, "bad": bad, "text": text}
+
+
+@pytest.mark.slow
+def test_upload_through_gradio_client(app_server, upload_files):
+    import zipfile
+
+    from gradio_client import Client, handle_file
+
+    client = Client(app_server.url, verbose=False)
+    out = client.predict([handle_file(str(upload_files["good"]))], api_name="/check_result")
+    verdict, status = out[0], out[14]  # outputs: the 14 shown views (the run's State is not sent), status, case
+    assert "identical to HuggingFace" in verdict and "✅ agrees" in status
+    out = client.predict([handle_file(str(upload_files["bad"]))], api_name="/check_result")
+    assert "first diverging layer" in out[0] and "lm_head" in out[0] and "❌ differs" in out[14]
+    with pytest.raises(Exception, match="not a safetensors file"):
+        client.predict([handle_file(str(upload_files["text"]))], api_name="/check_result")
+    with pytest.raises(Exception, match="upload a result file"):
+        client.predict([], api_name="/check_result")
+    zipped = client.predict("tiny-random-gpt2", api_name="/get_reference")  # the server kept serving
+    names = set(zipfile.ZipFile(zipped).namelist())
+    assert {"manifest.json", "reference.safetensors", "result_template.json"} <= names
+    assert app_server.alive()
+
+
+@pytest.mark.browser
+def test_upload_in_browser(app_server, upload_files):
+    from playwright import sync_api
+    from playwright.sync_api import expect
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(15_000)
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(app_server.url)
+            page.get_by_text("Check a result file (any language)").click()
+            page.locator("#result-upload input[type=file]").set_input_files(str(upload_files["bad"]))
+            page.locator("#check-result").click()
+            expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
+            expect(page.locator("#verdict")).to_contain_text("lm_head")
+            page.get_by_role("tab", name="Per layer").click()
+            expect(page.locator("#layers-fig .main-svg").first).to_be_visible()
+            assert not errors, errors
+        finally:
+            browser.close()
