@@ -321,14 +321,16 @@ def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_app_reference():
-    """What the dashboard computes for its built-in tiny model and the seed's case, computed here independently."""
+    """What the dashboard computes for its built-in tiny model and a small case (the server builds the reference
+    for the cases a result names), computed here independently."""
     from demo import upload
     from demo.models import TINY, build_tiny_pair
     from core import load_tokenizer
 
     ours_t, hf_t = build_tiny_pair()
     tok = load_tokenizer(None)
-    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), dict(upload.SEED_SETTINGS))
+    small = {**upload.SEED_SETTINGS, "num_return_sequences": 2, "max_length": None, "max_new_tokens": 4}
+    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), small)
     return ours_t, export_reference(hf_t, [case], model=TINY, layers=True, tokenizer=tok)
 
 
