@@ -303,7 +303,11 @@ def main_check(argv=None) -> int:
             name = result.implementation.get("name") or "your result"
             blocks = []
             for case, report in zip(result.cases_described(), result.reports):
-                blocks.append(f"== {case} ==\n" + format_report(report))
+                block = format_report(report)
+                notes = [n for n in report.notes if n not in block]  # unless format_report already shows them
+                if notes:
+                    block += "\nnotes:\n" + "\n".join(f"  - {n}" for n in notes)
+                blocks.append(f"== {case} ==\n{block}")
             blocks.append(f"{name}: {'AGREE' if result.agree else 'DIFFER'} with the reference "
                           f"({sum(r.agree for r in result.reports)} of {len(result.reports)} case(s) agree)")
             print("\n\n".join(blocks))
