@@ -83,8 +83,11 @@ def test_export_writes_what_the_spec_says(ref_dir, ref, tiny_hf):
                                                                num_return_sequences=2, max_new_tokens=6)
     tokens = ref.tensors["case0.tokens"]
     with torch.no_grad():
-        hf_logits = tiny_hf(tokens[:, :-1]).logits[:, P - 1:]
-    torch.testing.assert_close(ref.tensors["case0.logits"], hf_logits, rtol=0, atol=1e-5)
+        out = tiny_hf(tokens[:, :-1], output_hidden_states=True)
+    torch.testing.assert_close(ref.tensors["case0.logits"], out.logits[:, P - 1:], rtol=0, atol=1e-5)
+    hidden = ref.tensors["case0.hidden"]  # [embeddings, block 0, block 1, ln_f]; HF's list ends with ln_f's output
+    for mine, hfs in ((0, 0), (1, 1), (3, 2)):
+        torch.testing.assert_close(hidden[mine], out.hidden_states[hfs], rtol=0, atol=1e-5)
 
 
 def test_round_trip_our_model_is_identical(ref_dir, good_result, tokenizer):
