@@ -138,15 +138,17 @@ def main_parity(argv=None) -> int:
     if argv and argv[0] in DUMP_COMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py)
         return DUMP_COMMANDS[argv[0]](argv[1:])
     prog = "python -m core.parity"
-    ap = parser(prog, "Compare our GPT-2 with HuggingFace's while generating; exit 0 if they agree, 1 if not. "
-                      "Subcommands for other languages: `export` (HF's reference to files) and `check` (a result file "
-                      "against it); see `python -m core.parity export --help`.")
+    ap = parser(prog, "Compare our GPT-2 (or yours: --yours) with HuggingFace's while generating; exit 0 if they "
+                      "agree, 1 if not, 2 on bad input. For implementations that cannot run in this process: "
+                      "`export` (HF's reference to files) and `check` (a result file against it); see "
+                      "`python -m core.parity export --help` and docs/dump-format.md.")
     add_model_args(ap)
     add_sampling_args(ap)
     ap.add_argument("--reference", default="generate", choices=["generate", "pipeline", "logits"],
                     help="HF side: generate() with the same settings, the text-generation pipeline, or logits only")
     ap.add_argument("--fault", default=None, help="bug-lab fault to inject into our model (see --list-faults)")
     ap.add_argument("--list-faults", action="store_true", help="list the bug-lab faults and exit")
+    add_yours_args(ap)
     args = ap.parse_args(argv)
 
     def body() -> int:
@@ -164,13 +166,23 @@ def main_parity(argv=None) -> int:
         SamplingSettings.from_kwargs(**settings).validate()
         if args.fault is not None and args.fault not in FAULTS:
             raise CliError(f"unknown fault {args.fault!r}; known: {', '.join(FAULTS)}")
-        ours, hf = load_pair(args.model)
-        ours, hf = ours.to(device), hf.to(device)
-        if dtype != torch.float32:
-            ours = ours.to(dtype)
+        yours = load_yours(args)  # the user's code, before any checkpoint is loaded
+        if yours is not None:
+            from .loader import load_hf_model
+
+            if args.fault is not None:
+                raise CliError("--fault injects a bug-lab mistake into our GPT; it cannot be used with --yours")
+            hf = load_hf_model(args.model).to(device)
+            subject, extra = yours["model"], dict(sampling_step=yours["step"], layers=yours["layers"])
+        else:
+            ours, hf = load_pair(args.model)
+            ours, hf = ours.to(device), hf.to(device)
+            if dtype != torch.float32:
+                ours = ours.to(dtype)
+            subject, extra = ours, {}
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-        report = compare((ours, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
-                         **settings)
+        report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
+                         **extra, **settings)
         if args.json:
             print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
         else:
@@ -180,11 +192,36 @@ def main_parity(argv=None) -> int:
     return run_guarded(prog, body)
 
 
+def add_yours_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--yours", default=None, metavar="FILE.py:NAME",
+                    help="your own GPT-2 instead of ours: a model object (nn.Module or function ids -> logits) or a "
+                         "zero-argument factory returning one with weights loaded; --model is then HF's checkpoint")
+    ap.add_argument("--yours-step", default=None, metavar="FILE.py:FUNC",
+                    help="your own sampling step: (B, V) last-position logits -> (B,) ids, on the global RNG")
+    ap.add_argument("--yours-layers", default=None, metavar="blocks=PATH,final_norm=PATH",
+                    help="your model's blocks (a ModuleList) and final norm, where they are not found by themselves")
+
+
+def load_yours(args) -> dict | None:
+    """--yours/--yours-step/--yours-layers -> {"model", "step", "layers"} (None without --yours)."""
+    from .usercode import load_model, load_step, parse_layers
+
+    if args.yours is None:
+        if args.yours_step or args.yours_layers:
+            raise CliError("--yours-step and --yours-layers go with --yours FILE.py:NAME")
+        return None
+    layers = parse_layers(args.yours_layers)
+    model = load_model(args.yours)
+    step = load_step(args.yours_step) if args.yours_step else None
+    return {"model": model, "step": step, "layers": layers}
+
+
 def format_report(report) -> str:
     """A readable summary: verdict, per-row first divergence with its cause, max |Δlogit|, first layer."""
     lines = [
         f"verdict: {'AGREE' if report.agree else 'DIFFER'} - {report.verdict}",
-        f"model: {report.model}   reference: {report.reference}   fault: {report.fault or 'none'}",
+        f"model: {report.model}   under test: {getattr(report, 'subject', 'Ours')}   reference: {report.reference}"
+        f"   fault: {report.fault or 'none'}",
         f"max |Δlogit| over all steps: {report.max_abs_dlogit:.3g}   (tolerance: {report.rtol:g} x max|logit| + "
         f"{report.atol:g})",
         f"first diverging layer: {report.first_diverging_layer or 'none'}",
@@ -198,11 +235,14 @@ def format_report(report) -> str:
         for row in report.settings_table:
             flag = "  <-- differs" if row.differs else ""
             lines.append(f"  {row.name:<22} {row.ours!s:>10} | {row.hf!s:>10} | {row.source}{flag}")
+    for note in getattr(report, "notes", []):
+        lines.append(f"note: {note}")
+    side = getattr(report, "subject", "Ours").lower()
     lines.append("rows:")
     for row in report.rows:
         where = "identical" if row.identical else f"first divergent step {row.first_divergent_step}"
         lines.append(f"  [{row.row}] {where}: {row.explanation}")
-        lines.append(f"      ours: {row.ours_text!r}")
+        lines.append(f"      {side + ':':<5} {row.ours_text!r}")
         if row.ref_text:
             lines.append(f"      HF:   {row.ref_text!r}")
     return "\n".join(lines)

@@ -78,6 +78,12 @@ def step_summary(report: dict) -> list[dict]:
     return out
 
 
+def _temperature(report: dict) -> float:
+    """The temperature the sampling distributions were divided by (1 for greedy: the model's own)."""
+    t = (report.get("settings") or {}).get("temperature", 1.0)
+    return 1.0 if is_greedy(report) or not t else float(t)
+
+
 def step_diffs_figure(report: dict) -> go.Figure:
     """Two stacked panels over steps: max |Δlogit| against the tolerance (the noise region shaded under it), and
     the total variation between the two sampling distributions (finite even where KL is infinite). With several
@@ -128,7 +134,17 @@ def step_diffs_figure(report: dict) -> go.Figure:
     fig.update_yaxes(**LOG_AXIS, range=[math.log10(floor), math.log10(top) + 0.5], title_text="|Δlogit|",
                      row=1, col=1)
 
-    # panel 2: total variation (bounded, always finite), support mismatches marked
+    # panel 2: total variation (bounded, always finite), support mismatches marked. Within the logit tolerance
+    # (|Δlogit| <= tol at every token, same support) the likelihood ratio of the two distributions lies in
+    # [e^-2tol/T, e^2tol/T], so TV <= tanh(tol / T): the shaded noise band.
+    temp = _temperature(report)
+    tv_tol = [math.tanh(t / temp) for t in tol]
+    fig.add_trace(go.Scatter(x=steps, y=[TV_FLOOR] * len(steps), mode="lines", line=dict(width=0), hoverinfo="skip",
+                             showlegend=False), row=2, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=tv_tol, mode="lines", fill="tonexty", fillcolor=NOISE,
+                             line=dict(color=BAD, dash="dot", width=1, shape="hvh"),
+                             name="largest TV within the logit tolerance",
+                             hovertemplate="TV within the logit tolerance: at most %{y:.2g}<extra></extra>"), row=2, col=1)
     if many:
         fig.add_trace(go.Scatter(x=steps, y=[max(e["tv_min"], TV_FLOOR) for e in summ], mode="lines",
                                  line=dict(width=0), hoverinfo="skip", showlegend=False), row=2, col=1)

@@ -75,7 +75,8 @@ PLOT_HELP = """
   KL it stays finite when one side can sample a token the other cannot (marked ✕, "supports differ"). It is
   computed over our top-50 tokens plus "all other tokens" as one outcome: exact whenever our sampling keeps only
   our top-50 (top-k ≤ 50), a lower bound otherwise (the hover says which, with Jensen-Shannon and KL). With
-  several rows the line is the worst row at each step and the band the spread across rows.
+  several rows the line is the worst row at each step and the band the spread across rows. Its green band is the
+  most that logits within the tolerance can move it (tanh(tolerance / temperature)): float noise lies inside it.
 - **Top-50 at a step**: the 50 most likely tokens under our model at the chosen step and row (rank 1 on top).
   Bars: the model's probabilities (softmax of the logits), ours and HF's for the same tokens. Ticks: the sampling
   probabilities (after temperature, top-k and top-p, renormalised), ours and HF's. The sampled token is outlined

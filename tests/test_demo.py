@@ -136,6 +136,8 @@ def _trace(fig, name):
 
 
 def test_figures_are_pure_functions_of_the_report(report, faulty_report):
+    from demo.divergence import report_divergences
+
     fig = figures.step_diffs_figure(report)
     steps = report["steps"]
     line = _trace(fig, "max |Δlogit|")
@@ -149,6 +151,11 @@ def test_figures_are_pure_functions_of_the_report(report, faulty_report):
     for axis in (fig.layout.yaxis, fig.layout.yaxis2):  # decades only, one notation
         assert axis.type == "log" and axis.dtick == 1 and axis.exponentformat == "power"
     assert not any(t.name == "above tolerance" for t in fig.data)
+    # the divergence panel's noise band: the most TV logits within the tolerance allow, tanh(tol / temperature)
+    band = _trace(fig, "largest TV within the logit tolerance")
+    assert list(band.y) == pytest.approx([math.tanh(t) for t in tol.y])  # temperature 1
+    divs = report_divergences(report)
+    assert all(v.tv <= b for st, b in zip(divs, band.y) for v in st if v is not None)  # an exact port is noise
     ent = figures.entropy_figure(report, 0)
     assert len(ent.data) == 3
     heat = figures.heatmap_figure(report, 0, step=4)
@@ -485,7 +492,8 @@ def _synthetic_report(n_rows: int, n_steps: int, seed: int = 0) -> dict:
 def test_step_figure_at_8_rows_by_200_steps_stays_a_few_traces():
     rep = _synthetic_report(8, 200)
     fig = figures.step_diffs_figure(rep)
-    assert len(fig.data) <= 8  # independent of the number of rows: worst row + a spread band, not 8 lines
+    # as many traces as for 2 rows: the worst row + a spread band, not a line per row
+    assert len(fig.data) == len(figures.step_diffs_figure(_synthetic_report(2, 200)).data) <= 10
     line = _trace(fig, "max |Δlogit|")
     assert len(line.x) == 200 and line.mode == "lines"
     worst = [max(d["max_abs_dlogit"] for d in st) for st in rep["steps"]]

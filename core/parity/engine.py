@@ -107,7 +107,8 @@ def compare_run(
         steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
     del hidden, ref_hidden
     timings["teacher_forced_s"] = time.perf_counter() - t
-    first_layer = next((l.name for l in layers if l.exceeds), None)
+    per_layer = len(layers) > 1
+    first_layer = next((l.name for l in layers if l.exceeds), None) if per_layer else None
     P = len(gen.prompt_ids)
 
     ref, table = None, []
@@ -117,15 +118,14 @@ def compare_run(
         timings["hf_reference_s"] = time.perf_counter() - t
         n_planned = s.new_tokens_for(P)
         table, _ = settings_table(hf, s, P, n_planned, received, user, hf_eos_id(hf))
-    rows = explain_rows(gen, s, ref, tokenizer, table, steps, ours_logits, hf_logits, first_layer,
-                        sampler=run.sampler)
+    rows = explain_rows(gen, s, ref, tokenizer, table, steps, ours_logits, hf_logits,
+                        first_layer if per_layer else "not known (no per-layer comparison)", sampler=run.sampler)
     if reference == "logits":
         for row in rows:  # no HF sampling to compare with: rows carry only the model comparison
             row.identical, row.first_divergent_step, row.cause = True, None, None
             row.explanation = "not compared (reference: logits only)"
     notes += sampler_notes(rows, run.sampler)
-    agree, kind, verdict = _verdict(rows, layers, steps, reference, per_layer=run.hidden is not None and
-                                    len(layers) > 1)
+    agree, kind, verdict = _verdict(rows, layers, steps, reference, per_layer=per_layer)
     max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
     if "start" in timings:
         timings["total_s"] = time.perf_counter() - timings.pop("start")

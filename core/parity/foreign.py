@@ -384,7 +384,7 @@ def run_foreign(
             if tracker.done or step == n_new - 1:
                 break
             x = torch.cat([x, tokens[:, None].to(device)], dim=1)
-    if was_training:
+    if was_training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         notes.add("your model was in training mode: it ran in eval mode (dropout off) and was switched back")
     gen = assemble_generation(s, text, ids, tracker.events, tokenizer, time.perf_counter() - t0)
     hidden = None
