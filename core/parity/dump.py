@@ -605,13 +605,16 @@ def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityRepo
         reference, ref_seqs = "generate", tokens.tolist()
         gen = _with_sampled_rows(gen, sampled.long().tolist(), eos, tokenizer)
         table = _settings_table(s, res.manifest)
+    # Draws that are not torch's cannot be replayed (no near-tie check): explained as the user's own sampler's.
+    # Greedy needs no draws: a flipped argmax is judged as a near tie, whoever computed it.
+    greedy = s.effective_method == "greedy"
     rows = explain_rows(gen, s, ref_seqs, tokenizer, table, steps, ours_logits, hf_logits, first_layer,
-                        sampler=s.effective_method)
+                        sampler="yours" if own_draws and not greedy else s.effective_method)
     for row in rows:
         if reference == "logits":
             row.identical, row.first_divergent_step, row.cause = True, None, None
             row.explanation = "not compared (the result has no sampled ids)"
-        elif row.cause in ("near_tie", "unexplained") and own_draws and s.effective_method != "greedy":
+        elif row.cause in ("sampling_order", "unexplained") and own_draws and not greedy:
             k = row.first_divergent_step
             token = row.ours_new_ids[k] if k < len(row.ours_new_ids) else None
             if token is not None and k < ours_logits.size(1) and _outside_support(s, ours_logits[row.row, k], token):
