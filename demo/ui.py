@@ -83,7 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def launch_kwargs() -> dict:
-    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True)
+    # max_file_size: Gradio refuses bigger uploads before writing them (demo/upload.py checks again after)
+    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, max_file_size=upload.MAX_UPLOAD_BYTES)
 
 
 def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int = 1) -> gr.Blocks:
