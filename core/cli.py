@@ -306,9 +306,9 @@ def main_export(argv=None) -> int:
                         num_return_sequences=args.num_return_sequences)
         for seed in args.seeds:
             SamplingSettings.from_kwargs(**settings, seed=seed).validate()  # refuse bad flags before loading
+        hf = load_hf_model(args.model)  # first: an unknown model is named as such, not as missing BPE files
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         cases = make_cases(prompts, tokenizer, args.seeds, **settings)
-        hf = load_hf_model(args.model)
         ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer)
         paths = save_reference(ref, args.out)
         size = paths["tensors"].stat().st_size

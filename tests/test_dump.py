@@ -307,6 +307,8 @@ def test_cli_export_and_check(tiny_checkpoint, tmp_path, ours, tokenizer, capsys
     assert rc == 2 and stderr.count("\n") == 1 and "not a safetensors file" in stderr and "Traceback" not in stderr
     rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--seeds", "-1")
     assert rc == 2 and "seed" in stderr and stderr.count("\n") == 1
+    rc, _, stderr = _cli(capsys, "export", "--model", tmp_path / "no-such-checkpoint", "--out", out)
+    assert rc == 2 and "no-such-checkpoint" in stderr and "BPE" not in stderr
     rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--method", "nanogpt")
     assert rc == 2 and "invalid choice" in stderr
 
