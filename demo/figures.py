@@ -10,7 +10,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .divergence import Divergence, is_greedy, report_divergences
+from .divergence import is_greedy, report_divergences
 
 OURS = "#1f6feb"
 HF = "#f59e0b"
@@ -24,7 +24,7 @@ LOG_AXIS = dict(type="log", dtick=1, exponentformat="power", showexponent="all",
 
 
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01, xref="paper", y=1, yref="container", yanchor="top",
+    fig.update_layout(title=dict(text=title, x=0.01, xref="container", y=1, yref="container", yanchor="top",
                                  pad=dict(t=12), font=dict(size=15)), height=height,
                       margin=dict(l=64, r=16, t=70, b=50), template="plotly_white",
                       legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=11)),
@@ -221,7 +221,7 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
     if 0 < kept < n:
         fig.add_hline(y=kept - 0.5, line=dict(color=MUTED, dash="dot"), annotation_text=f"cut-off: {rec['n_kept']} kept",
                       annotation_position="bottom right", annotation_font=dict(color=MUTED, size=11))
-    title = (f"Step {step}, row {row + 1}: sampled '{rec['token']}' (rank {rec['rank']})"
+    title = (f"Step {step}, row {row + 1}: sampled '{rec['token']}', rank {rec['rank']}"
              f"<br><sup>ours: model p {rec['raw_prob']:.3g}, sampling p {rec['prob']:.3g}</sup>")
     if diff is not None:
         hf_model = diff["hf_top_probs"][ids.index(rec["token_id"])] if rec["token_id"] in ids else None
@@ -231,8 +231,11 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
     xaxis = dict(title_text="probability" + (" (log scale)" if log_scale else ""), side="top")
     if log_scale:
         xaxis.update(LOG_AXIS, range=[-8, 0.05])
-    else:
-        xaxis.update(range=[0, 1.0])
+    else:  # up to the largest probability shown (a peaked step reads like a flat one otherwise)
+        shown = [*rec["top_probs"], *rec["top_sample_probs"]]
+        if diff is not None:
+            shown += [*diff["hf_top_probs"], *diff["hf_top_sample_probs"]]
+        xaxis.update(range=[0, min(1.0, max(shown) * 1.1) or 1.0])
     fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.0, xaxis=xaxis,
                       yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels,
                                  tickfont=dict(size=11, family="monospace"), automargin=True),
@@ -319,13 +322,10 @@ def layers_figure(report: dict) -> go.Figure:
                                            "<br>max |HF| %{customdata[2]}<extra></extra>"))
     fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers", name="tolerance",
                              line=dict(color="#24292f", dash="dash")))
-    fig.update_xaxes(categoryorder="array", categoryarray=names, tickangle=-40 if len(names) > 8 else 0,
-                     automargin=True)
-    if first is not None:
-        fig.add_annotation(x=first, y=1, yref="paper", yanchor="bottom", text=f"first diverging: {first}",
-                           showarrow=False, font=dict(color=BAD))
+    # slanted names never run into each other, whatever the width (the first diverging one is in the title)
+    fig.update_xaxes(categoryorder="array", categoryarray=names, tickangle=-45, automargin=True)
     fig.update_yaxes(**LOG_AXIS, title_text="max |Δ| (ours vs HF)")
     title = f"Per layer: first diverging layer {first}" if first else "Per layer: every layer within tolerance"
-    fig = _layout(fig, title, height=400)
-    fig.update_layout(margin=dict(t=90, b=60))
+    fig = _layout(fig, title, height=420)
+    fig.update_layout(margin=dict(t=100, b=60), legend=dict(y=1.02))
     return fig

@@ -32,7 +32,7 @@ from core.faults import FAULTS
 
 from . import figures, text
 from .divergence import report_divergences
-from .models import TINY, ModelCache
+from .models import RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
 log = logging.getLogger("parity_lab")
 
@@ -294,7 +294,7 @@ DOWNLOAD_DIGITS = 4
 _ROUNDED = {"top_logits", "top_probs", "top_sample_probs", "hf_top_probs", "hf_top_sample_probs", "prob", "raw_prob",
             "entropy", "raw_entropy", "hf_prob"}
 _DERIVED = {"top_kept", "top_tokens", "token"}  # top_kept = top_sample_probs > 0; strings are in "tokens" by id
-KEEP_RUNS = 16  # run folders kept per server process (older ones are deleted)
+KEEP_RUNS = 8  # run folders kept per server process (older ones are deleted; Gradio serves its own copies)
 _RUN_DIR: str | None = None
 _RUN_COUNTER = itertools.count()
 _RUN_LOCK = threading.Lock()
@@ -350,11 +350,30 @@ def expand_report(compact: dict) -> dict:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sweep_stale_run_dirs(tmp: str) -> None:
+    """Remove download folders left by processes that are gone (killed servers never run atexit)."""
+    for name in os.listdir(tmp):
+        m = re.fullmatch(r"parity-lab-(\d+)-\w+", name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 def run_dir() -> str:
-    """This process's folder for download files (removed at exit)."""
+    """This process's folder for download files (removed at exit, or by the next process if this one is killed)."""
     global _RUN_DIR
     with _RUN_LOCK:
         if _RUN_DIR is None or not os.path.isdir(_RUN_DIR):
+            _sweep_stale_run_dirs(tempfile.gettempdir())
             _RUN_DIR = tempfile.mkdtemp(prefix=f"parity-lab-{os.getpid()}-")
             atexit.register(shutil.rmtree, _RUN_DIR, True)
         return _RUN_DIR
@@ -422,10 +441,6 @@ def _message(exc: Exception) -> str:
         return msg
     log.exception("unexpected error while handling a request")
     return f"Something went wrong on our side ({type(exc).__name__}). Please try again or report it."
-
-
-def _user_error(exc: Exception) -> gr.Error:
-    return gr.Error(_message(exc), print_exception=False)
 
 
 def error_outputs(c: dict, message: str) -> dict:
@@ -619,23 +634,47 @@ def make_query_handlers(cache: ModelCache):
     return inputs_from_query, model_from_query
 
 
+def make_model_handler(cache: ModelCache):
+    """Choosing a model in the menu starts its load at once; the note under the menu says whether it is ready,
+    still downloading (Generate says the same until it is), or why it cannot be loaded here."""
+
+    def on_model(model):
+        try:
+            cache.get(model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
+        except ModelStillLoadingError as exc:
+            return gr.Markdown(text.MODEL_LOADING.format(model=model, seconds=exc.seconds), visible=True)
+        except ParityLabError as exc:
+            return gr.Markdown(f"⚠️ {exc}", visible=True)
+        return gr.Markdown(visible=False)
+
+    return on_model
+
+
 def make_load_handler(cache: ModelCache, default_model: str):
-    """On page load: make sure the default model is there (download with progress); offline -> tiny model."""
+    """On page load: the default model if it is ready within `cache.page_wait_s` of its load's start; otherwise the
+    built-in tiny model, with a banner saying why (still loading, offline, Hub error...). Never hangs the page."""
 
     def on_load(progress=gr.Progress(track_tqdm=True)):
         if default_model == TINY:
             return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=TINY)
         try:
             progress(0, desc=f"loading {default_model}")
-            cache.get(default_model)
+            cache.get(default_model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
             return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)
+        except ModelStillLoadingError as exc:
+            banner = text.LOADING_BANNER.format(wanted=default_model, seconds=exc.seconds)
+        except ModelUnavailableHereError as exc:
+            if exc.reason in ("offline", "unreachable"):
+                banner = text.OFFLINE_BANNER.format(wanted=default_model, why=exc.what) + " " + text.OWN_CHECKPOINT_HINT
+            else:
+                banner = text.LOAD_FAILED_BANNER.format(wanted=default_model, why=exc.what, next_step=exc.next_step)
         except ParityLabError as exc:
-            why = str(exc).split(". ")[0]
-            try:
-                cache.get(TINY)
-            except ParityLabError as tiny_exc:  # no BPE files either: say so, keep serving
-                return (gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY))
-            return gr.Markdown(text.OFFLINE_BANNER.format(wanted=default_model, why=why), visible=True), \
-                gr.Dropdown(choices=cache.allowed, value=TINY)
+            banner = f"⚠️ **`{default_model}` could not be loaded**: {exc}"
+        log.warning("default model %s is not available now; the page falls back to %s", default_model, TINY)
+        try:
+            cache.get(TINY)
+        except ParityLabError as tiny_exc:  # should not happen (bundled BPE files): say so, keep serving
+            return gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
+        return gr.Markdown(banner, visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
 
     return on_load

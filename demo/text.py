@@ -16,6 +16,20 @@ OFFLINE_BANNER = (
     "(GPT-2's architecture and vocabulary, small dimensions, fixed random seed). The texts are noise, but every "
     "parity figure is real: ours and HuggingFace's are compared exactly as for the real model."
 )
+OWN_CHECKPOINT_HINT = "To compare your own checkpoint, start the app with `--model DIR` (a local checkpoint directory)."
+LOADING_BANNER = (
+    "⏳ `{wanted}` is still downloading from the Hugging Face Hub (started {seconds:.0f} s ago). Meanwhile the page "
+    "runs on the built-in tiny random-init GPT-2 (its texts are noise, its parity figures real): choose `{wanted}` "
+    "in the Model menu again in a minute."
+)
+MODEL_LOADING = (
+    "⏳ `{model}` is downloading from the Hugging Face Hub (started {seconds:.0f} s ago); Generate works once it is "
+    "loaded. Other models, and the built-in tiny one, work meanwhile."
+)
+LOAD_FAILED_BANNER = (
+    "⚠️ **`{wanted}` could not be loaded**: {why}. {next_step} Running on the built-in tiny random-init GPT-2 "
+    "meanwhile: the texts are noise, but every parity figure is real. " + OWN_CHECKPOINT_HINT
+)
 
 PROMPT_EXAMPLES = [
     "Hello, I'm a language model,",

@@ -120,6 +120,7 @@ def input_panel(cache: ModelCache, model: str) -> dict:
         i["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
     gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[i["prompt"]], label="Examples")
     i["model"] = gr.Dropdown(choices=cache.allowed, value=model, label="Model", elem_id="model")
+    i["model_status"] = gr.Markdown(visible=False, elem_id="model-status")  # loading / failed, per choice
     i["method"] = gr.Radio(choices=text.METHODS, value="hf", label="Our sampling method", info=text.HELP_METHOD,
                            elem_id="method")
     i["reference"] = gr.Radio(choices=text.REFERENCES, value="generate", label="HuggingFace reference",
@@ -193,6 +194,8 @@ def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> 
     for key in ("ours", "hf"):
         c[key].click(handlers.pick_token, [c["state"], c["log"]],
                      [c["step"], c["row"], c["top50_fig"], c["heat_fig"], c["entropy_fig"], c["tabs"]], **private)
+    inp["model"].input(handlers.make_model_handler(cache), [inp["model"]], [inp["model_status"]], **private,
+                       concurrency_limit=None)
     loaded = demo.load(handlers.make_load_handler(cache, model), None, [c["banner"], inp["model"]], **private,
                        concurrency_limit=1, concurrency_id="load")
     from_query, model_from_query = handlers.make_query_handlers(cache)

@@ -37,6 +37,7 @@ PROMPT = "The meaning of life is"
 FAULT = "qk_swapped"  # "q and k swapped" in the bug-lab dropdown
 RUN_TIMEOUT_MS = 90_000  # one Generate on the tiny model: ~5 s warm, ~15 s for the first, more under load
 UI_TIMEOUT_MS = 15_000
+PLOT_TIMEOUT_MS = 40_000  # a plot arrives after the verdict; on a busy 2-core machine it can take a while
 TABS = {  # tab label -> the plots (elem_ids) it shows
     "Per step": ["step-fig"],
     "Top-50 at a step": ["top50-fig"],
@@ -90,8 +91,8 @@ def expect_plot(page, elem_id: str, title: str | re.Pattern | None = None) -> No
     """The gr.Plot `elem_id` has a rendered plotly SVG with at least one trace (and the given title)."""
     expect = _expect()
     plot = page.locator(f"#{elem_id}")
-    expect(plot.locator(".js-plotly-plot .main-svg").first).to_be_visible()
-    expect(plot.locator(".js-plotly-plot .trace").first).to_be_attached()
+    expect(plot.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=PLOT_TIMEOUT_MS)
+    expect(plot.locator(".js-plotly-plot .trace").first).to_be_attached(timeout=PLOT_TIMEOUT_MS)
     if title is not None:
         expect(plot.locator(".gtitle").first).to_have_text(title)
 

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import threading
 
 import gradio as gr
@@ -363,14 +364,18 @@ def test_offline_start_falls_back_to_the_tiny_model_with_a_banner(monkeypatch, t
 
 
 def test_offline_without_bpe_files_says_what_is_missing(monkeypatch, tmp_path):
+    """Offline with no BPE directory and empty caches the bundled files serve; only without them too (a broken
+    install) does the banner say that nothing can run, and what to point at."""
     import huggingface_hub.constants as hub_constants
-    import tiktoken.load
+
+    import core.tokenizer
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken"))
-    monkeypatch.setattr(tiktoken.load, "read_file", lambda path: (_ for _ in ()).throw(ConnectionError("offline")))
-    monkeypatch.setattr("tiktoken.registry.ENCODINGS", {})
+    banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
+    assert banner.visible is True and "Offline mode" in banner.value and dropdown.value == TINY
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "no-bundled-copy")
     banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
     assert banner.visible is True and "GPT2_BPE_DIR" in banner.value
 
@@ -562,6 +567,23 @@ def test_download_files_are_bounded_per_process(report, tmp_path, monkeypatch):
     paths = [handlers.write_downloads(report)[0] for _ in range(5)]
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert len(kept) == 3 and all(os.path.exists(p) for p in paths[-3:]) and not os.path.exists(paths[0])
+
+
+def test_download_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"parity-lab-{int(gone.stdout)}-abc123"
+    mine = tmp_path / f"parity-lab-{os.getpid()}-def456"
+    other = tmp_path / "unrelated-dir"
+    for d in (dead, mine, other):
+        (d / "run-000000").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(handlers, "_RUN_DIR", None)
+    new = handlers.run_dir()
+    assert not dead.exists() and mine.exists() and other.exists()
+    assert os.path.dirname(new) == str(tmp_path)
 
 
 def test_query_parameters_restore_valid_inputs_only():
