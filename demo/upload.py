@@ -214,7 +214,7 @@ def make_reference_handler(cache: ModelCache, refs: ReferenceCache):
             progress(0, desc=f"HF's reference for {model}")
             return seed_reference(cache, refs, model)
         except Exception as exc:  # noqa: BLE001
-            raise handlers._user_error(exc) from None
+            raise gr.Error(handlers._message(exc), print_exception=False) from None
 
     return get_reference
 
