@@ -101,7 +101,8 @@ def compare(
         ref_hidden, ref_logits = hf_teacher_forced(hf, seqs, keep=n_steps + 1)
         hf_logits = ref_logits[:, :n_steps]  # positions P-1 .. L-2 predict steps 0 .. S-1
         rtol = relative_tolerance(ours.config.mlp_width)
-        layers = layer_diffs(ours.config.n_layer, ours_hidden + [ours_logits], ref_hidden + [hf_logits], rtol)
+        layers = layer_diffs(ours.config.n_layer, ours_hidden + [ours_logits], ref_hidden + [hf_logits], rtol,
+                             logits_start=len(gen.prompt_ids) - 1)
         steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
     del capture, ours_hidden, ref_hidden
     timings["teacher_forced_s"] = time.perf_counter() - t
