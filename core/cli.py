@@ -183,11 +183,12 @@ def format_report(report) -> str:
         f"max |Δlogit| over all steps: {report.max_abs_dlogit:.3g}   (tolerance: {report.rtol:g} x max|logit| + "
         f"{report.atol:g})",
         f"first diverging layer: {report.first_diverging_layer or 'none'}",
-        "layers (max |Δ| / tolerance):",
+        "layers (max |Δ| / tolerance, both at the place that decides: tolerance = rtol x max|HF| there):",
     ]
     for layer in report.layers:
         mark = "  <-- first" if layer.name == report.first_diverging_layer else ""
-        lines.append(f"  {layer.name:<12} {layer.max_abs_diff:10.3g} / {layer.tolerance:.3g}{mark}")
+        where = f"(row {layer.worst_row}, position {layer.worst_position})"
+        lines.append(f"  {layer.name:<12} {layer.worst_abs_diff:10.3g} / {layer.tolerance:.3g}  {where}{mark}")
     if report.settings_table:
         lines.append("effective settings (ours | HF | HF's source):")
         for row in report.settings_table:

@@ -1,4 +1,5 @@
-"""Bug lab: porting mistakes, everywhere or in one block, injected into a copy of *our* model; knows our modules, never HF's.
+"""Bug lab: porting mistakes, everywhere or in one block, injected into a copy of *our* model; knows our modules,
+never HF's.
 
 Each fault is a real mistake people make when porting GPT-2. The faulty copy shares every weight it does not
 change with the original (no second copy of the model), and the original is never modified.

@@ -138,24 +138,36 @@ def entropy_figure(report: dict, row: int) -> go.Figure:
 
 
 def layers_figure(report: dict) -> go.Figure:
-    """max |Δ| per layer (log scale) against each layer's tolerance; the first diverging layer marked."""
+    """Per layer, max|Δ| at the place (row, position) that decides the layer (log scale) against the tolerance at
+    that same place (rtol x max|HF value| there); the first diverging layer marked."""
     layers = report["layers"]
     names = [l["name"] for l in layers]
     first = report.get("first_diverging_layer")
     fig = go.Figure()
     for exceeds, label, color in ((False, "within tolerance", OURS), (True, "exceeds tolerance", BAD)):
         sel = [l for l in layers if l["exceeds"] == exceeds]
-        fig.add_trace(go.Bar(x=[l["name"] for l in sel], y=[_positive(l["max_abs_diff"]) for l in sel],
+        fig.add_trace(go.Bar(x=[l["name"] for l in sel],
+                             y=[_positive(l.get("worst_abs_diff", l["max_abs_diff"])) for l in sel],
                              marker_color=color, name=label,
-                             customdata=[[l["max_abs_diff"], l["tolerance"], l["scale"]] for l in sel],
-                             hovertemplate="%{x}<br>max |Δ| %{customdata[0]:.3g}<br>tolerance %{customdata[1]:.3g}"
-                                           "<br>max |HF| %{customdata[2]:.3g}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=names, y=[l["tolerance"] for l in layers], mode="lines+markers", name="tolerance",
+                             customdata=[[l.get("worst_abs_diff", l["max_abs_diff"]), l["tolerance"],
+                                          l.get("worst_scale", l["scale"]), l.get("worst_row", 0) + 1,
+                                          l.get("worst_position", 0), l.get("ratio", 0.0), l["max_abs_diff"],
+                                          l["scale"]] for l in sel],
+                             hovertemplate="%{x}, row %{customdata[3]}, position %{customdata[4]}"
+                                           "<br>max |Δ| there %{customdata[0]:.3g}"
+                                           "<br>tolerance there %{customdata[1]:.3g}"
+                                           " (max |HF| there %{customdata[2]:.3g})"
+                                           "<br>ratio %{customdata[5]:.3g}"
+                                           "<br>whole layer: max |Δ| %{customdata[6]:.3g},"
+                                           " max |HF| %{customdata[7]:.3g}"
+                                           "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=names, y=[l["tolerance"] for l in layers], mode="lines+markers",
+                             name="tolerance at that place",
                              line=dict(color="#24292f", dash="dash")))
     fig.update_xaxes(categoryorder="array", categoryarray=names)
     if first is not None:
         fig.add_annotation(x=first, y=1, yref="paper", text=f"first diverging: {first}", showarrow=True,
                            arrowhead=2, font=dict(color=BAD))
-    fig.update_yaxes(type="log", title_text="max |Δ| (ours vs HF)")
+    fig.update_yaxes(type="log", title_text="max |Δ| at the deciding place (ours vs HF)")
     title = f"Per layer: first diverging layer {first}" if first else "Per layer: every layer within tolerance"
     return _layout(fig, title)

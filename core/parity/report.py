@@ -86,7 +86,7 @@ class ParityReport:
     agree: bool  # the implementations agree: models within tolerance and every divergence explained
     verdict: str  # one line in plain words
     verdict_kind: str  # identical | logits_agree | sampling_order | settings | near_tie | model | unexplained
-    rtol: float  # max|Δ| tolerated per unit of max|HF value| (NOISE_FACTOR * eps32 * sqrt(mlp_width))
+    rtol: float  # max|Δ| tolerated per unit of max|HF value|, at each place (NOISE_FACTOR*eps32*sqrt(mlp_width))
     atol: float
     max_abs_dlogit: float
     first_diverging_layer: str | None
