@@ -178,3 +178,20 @@ def test_gpt2_small_shape_structured(tokenizer):
         r = compare(pair, PROMPTS[0], tokenizer=tokenizer, reference="logits", fault=name, num_return_sequences=2,
                     max_length=30, seed=1)
         assert r.first_diverging_layer == expected, (name, [(l.name, round(l.ratio, 2)) for l in r.layers])
+
+
+def test_per_layer_figure_shows_the_deciding_place(pairs, tokenizer):
+    """The dashboard's per-layer bars are max|Δ| at the place that decides, the line the tolerance at that same
+    place: a bar is above the line exactly where the layer is flagged."""
+    from demo import figures
+
+    r = compare(pairs("block1-1x1000"), PROMPTS[0], tokenizer=tokenizer, reference="logits", fault="erf_gelu@2",
+                num_return_sequences=2, max_length=20, seed=0).to_dict()
+    fig = figures.layers_figure(r)
+    line = next(t for t in fig.data if t.type == "scatter")
+    tol = dict(zip(line.x, line.y))
+    bars = {x: y for t in fig.data if t.type == "bar" for x, y in zip(t.x, t.y)}
+    for layer in r["layers"]:
+        assert tol[layer["name"]] == layer["tolerance"]
+        assert (bars[layer["name"]] > tol[layer["name"]]) == layer["exceeds"], layer
+    assert [l["name"] for l in r["layers"] if l["exceeds"]][0] == "block 2"
