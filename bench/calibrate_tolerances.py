@@ -96,6 +96,7 @@ def main(argv: list[str]) -> int:
     fault_min = {}  # (family, rule, kind) -> (smallest fault ratio at its expected layer, which)
     misattributed = {"old": [], "new": []}
     n_runs = 0
+    runs_by = {}  # "random" / "structured" -> runs, and misattributed runs per rule
     logit_table = {}
     faults = list(FAULTS) + list(EXTRA_FAULTS)
     print(f"ratios in units of eps32*sqrt(mlp_width); a layer is flagged above NOISE_FACTOR = {NOISE_FACTOR:g}\n")
@@ -142,9 +143,12 @@ def main(argv: list[str]) -> int:
                         fault_min[key] = (r[at], f"{name}, {label}")
                     first = next((n for n, x in zip(names, r) if x > NOISE_FACTOR), "-")
                     firsts[rule] = first
+                    group = "random" if family == "random" else "structured"
                     if first != expected:
                         misattributed[rule].append(f"{tag}: {name} flagged first at {first}, expected {expected}")
+                        runs_by[group, rule] = runs_by.get((group, rule), 0) + 1
                 n_runs += 1
+                runs_by[group] = runs_by.get(group, 0) + 1
                 if family == "random" and init == "plain init" and T == 30 and seed == 0 and name in FAULTS and \
                         label in ("2L-32d", RANDOM_SHAPES[-1]):
                     logit_table.setdefault(label, {})[name] = (layers[-1].max_abs_diff, firsts["new"])
@@ -169,7 +173,9 @@ def main(argv: list[str]) -> int:
         worst = max(v for (f, r, k), v in noise.items() if r == rule)
         least = min(v[0] for (f, r, k), v in fault_min.items() if r == rule)
         print(f"{rule} rule: worst noise {worst:.3g}, smallest fault {least:.3g}, tolerance {NOISE_FACTOR:g}: "
-              f"faults flagged first at another layer than expected: {len(misattributed[rule])} of {n_runs}")
+              f"faults flagged first at another layer than expected: {len(misattributed[rule])} of {n_runs} ("
+              + ", ".join(f"{g} {runs_by.get((g, rule), 0)} of {runs_by[g]}" for g in ("random", "structured")
+                          if g in runs_by) + ")")
     for m in misattributed["new"]:
         print("    new rule:", m)
     labels = list(logit_table)
