@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 BPE_DIR ?= $(abspath ../shared/gpt2-bpe)
 export GPT2_BPE_DIR ?= $(if $(wildcard $(BPE_DIR)/encoder.json),$(BPE_DIR),)
 
-.PHONY: app test test-fast chromium bench clean
+.PHONY: app test test-fast screenshot chromium bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(BIN)/.installed chromium
 
 test-fast: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# Refresh the README's picture (docs/screenshot.png) from the browser test's clean run; `make test` never writes it.
+screenshot: $(BIN)/.installed chromium
+	HF_HUB_OFFLINE=1 PARITY_SCREENSHOT=$(abspath docs/screenshot.png) $(BIN)/python -m pytest -q -m browser \
+	  tests/test_browser.py -k end_to_end $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_generate.py

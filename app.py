@@ -8,4 +8,9 @@ args = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 demo = build_demo(model=args.model, bpe_dir=args.bpe_dir, max_models=args.max_models)
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("parity_lab").setLevel(logging.INFO)  # which model loaded, or why it fell back
+    demo.model_cache.prefetch(args.model)  # start the default model's download now, in the background
     demo.queue(**QUEUE).launch(server_name=args.host, server_port=args.port, **launch_kwargs())

@@ -145,7 +145,7 @@ def main_parity(argv=None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> int:
-        from .faults import FAULTS
+        from .faults import FAULTS, FaultError, get_fault
         from .loader import load_pair
         from .parity import compare
         from .tokenizer import load_tokenizer
@@ -157,8 +157,11 @@ def main_parity(argv=None) -> int:
         device, dtype = resolve_dtype_device(args)
         settings = settings_from_args(args)
         SamplingSettings.from_kwargs(**settings).validate()
-        if args.fault is not None and args.fault not in FAULTS:
-            raise CliError(f"unknown fault {args.fault!r}; known: {', '.join(FAULTS)}")
+        if args.fault is not None:
+            try:
+                get_fault(args.fault)  # a listed fault or "<mistake>@<block>"
+            except FaultError as e:
+                raise CliError(str(e)) from None
         ours, hf = load_pair(args.model)
         ours, hf = ours.to(device), hf.to(device)
         if dtype != torch.float32:

@@ -50,7 +50,8 @@ _BLOCK_FAULTS = {
     "no_attention_scale": ("attention scale missing", "forgot to divide scores by sqrt(head_dim)"),
 }
 # The listing (CLI --list-faults, the dashboard's dropdown): every mistake everywhere, and a few confined to the
-# last block. Any "<mistake>@<block>" with a mistake of _BLOCK_FAULTS is also accepted (FAULTS["erf_gelu@2"]).
+# last block. Any "<mistake>@<block>" with a mistake of _BLOCK_FAULTS is also accepted by get_fault, apply_fault and
+# FAULTS["erf_gelu@2"], though not listed (so `"erf_gelu@2" in FAULTS` is False).
 _LISTED_IN_LAST_BLOCK = ("erf_gelu", "ln_eps_1e-6", "qk_swapped", "heads_swapped")
 
 
@@ -69,23 +70,13 @@ def _confined(base: str, block: int | str) -> Fault:
 
 
 class _Faults(dict):
-    """The listed faults (iteration, len, keys); lookup also resolves any "<mistake>@<block>"."""
+    """The listed faults (iteration, len, keys, `in`); FAULTS[name] also resolves any "<mistake>@<block>"."""
 
     def __missing__(self, name):
         base, sep, block = str(name).partition("@")
         if sep and base in _BLOCK_FAULTS and (block == "last" or (block.isdigit() and block == str(int(block)))):
             return _confined(base, "last" if block == "last" else int(block))
         raise KeyError(name)
-
-    def __contains__(self, name) -> bool:
-        try:
-            self[name]
-        except (KeyError, TypeError):
-            return False
-        return True
-
-    def get(self, name, default=None):
-        return self[name] if name in self else default
 
 
 FAULTS: dict[str, Fault] = _Faults(
@@ -101,10 +92,11 @@ FAULTS: dict[str, Fault] = _Faults(
 
 def get_fault(name: str) -> Fault:
     """The fault called `name` (listed, or "<mistake>@<block>"); FaultError names the known ones otherwise."""
-    if name not in FAULTS:
+    try:
+        return FAULTS[name]
+    except (KeyError, TypeError):
         raise FaultError(f"unknown fault {name!r}; known faults: {', '.join(FAULTS)} "
-                         f"(and any of {', '.join(_BLOCK_FAULTS)} confined to one block, as name@3 or name@last)")
-    return FAULTS[name]
+                         f"(and any of {', '.join(_BLOCK_FAULTS)} confined to one block, as name@3 or name@last)") from None
 
 
 class FaultyAttention(CausalSelfAttention):

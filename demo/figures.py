@@ -1,4 +1,7 @@
-"""Pure functions: a parity report (the JSON-ready dict of core.ParityReport) -> plotly figures. No state, no I/O."""
+"""Pure functions: a parity report (the JSON-ready dict of core.ParityReport) -> plotly figures. No state, no I/O.
+
+Fields that newer reports may add or drop are read with .get(); every log axis shows decades only, in one notation.
+"""
 
 from __future__ import annotations
 
@@ -7,167 +10,329 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .divergence import is_greedy, report_divergences
+
 OURS = "#1f6feb"
 HF = "#f59e0b"
 BAD = "#d1242f"
 MUTED = "#8c959f"
+NOISE = "rgba(45, 164, 78, 0.13)"
+SPREAD = "rgba(31, 111, 235, 0.18)"
 ROW_COLORS = ["#1f6feb", "#f59e0b", "#2da44e", "#a371f7", "#e85aad", "#0b7285", "#8c6d1f", "#57606a"]
+TV_FLOOR = 1e-9  # total variation below this (float32 probabilities give ~1e-8 noise) is drawn at the floor
+LOG_AXIS = dict(type="log", dtick=1, exponentformat="power", showexponent="all", minor=dict(showgrid=False))
 
 
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01), height=height, margin=dict(l=60, r=20, t=50, b=50),
-                      template="plotly_white", legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=dict(text=title, x=0.01, xref="container", y=1, yref="container", yanchor="top",
+                                 pad=dict(t=12), font=dict(size=15)), height=height,
+                      margin=dict(l=64, r=16, t=70, b=50), template="plotly_white",
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=11)),
+                      hoverlabel=dict(align="left"))
     return fig
 
 
-def _positive(x: float | None) -> float | None:
-    """Log axes can't show 0: exact zeros are drawn at 1e-12 (hover shows the true value)."""
-    if x is None or not math.isfinite(x):
-        return None
-    return max(x, 1e-12)
+def _empty(title: str) -> go.Figure:
+    return _layout(go.Figure(), title, height=200)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "∞"
+    return f"{x:.3g}" if _finite(x) else str(x)
+
+
+def _decade_floor(x: float) -> float:
+    return 10.0 ** math.floor(math.log10(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per step: worst row at each step, the spread across rows as a band
+
+
+def step_summary(report: dict) -> list[dict]:
+    """One entry per step with any active row: the worst and best row's max |Δlogit|, the lowest tolerance, the
+    worst row's total variation and Jensen-Shannon divergence, and which rows exceed / have differing supports."""
+    divs = report_divergences(report)
+    out = []
+    for s, (diffs, dv) in enumerate(zip(report["steps"], divs)):
+        pts = [(d, v) for d, v in zip(diffs, dv) if d is not None and v is not None]
+        if not pts:
+            continue
+        worst = max(pts, key=lambda dv_: (dv_[0]["max_abs_dlogit"] if _finite(dv_[0]["max_abs_dlogit"]) else math.inf))
+        worst_tv = max(pts, key=lambda dv_: dv_[1].tv)
+        out.append({
+            "step": s,
+            "dlogit_max": worst[0]["max_abs_dlogit"], "dlogit_row": worst[0]["row"],
+            "dlogit_min": min(d["max_abs_dlogit"] for d, _ in pts),
+            "tolerance": min(d["tolerance"] for d, _ in pts),
+            "exceeds_rows": [d["row"] for d, _ in pts if d.get("exceeds")],
+            "tv_max": worst_tv[1].tv, "tv_row": worst_tv[0]["row"], "tv_min": min(v.tv for _, v in pts),
+            "js": worst_tv[1].js, "kl": worst_tv[1].kl, "exact": all(v.exact for _, v in pts),
+            "mismatch_rows": [d["row"] for d, v in pts if v.support_mismatch],
+        })
+    return out
+
+
+def _temperature(report: dict) -> float:
+    """The temperature the sampling distributions were divided by (1 for greedy: the model's own)."""
+    t = (report.get("settings") or {}).get("temperature", 1.0)
+    return 1.0 if is_greedy(report) or not t else float(t)
 
 
 def step_diffs_figure(report: dict) -> go.Figure:
-    """Per step: max |Δlogit| (left) and KL(HF‖ours) (right), one line per row, tolerance dashed."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("max |Δlogit| per step", "KL(HF ‖ ours) per step"))
+    """Two stacked panels over steps: max |Δlogit| against the tolerance (the noise region shaded under it), and
+    the total variation between the two sampling distributions (finite even where KL is infinite). With several
+    rows, the line is the worst row at each step and the band the spread across rows."""
+    summ = step_summary(report)
+    if not summ:
+        return _empty("No steps to show")
     n_rows = len(report["rows"])
-    for r in range(n_rows):
-        pts = [st[r] for st in report["steps"] if st[r] is not None]
-        color = ROW_COLORS[r % len(ROW_COLORS)]
-        steps = [p["step"] for p in pts]
-        fig.add_trace(go.Scatter(x=steps, y=[_positive(p["max_abs_dlogit"]) for p in pts], mode="lines+markers",
-                                 name=f"row {r + 1}", line=dict(color=color), legendgroup=str(r),
-                                 customdata=[p["max_abs_dlogit"] for p in pts],
-                                 hovertemplate="step %{x}<br>max |Δlogit| %{customdata:.3g}<extra>row " + str(r + 1) + "</extra>"),
+    many = n_rows > 1
+    what = "sampling distributions" if not is_greedy(report) else "model distributions"
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.16, subplot_titles=(
+        "max |Δlogit|" + (" (worst row; band: all rows)" if many else ""),
+        f"total variation, {what}" + (" (worst row)" if many else "")))
+    steps = [e["step"] for e in summ]
+
+    # panel 1: |Δlogit| and the tolerance, noise shaded below it
+    dmax = [e["dlogit_max"] for e in summ]
+    tol = [e["tolerance"] for e in summ]
+    positive = [x for x in dmax + tol if _finite(x) and x > 0]
+    floor = max(_decade_floor(min(positive)) / 10, 1e-12) if positive else 1e-12
+    top = max([x for x in dmax + tol if _finite(x)] or [1.0])
+    clip = lambda x: max(x, floor) if _finite(x) else None  # noqa: E731 - exact zeros sit on the floor
+
+    fig.add_trace(go.Scatter(x=steps, y=[floor] * len(steps), mode="lines", line=dict(width=0), hoverinfo="skip",
+                             showlegend=False), row=1, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=tol, mode="lines", fill="tonexty", fillcolor=NOISE,
+                             line=dict(color=BAD, dash="dash", width=1.5, shape="hvh"), name="tolerance (below: float noise)",
+                             hovertemplate="tolerance %{y:.2g}<extra></extra>"), row=1, col=1)
+    if many:
+        fig.add_trace(go.Scatter(x=steps, y=[clip(e["dlogit_min"]) for e in summ], mode="lines", line=dict(width=0),
+                                 hoverinfo="skip", showlegend=False), row=1, col=1)
+        fig.add_trace(go.Scatter(x=steps, y=[clip(x) for x in dmax], mode="lines", line=dict(width=0),
+                                 fill="tonexty", fillcolor=SPREAD, hoverinfo="skip", name="spread across rows"),
                       row=1, col=1)
-        fig.add_trace(go.Scatter(x=steps, y=[_positive(p["kl"]) for p in pts], mode="lines+markers",
-                                 name=f"row {r + 1}", line=dict(color=color), legendgroup=str(r), showlegend=False,
-                                 customdata=[p["kl"] if p["kl"] is not None else float("nan") for p in pts],
-                                 hovertemplate="step %{x}<br>KL %{customdata:.3g}<extra>row " + str(r + 1) + "</extra>"),
-                      row=1, col=2)
-    tolerances = [p["tolerance"] for st in report["steps"] for p in st if p is not None]
-    if tolerances:
-        tol = max(tolerances)
-        fig.add_hline(y=tol, line=dict(color=BAD, dash="dash"), row=1, col=1)
-        # on log axes plotly places annotations in log10 units
-        fig.add_annotation(x=0, xref="x domain", y=math.log10(tol), yref="y", text=f"tolerance {tol:.2g}",
-                           showarrow=False, xanchor="left", yanchor="bottom", font=dict(color=BAD))
-    kls = [p["kl"] for st in report["steps"] for p in st if p is not None and p["kl"] is not None]
-    fig.update_yaxes(type="log", row=1, col=1)
-    # KL of float noise is ~1e-12..1e-8: a fixed floor keeps it flat at the bottom instead of a zig-zag
-    fig.update_yaxes(type="log", range=[-12, math.log10(max([1e-3, *kls]) * 10)], row=1, col=2)
-    fig.update_xaxes(title_text="step")
-    return _layout(fig, "Where the two models differ, step by step")
+    fig.add_trace(go.Scatter(
+        x=steps, y=[clip(x) for x in dmax], mode="lines+markers" if len(steps) <= 60 else "lines",
+        line=dict(color=OURS, width=1.5), marker=dict(size=5), name="max |Δlogit|",
+        customdata=[[_fmt(e["dlogit_max"]), e["dlogit_row"] + 1, _fmt(e["dlogit_min"]), f"{e['tolerance']:.2g}"]
+                    for e in summ],
+        hovertemplate="step %{x}<br>max |Δlogit| %{customdata[0]} (row %{customdata[1]})"
+                      + ("<br>best row %{customdata[2]}" if many else "") + "<br>tolerance %{customdata[3]}<extra></extra>"),
+        row=1, col=1)
+    bad = [e for e in summ if e["exceeds_rows"]]
+    if bad:
+        fig.add_trace(go.Scatter(x=[e["step"] for e in bad], y=[clip(e["dlogit_max"]) or top for e in bad],
+                                 mode="markers", marker=dict(color=BAD, size=7, symbol="circle"),
+                                 name="above tolerance", hoverinfo="skip"), row=1, col=1)
+    fig.update_yaxes(**LOG_AXIS, range=[math.log10(floor), math.log10(top) + 0.5], title_text="|Δlogit|",
+                     row=1, col=1)
 
-
-def top50_figure(report: dict, step: int, row: int) -> go.Figure:
-    """Top-50 tokens (by our model) at one step and row: our probabilities vs HF's, the sampled token outlined,
-    the top-k / top-p cut-off drawn."""
-    records = report["generation"]["records"]
-    if not records:
-        return _layout(go.Figure(), "No steps to show")
-    step = max(0, min(int(step), len(records) - 1))
-    row = max(0, min(int(row), len(records[step]) - 1))
-    rec = records[step][row]
-    diff = report["steps"][step][row] if report["steps"] else None
-    if rec is None:
-        return _layout(go.Figure(), f"Row {row + 1} had finished (eos) before step {step}")
-    labels = [f"{i + 1}. {t}" for i, t in enumerate(rec["top_tokens"])]
-    chosen = [tid == rec["token_id"] for tid in rec["top_ids"]]
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=labels, y=rec["top_probs"], name="ours", marker_color=OURS,
-                         marker_line=dict(color=[BAD if c else OURS for c in chosen], width=[3 if c else 0 for c in chosen]),
-                         customdata=list(zip(rec["top_tokens"], rec["top_ids"], rec["top_logits"], rec["top_sample_probs"])),
-                         hovertemplate="token %{customdata[0]} (id %{customdata[1]})<br>ours p=%{y:.4f}"
-                                       "<br>logit %{customdata[2]:.3f}<br>sampling p=%{customdata[3]:.4f}<extra>ours</extra>"))
-    if diff is not None:
-        fig.add_trace(go.Bar(x=labels, y=diff["hf_top_probs"], name="HF", marker_color=HF,
-                             customdata=list(zip(rec["top_tokens"], diff["hf_top_sample_probs"])),
-                             hovertemplate="token %{customdata[0]}<br>HF p=%{y:.4f}<br>sampling p=%{customdata[1]:.4f}"
-                                           "<extra>HF</extra>"))
-    kept = sum(rec["top_kept"])
-    if 0 < kept < len(labels):
-        fig.add_vline(x=kept - 0.5, line=dict(color=MUTED, dash="dot"),
-                      annotation_text=f"cut-off: {rec['n_kept']} kept", annotation_position="top right")
-    picked = rec["token"]
-    fig = _layout(fig, f"Step {step}, row {row + 1}: sampled '{picked}' (rank {rec['rank']}, p={rec['prob']:.3f})",
-                  height=440)
-    fig.update_layout(barmode="group", xaxis=dict(tickangle=-60, tickfont=dict(size=10), automargin=True),
-                      yaxis_title="probability", margin=dict(l=70, b=110),
-                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"))
+    # panel 2: total variation (bounded, always finite), support mismatches marked. Within the logit tolerance
+    # (|Δlogit| <= tol at every token, same support) the likelihood ratio of the two distributions lies in
+    # [e^-2tol/T, e^2tol/T], so TV <= tanh(tol / T): the shaded noise band.
+    temp = _temperature(report)
+    tv_tol = [math.tanh(t / temp) for t in tol]
+    fig.add_trace(go.Scatter(x=steps, y=[TV_FLOOR] * len(steps), mode="lines", line=dict(width=0), hoverinfo="skip",
+                             showlegend=False), row=2, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=tv_tol, mode="lines", fill="tonexty", fillcolor=NOISE,
+                             line=dict(color=BAD, dash="dot", width=1, shape="hvh"),
+                             name="largest TV within the logit tolerance",
+                             hovertemplate="TV within the logit tolerance: at most %{y:.2g}<extra></extra>"), row=2, col=1)
+    if many:
+        fig.add_trace(go.Scatter(x=steps, y=[max(e["tv_min"], TV_FLOOR) for e in summ], mode="lines",
+                                 line=dict(width=0), hoverinfo="skip", showlegend=False), row=2, col=1)
+    fig.add_trace(go.Scatter(
+        x=steps, y=[max(e["tv_max"], TV_FLOOR) for e in summ], mode="lines+markers" if len(steps) <= 60 else "lines",
+        line=dict(color=HF, width=1.5), marker=dict(size=5), name="total variation",
+        fill="tonexty" if many else None, fillcolor="rgba(245, 158, 11, 0.18)",
+        customdata=[[f"{e['tv_max']:.3g}", e["tv_row"] + 1, f"{e['js']:.3g}", _fmt(e["kl"]),
+                     "exact" if e["exact"] else "lower bound (mass outside our top-50 lumped)"] for e in summ],
+        hovertemplate="step %{x}<br>total variation %{customdata[0]} (row %{customdata[1]})"
+                      "<br>Jensen-Shannon %{customdata[2]} bits<br>KL(HF‖ours) %{customdata[3]}"
+                      "<br>%{customdata[4]}<extra></extra>"),
+        row=2, col=1)
+    mism = [e for e in summ if e["mismatch_rows"]]
+    if mism:
+        fig.add_trace(go.Scatter(
+            x=[e["step"] for e in mism], y=[max(e["tv_max"], TV_FLOOR) for e in mism], mode="markers",
+            marker=dict(color=BAD, size=8, symbol="x-thin", line=dict(width=2, color=BAD)),
+            name="supports differ (KL = ∞)",
+            customdata=[", ".join(str(r + 1) for r in e["mismatch_rows"]) for e in mism],
+            hovertemplate="step %{x}: HF can sample a token ours cannot<br>rows %{customdata}<extra></extra>"),
+            row=2, col=1)
+    fig.update_yaxes(**LOG_AXIS, range=[math.log10(TV_FLOOR), 0.05], title_text="total variation", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_annotations(font=dict(size=12))  # the subplot titles
+    fig = _layout(fig, "Where the two models differ, step by step", height=600)
+    fig.update_layout(margin=dict(t=60, b=40), legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"))
     return fig
 
 
-def heatmap_figure(report: dict, row: int) -> go.Figure:
-    """Sampling probabilities of the top-50 tokens over steps for one row (rank 1 on top)."""
+# ---------------------------------------------------------------------------------------------------------
+# Top-50 at one step
+
+
+def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> go.Figure:
+    """Our 50 most likely tokens at one step and row, rank 1 on top: model probabilities (bars) and sampling
+    probabilities after temperature / top-k / top-p (markers), ours and HF's for the same tokens. The sampled
+    token is outlined and marked ▶; the dotted line is the top-k / top-p cut-off."""
+    records = report["generation"]["records"]
+    if not records:
+        return _empty("No steps to show")
+    step = max(0, min(int(step), len(records) - 1))
+    row = max(0, min(int(row), len(records[step]) - 1))
+    rec = records[step][row]
+    if rec is None:
+        return _empty(f"Row {row + 1} had finished (end of text) before step {step}")
+    diff = report["steps"][step][row] if step < len(report["steps"]) else None
+    n = len(rec["top_ids"])
+    chosen = [tid == rec["token_id"] for tid in rec["top_ids"]]
+    labels = [f"{'▶ ' if c else ''}{i + 1}. {t}" for i, (t, c) in enumerate(zip(rec["top_tokens"], chosen))]
+    pos = lambda xs: [x if x > 0 else None for x in xs] if log_scale else list(xs)  # noqa: E731
+    ids = rec["top_ids"]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        y=labels, x=pos(rec["top_probs"]), orientation="h", name="ours: model p", marker_color=OURS,
+        marker_line=dict(color=[BAD if c else OURS for c in chosen], width=[3 if c else 0 for c in chosen]),
+        customdata=list(zip(ids, rec["top_logits"], rec["top_sample_probs"])),
+        hovertemplate="%{y} (id %{customdata[0]})<br>ours: model p %{x:.4g}, logit %{customdata[1]:.4g}"
+                      "<br>ours: sampling p %{customdata[2]:.4g}<extra></extra>"))
+    if diff is not None:
+        fig.add_trace(go.Bar(
+            y=labels, x=pos(diff["hf_top_probs"]), orientation="h", name="HF: model p", marker_color=HF,
+            customdata=list(zip(ids, diff["hf_top_sample_probs"])),
+            hovertemplate="%{y} (id %{customdata[0]})<br>HF: model p %{x:.4g}<br>HF: sampling p %{customdata[1]:.4g}"
+                          "<extra></extra>"))
+    fig.add_trace(go.Scatter(y=labels, x=pos(rec["top_sample_probs"]), mode="markers", name="ours: sampling p",
+                             marker=dict(symbol="line-ns", size=14, line=dict(width=3, color="#0a3069")),
+                             hovertemplate="%{y}<br>ours: sampling p %{x:.4g}<extra></extra>"))
+    if diff is not None:
+        fig.add_trace(go.Scatter(y=labels, x=pos(diff["hf_top_sample_probs"]), mode="markers", name="HF: sampling p",
+                                 marker=dict(symbol="line-ns", size=10, line=dict(width=3, color="#9a3412")),
+                                 hovertemplate="%{y}<br>HF: sampling p %{x:.4g}<extra></extra>"))
+    kept = sum(1 for p in rec["top_sample_probs"] if p > 0)
+    if 0 < kept < n:
+        fig.add_hline(y=kept - 0.5, line=dict(color=MUTED, dash="dot"), annotation_text=f"cut-off: {rec['n_kept']} kept",
+                      annotation_position="bottom right", annotation_font=dict(color=MUTED, size=11))
+    title = (f"Step {step}, row {row + 1}: sampled '{rec['token']}', rank {rec['rank']}"
+             f"<br><sup>ours: model p {rec['raw_prob']:.3g}, sampling p {rec['prob']:.3g}</sup>")
+    if diff is not None:
+        hf_model = diff["hf_top_probs"][ids.index(rec["token_id"])] if rec["token_id"] in ids else None
+        title += (f"<br><sup>HF: model p {_fmt(hf_model) if hf_model is not None else '(outside top-50)'}, "
+                  f"sampling p {diff['hf_prob']:.3g} (rank {diff['hf_rank']})</sup>")
+    fig = _layout(fig, title, height=18 * n + 170)
+    xaxis = dict(title_text="probability" + (" (log scale)" if log_scale else ""), side="top")
+    if log_scale:
+        xaxis.update(LOG_AXIS, range=[-8, 0.05])
+    else:  # up to the largest probability shown (a peaked step reads like a flat one otherwise)
+        shown = [*rec["top_probs"], *rec["top_sample_probs"]]
+        if diff is not None:
+            shown += [*diff["hf_top_probs"], *diff["hf_top_sample_probs"]]
+        xaxis.update(range=[0, min(1.0, max(shown) * 1.1) or 1.0])
+    fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.0, xaxis=xaxis,
+                      yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels,
+                                 tickfont=dict(size=11, family="monospace"), automargin=True),
+                      margin=dict(l=10, t=130, b=60),
+                      legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
+    fig.update_layout(legend=dict(y=-0.01, yanchor="top"))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Over steps, for one row
+
+
+def _mark_step(fig: go.Figure, step: int | None) -> None:
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color=BAD, width=1.5, dash="dot"), annotation_text=f"step {step}",
+                      annotation_position="top", annotation_font=dict(color=BAD, size=11))
+
+
+def heatmap_figure(report: dict, row: int, step: int | None = None) -> go.Figure:
+    """Sampling probabilities of the top-50 tokens over steps for one row (rank 1 on top), the selected step marked."""
     records = report["generation"]["records"]
     cols = [(s, st[row]) for s, st in enumerate(records) if row < len(st) and st[row] is not None]
     if not cols:
-        return _layout(go.Figure(), "No steps to show")
-    z = [[rec["top_sample_probs"][k] for _, rec in cols] for k in range(len(cols[0][1]["top_ids"]))]
-    text = [[rec["top_tokens"][k] for _, rec in cols] for k in range(len(cols[0][1]["top_ids"]))]
-    fig = go.Figure(go.Heatmap(z=z, x=[s for s, _ in cols], y=list(range(1, len(z) + 1)), text=text,
-                               colorscale="Viridis", colorbar=dict(title="p"),
-                               hovertemplate="step %{x}, rank %{y}<br>%{text}<br>p=%{z:.4f}<extra></extra>"))
-    chosen_rank = [rec["rank"] if rec["rank"] <= len(z) else None for _, rec in cols]
-    fig.add_trace(go.Scatter(x=[s for s, _ in cols], y=chosen_rank, mode="markers", name="sampled",
+        return _empty("No steps to show")
+    n = len(cols[0][1]["top_ids"])
+    z = [[rec["top_sample_probs"][k] for _, rec in cols] for k in range(n)]
+    text = [[rec["top_tokens"][k] for _, rec in cols] for k in range(n)]
+    fig = go.Figure(go.Heatmap(z=z, x=[s for s, _ in cols], y=list(range(1, n + 1)), text=text,
+                               colorscale="Viridis", colorbar=dict(title="p", thickness=12),
+                               hovertemplate="step %{x}, rank %{y}<br>%{text}<br>sampling p %{z:.4f}<extra></extra>"))
+    chosen_rank = [rec["rank"] if rec["rank"] <= n else None for _, rec in cols]
+    fig.add_trace(go.Scatter(x=[s for s, _ in cols], y=chosen_rank, mode="markers", name="sampled token",
                              marker=dict(symbol="x", color="white", size=8, line=dict(color="black", width=1))))
+    _mark_step(fig, step)
     fig.update_yaxes(autorange="reversed", title_text="rank under our model")
     fig.update_xaxes(title_text="step")
     return _layout(fig, f"Top-50 sampling probabilities over steps, row {row + 1}", height=420)
 
 
-def entropy_figure(report: dict, row: int) -> go.Figure:
+def entropy_figure(report: dict, row: int, step: int | None = None) -> go.Figure:
     """Entropy of the sampling and model distributions, and the chosen token's probability and rank."""
     records = report["generation"]["records"]
     cols = [(s, st[row]) for s, st in enumerate(records) if row < len(st) and st[row] is not None]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     steps = [s for s, _ in cols]
-    fig.add_trace(go.Scatter(x=steps, y=[r["entropy"] for _, r in cols], name="entropy (sampling dist.)",
+    fig.add_trace(go.Scatter(x=steps, y=[r["entropy"] for _, r in cols], name="entropy (sampling)",
                              line=dict(color=OURS)), secondary_y=False)
     fig.add_trace(go.Scatter(x=steps, y=[r["raw_entropy"] for _, r in cols], name="entropy (model)",
                              line=dict(color=OURS, dash="dot")), secondary_y=False)
-    fig.add_trace(go.Scatter(x=steps, y=[r["prob"] for _, r in cols], name="chosen token p", mode="lines+markers",
+    fig.add_trace(go.Scatter(x=steps, y=[r["prob"] for _, r in cols], name="chosen token: sampling p",
+                             mode="lines+markers" if len(steps) <= 60 else "lines",
                              line=dict(color=HF), customdata=[[r["token"], r["rank"]] for _, r in cols],
-                             hovertemplate="step %{x}: %{customdata[0]}<br>p=%{y:.3f}, rank %{customdata[1]}<extra></extra>"),
+                             hovertemplate="step %{x}: %{customdata[0]}<br>sampling p %{y:.3f}, rank %{customdata[1]}"
+                                           "<extra></extra>"),
                   secondary_y=True)
+    _mark_step(fig, step)
     fig.update_yaxes(title_text="entropy (nats)", secondary_y=False)
     fig.update_yaxes(title_text="probability", range=[0, 1.05], secondary_y=True)
     fig.update_xaxes(title_text="step")
     return _layout(fig, f"Entropy and the chosen token, row {row + 1}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Per layer
+
+
 def layers_figure(report: dict) -> go.Figure:
     """Per layer, max|Δ| at the place (row, position) that decides the layer (log scale) against the tolerance at
     that same place (rtol x max|HF value| there); the first diverging layer marked."""
     layers = report["layers"]
+    if not layers:
+        return _empty("No layers to show")
     names = [l["name"] for l in layers]
     first = report.get("first_diverging_layer")
     fig = go.Figure()
     for exceeds, label, color in ((False, "within tolerance", OURS), (True, "exceeds tolerance", BAD)):
-        sel = [l for l in layers if l["exceeds"] == exceeds]
+        sel = [l for l in layers if bool(l.get("exceeds")) == exceeds]
+        at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]  # max |Δ| at the place that decides
         fig.add_trace(go.Bar(x=[l["name"] for l in sel],
-                             y=[_positive(l.get("worst_abs_diff", l["max_abs_diff"])) for l in sel],
+                             y=[max(d, 1e-12) if _finite(d) else None for d in at],
                              marker_color=color, name=label,
-                             customdata=[[l.get("worst_abs_diff", l["max_abs_diff"]), l["tolerance"],
-                                          l.get("worst_scale", l["scale"]), l.get("worst_row", 0) + 1,
-                                          l.get("worst_position", 0), l.get("ratio", 0.0), l["max_abs_diff"],
-                                          l["scale"]] for l in sel],
+                             customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("worst_scale", l.get("scale"))),
+                                          l.get("worst_row", 0) + 1, l.get("worst_position", 0), _fmt(l.get("ratio")),
+                                          _fmt(l["max_abs_diff"]), _fmt(l.get("scale"))] for d, l in zip(at, sel)],
                              hovertemplate="%{x}, row %{customdata[3]}, position %{customdata[4]}"
-                                           "<br>max |Δ| there %{customdata[0]:.3g}"
-                                           "<br>tolerance there %{customdata[1]:.3g}"
-                                           " (max |HF| there %{customdata[2]:.3g})"
-                                           "<br>ratio %{customdata[5]:.3g}"
-                                           "<br>whole layer: max |Δ| %{customdata[6]:.3g},"
-                                           " max |HF| %{customdata[7]:.3g}"
+                                           "<br>max |Δ| there %{customdata[0]}"
+                                           "<br>tolerance there %{customdata[1]} (max |HF| there %{customdata[2]})"
+                                           "<br>ratio %{customdata[5]}"
+                                           "<br>whole layer: max |Δ| %{customdata[6]}, max |HF| %{customdata[7]}"
                                            "<extra></extra>"))
-    fig.add_trace(go.Scatter(x=names, y=[l["tolerance"] for l in layers], mode="lines+markers",
-                             name="tolerance at that place",
-                             line=dict(color="#24292f", dash="dash")))
-    fig.update_xaxes(categoryorder="array", categoryarray=names)
-    if first is not None:
-        fig.add_annotation(x=first, y=1, yref="paper", text=f"first diverging: {first}", showarrow=True,
-                           arrowhead=2, font=dict(color=BAD))
-    fig.update_yaxes(type="log", title_text="max |Δ| at the deciding place (ours vs HF)")
+    fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers",
+                             name="tolerance at that place", line=dict(color="#24292f", dash="dash")))
+    # slanted names never run into each other, whatever the width (the first diverging one is in the title)
+    fig.update_xaxes(categoryorder="array", categoryarray=names, tickangle=-45, automargin=True)
+    fig.update_yaxes(**LOG_AXIS, title_text="max |Δ| at the deciding place (ours vs HF)")
     title = f"Per layer: first diverging layer {first}" if first else "Per layer: every layer within tolerance"
-    return _layout(fig, title)
+    fig = _layout(fig, title, height=420)
+    fig.update_layout(margin=dict(t=100, b=60), legend=dict(y=1.02))
+    return fig

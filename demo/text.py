@@ -16,6 +16,20 @@ OFFLINE_BANNER = (
     "(GPT-2's architecture and vocabulary, small dimensions, fixed random seed). The texts are noise, but every "
     "parity figure is real: ours and HuggingFace's are compared exactly as for the real model."
 )
+OWN_CHECKPOINT_HINT = "To compare your own checkpoint, start the app with `--model DIR` (a local checkpoint directory)."
+LOADING_BANNER = (
+    "⏳ `{wanted}` is still downloading from the Hugging Face Hub (started {seconds:.0f} s ago). Meanwhile the page "
+    "runs on the built-in tiny random-init GPT-2 (its texts are noise, its parity figures real): choose `{wanted}` "
+    "in the Model menu again in a minute."
+)
+MODEL_LOADING = (
+    "⏳ `{model}` is downloading from the Hugging Face Hub (started {seconds:.0f} s ago); Generate works once it is "
+    "loaded. Other models, and the built-in tiny one, work meanwhile."
+)
+LOAD_FAILED_BANNER = (
+    "⚠️ **`{wanted}` could not be loaded**: {why}. {next_step} Running on the built-in tiny random-init GPT-2 "
+    "meanwhile: the texts are noise, but every parity figure is real. " + OWN_CHECKPOINT_HINT
+)
 
 PROMPT_EXAMPLES = [
     "Hello, I'm a language model,",
@@ -51,25 +65,46 @@ VERDICT_STYLE = {
     False: ("#fdecea", "#b42318", "✘"),
 }
 
+ERROR_HINT = "Nothing was run: the views below are cleared. Fix the input and press Generate again."
+
+# The first field of the JSON download: what its compaction did, so that a reader can undo it.
+DOWNLOAD_FORMAT = (
+    "GPT-2 Parity Lab report (core.ParityReport.to_dict()), compact: per-token display numbers (top-50 lists, "
+    "probabilities, entropies) rounded to {digits} significant digits, the measured differences (max_abs_dlogit, "
+    "tolerance, kl, layers) at full precision; token strings stored once in 'tokens' (id -> text) instead of "
+    "'token'/'top_tokens' in every record; top_kept = top_sample_probs > 0. demo.handlers.expand_report() restores "
+    "the report's own shape."
+)
+
 RUNNING = "⏳ Generating with our GPT-2 …"
 COMPARING = "⏳ Comparing with HuggingFace (teacher-forced pass and HF's own sampling) …"
 
 PLOT_HELP = """
 ### How to read the plots
-- **Per step**: for every generated token and row, the largest difference between our logits and HF's
-  (max |Δlogit|, log scale) and the KL divergence KL(HF‖ours) of the two sampling distributions. The dashed
-  line is the tolerance: below it the difference is float noise; above it the models really differ.
-- **Top-50 at a step**: the 50 most likely tokens under our model at the chosen step and row, our
-  probabilities next to HF's for the same tokens. The token that was sampled is outlined; the dotted line marks
-  the top-k / top-p cut-off (tokens right of it could not be sampled). Hover a bar for the token string
-  (␣ is a space, ↵ a newline).
+- **Texts**: hover a generated token for its id and its probability and rank under both models; click it to open
+  the top-50 view at that step and row. The first token that differs from the other side is red, later ones grey.
+- **Per step**: top, the largest difference between our logits and HF's at each step (max |Δlogit|, log scale);
+  the dashed line is the tolerance and the green band under it is float noise: above it the models really
+  differ. Bottom, the total variation between the two sampling distributions (0 = identical, 1 = disjoint): unlike
+  KL it stays finite when one side can sample a token the other cannot (marked ✕, "supports differ"). It is
+  computed over our top-50 tokens plus "all other tokens" as one outcome: exact whenever our sampling keeps only
+  our top-50 (top-k ≤ 50), a lower bound otherwise (the hover says which, with Jensen-Shannon and KL). With
+  several rows the line is the worst row at each step and the band the spread across rows. Its green band is the
+  most that logits within the tolerance can move it (tanh(tolerance / temperature)): float noise lies inside it.
+- **Top-50 at a step**: the 50 most likely tokens under our model at the chosen step and row (rank 1 on top).
+  Bars: the model's probabilities (softmax of the logits), ours and HF's for the same tokens. Ticks: the sampling
+  probabilities (after temperature, top-k and top-p, renormalised), ours and HF's. The sampled token is outlined
+  and marked ▶; the dotted line is the top-k / top-p cut-off (tokens below it could not be sampled). Tick
+  *log scale* to see the tail. ␣ is a space, ↵ a newline.
 - **Over steps**: a heatmap of the sampling probabilities of the top-50 tokens at every step (rank 1 at the
-  top), and the entropy of the distribution with the chosen token's probability and rank.
+  top), and the entropy of the distribution with the chosen token's probability and rank; the selected step is
+  marked.
 - **Per layer**: max |Δ| of the residual stream after the embeddings, each block, ln_f, and the logits. The
   first layer above its tolerance is where the two implementations start to differ: that is where to look.
 - **Settings**: each generation setting as HF actually used it and where it came from (you, the model's
-  generation_config, the pipeline's defaults, or transformers' global defaults). A highlighted row differs from
+  generation_config, the pipeline's defaults, or transformers' own defaults). A highlighted row differs from
   ours: that alone changes the samples.
+- **Link**: after Generate the page's address holds every input; share it to let someone rerun the same comparison.
 """
 
 USAGE = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import gradio as gr
 
@@ -14,15 +15,57 @@ from .models import HUB_ALLOWLIST, TINY, ModelCache
 CSS = """
 #verdict {min-height: 3.2em}
 .gradio-container {max-width: 1400px !important}
-/* texts wrap like prose, highlights inline (Gradio's default breaks words and puts spans on new lines) */
-#ours-text .textfield, #hf-text .textfield {display: block; word-break: normal; overflow-wrap: anywhere}
-#ours-text .token-container, #hf-text .token-container {display: inline}
-#ours-text .token.highlighted, #hf-text .token.highlighted {margin: 0; padding: 0 1px}
-#ours-text .line-break, #hf-text .line-break {display: block}
+/* the two texts: one line per row, tokens inline, long runs scroll inside the panel */
+.pl-text .pl-row {white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 0.45em 0; line-height: 1.55}
+.pl-text .pl-n {color: #57606a; font-size: 0.85em}
+.pl-text .tok {cursor: pointer; border-radius: 3px}
+.pl-text .tok:hover {outline: 1px solid #1f6feb; background: #ddf4ff}
+.pl-text .tok.first {background: #ff6b6b; color: #fff}
+.pl-text .tok.after {background: #d0d7de}
+.pl-text .tok.picked {outline: 2px solid #1f6feb}
+.pl-text .pl-head {position: sticky; top: 0; z-index: 1; background: var(--block-background-fill); font-weight: 600;
+  padding: 2px 0 6px 0}
+.pl-text .pl-legend {margin-bottom: 0.5em; font-size: 0.85em}
+.pl-text .pl-legend .tok {padding: 1px 6px; cursor: default}
+#settings-table .table-wrap, #settings-table .table-container {overflow-x: auto !important}
+/* phones: the verdict right under the Generate button, then the results, then the other inputs */
+@media (max-width: 720px) {
+  #main-row {flex-direction: column !important; flex-wrap: nowrap !important}
+  #inputs-col, #outputs-col {display: contents !important}
+  #inputs-col > * {order: 10}
+  #outputs-col > * {order: 5}
+  #inputs-col > #prompt-col {order: 1}
+  #outputs-col > #verdict-box {order: 3}
+  #texts-row {flex-direction: column !important}
+}
 """
+# Clicking a token in either text asks the server for the top-50 view at that step and row.
+TOKEN_CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const t = e.target.closest('.tok[data-s]');
+  if (!t) return;
+  element.querySelectorAll('.tok.picked').forEach((x) => x.classList.remove('picked'));
+  t.classList.add('picked');
+  trigger('click', {step: Number(t.dataset.s), row: Number(t.dataset.r)});
+});
+"""
+# On Generate: the inputs go into the page's address (query parameters), so that the link restores this run.
+URL_JS = """
+(...values) => {
+  const keys = %s;
+  const q = new URLSearchParams();
+  keys.forEach((k, i) => { if (values[i] !== null && values[i] !== undefined && values[i] !== '') q.set(k, String(values[i])); });
+  history.replaceState(history.state, '', window.location.pathname + '?' + q.toString());
+  return [];
+}
+"""
+
 # Heavy requests (a full compare) at most 2 at a time on 2 cores; cheap view updates are not limited by them.
 RUN_CONCURRENCY = 2
 QUEUE = dict(default_concurrency_limit=8, max_size=32)
+TEXT_MAX_HEIGHT = 380  # px: long runs scroll inside the text panels instead of pushing the plots down
+# Gradio's own copies of served files (the downloads): swept every 10 minutes, deleted after an hour.
+DELETE_CACHE = (600, 3600)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,75 +95,106 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
     extra = [model] if model not in HUB_ALLOWLIST and model != TINY else []
     cache = ModelCache(extra=extra, max_models=max_models, bpe_dir=bpe_dir)
     c: dict = {}
-    with gr.Blocks(title=text.TITLE) as demo:
+    with gr.Blocks(title=text.TITLE, delete_cache=DELETE_CACHE) as demo:
         demo.model_cache = cache  # for tests and the load test: the same cache the handlers use
         gr.Markdown(text.INTRO)
-        banner = gr.Markdown(visible=False, elem_id="offline-banner")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                prompt = gr.Textbox(value=text.PROMPT_EXAMPLES[0], label="Prompt", lines=3, max_lines=8,
-                                    elem_id="prompt")
-                run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[prompt], label="Examples")
-                model_dd = gr.Dropdown(choices=cache.allowed, value=model, label="Model", elem_id="model")
-                method = gr.Radio(choices=text.METHODS, value="hf", label="Our sampling method", info=text.HELP_METHOD,
-                                  elem_id="method")
-                reference = gr.Radio(choices=text.REFERENCES, value="generate", label="HuggingFace reference",
-                                     info=text.HELP_REFERENCE, elem_id="reference")
-                fault = gr.Dropdown(choices=[("none", handlers.NO_FAULT)] + [(f.title, f.name) for f in FAULTS.values()],
-                                    value=handlers.NO_FAULT, label="Bug lab: inject a porting mistake", info=text.HELP_FAULT,
-                                    elem_id="fault")
-                with gr.Accordion("Sampling settings", open=True):
-                    top_k = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)", elem_id="top_k")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top-p", elem_id="top_p")
-                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0 = greedy)",
-                                            elem_id="temperature")
-                    seed = gr.Number(value=42, precision=0, label="random seed", elem_id="seed")
-                    num_sequences = gr.Slider(1, handlers.MAX_SEQUENCES, value=5, step=1, label="number of sequences",
-                                              elem_id="num_sequences")
-                    max_new_tokens = gr.Slider(1, handlers.MAX_NEW_TOKENS, value=22, step=1, label="max new tokens",
-                                               info="22: the seed's rows of 30 tokens", elem_id="max_new_tokens")
-            with gr.Column(scale=2):
-                c["verdict"] = gr.HTML(handlers.status_html("Press <b>Generate</b> to compare with HuggingFace."))
-                with gr.Row():
-                    color_map = {"first difference": "#ff6b6b", "after": "#d0d7de"}
-                    c["ours"] = gr.HighlightedText(label="Ours", color_map=color_map, show_legend=True,
-                                                   combine_adjacent=True, elem_id="ours-text")
-                    c["hf"] = gr.HighlightedText(label="HuggingFace", color_map=color_map, show_legend=True,
-                                                 combine_adjacent=True, elem_id="hf-text")
-                with gr.Tabs():
-                    with gr.Tab("Per step"):
-                        c["step_fig"] = gr.Plot(label="Per-step differences", elem_id="step-fig")
-                    with gr.Tab("Top-50 at a step"):
-                        with gr.Row():
-                            c["step"] = gr.Slider(0, 1, value=0, step=1, label="step", elem_id="step-slider")
-                            c["row"] = gr.Dropdown(choices=[("row 1", 0)], value=0, label="row", elem_id="row-dd")
-                        c["top50_fig"] = gr.Plot(label="Top-50 probabilities", elem_id="top50-fig")
-                    with gr.Tab("Over steps"):
-                        c["heat_fig"] = gr.Plot(label="Top-k probabilities over steps", elem_id="heat-fig")
-                        c["entropy_fig"] = gr.Plot(label="Entropy and chosen token", elem_id="entropy-fig")
-                    with gr.Tab("Per layer"):
-                        c["layers_fig"] = gr.Plot(label="Per-layer differences", elem_id="layers-fig")
-                    with gr.Tab("Settings"):
-                        c["settings"] = gr.Dataframe(headers=["setting", "ours", "HF", "HF's source", ""],
-                                                     label="Effective generation settings", elem_id="settings-table")
-                    with gr.Tab("Download"):
-                        with gr.Row():
-                            c["json_file"] = gr.File(label="Run as JSON", elem_id="json-file")
-                            c["csv_file"] = gr.File(label="Per-step table as CSV", elem_id="csv-file")
-                        c["summary"] = gr.JSON(label="Summary", elem_id="summary")
-                with gr.Accordion("How to read the plots, and how to use this from code", open=False):
-                    gr.Markdown(text.PLOT_HELP + text.USAGE)
+        c["banner"] = gr.Markdown(visible=False, elem_id="offline-banner")
+        with gr.Row(elem_id="main-row"):
+            with gr.Column(scale=1, min_width=320, elem_id="inputs-col"):
+                inp = input_panel(cache, model)
+            with gr.Column(scale=2, elem_id="outputs-col"):
+                output_panels(c)
         c["state"] = gr.State(None)
-
-        inputs = [prompt, model_dd, method, reference, fault, top_k, top_p, temperature, seed, num_sequences,
-                  max_new_tokens]
-        outputs = [c[k] for k in handlers.OUTPUT_KEYS]
-        run_btn.click(handlers.make_run_handler(cache, c), inputs, outputs, api_name="run",
-                      concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
-        c["step"].change(handlers.show_step, [c["state"], c["step"], c["row"]], [c["top50_fig"]], api_visibility="private")
-        c["row"].change(handlers.show_row, [c["state"], c["step"], c["row"]],
-                        [c["top50_fig"], c["heat_fig"], c["entropy_fig"]], api_visibility="private")
-        demo.load(handlers.make_load_handler(cache, model), None, [banner, model_dd], api_visibility="private",
-                  concurrency_limit=1, concurrency_id="load")
+        wire(demo, cache, model, inp, c)
     return demo
+
+
+def input_panel(cache: ModelCache, model: str) -> dict:
+    """The Generate button's inputs (keys as handlers.INPUT_KEYS) and the button itself."""
+    i: dict = {}
+    with gr.Column(elem_id="prompt-col"):  # on phones: this, then the verdict, then the results
+        i["prompt"] = gr.Textbox(value=text.PROMPT_EXAMPLES[0], label="Prompt", lines=3, max_lines=8, elem_id="prompt")
+        i["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
+    gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[i["prompt"]], label="Examples")
+    i["model"] = gr.Dropdown(choices=cache.allowed, value=model, label="Model", elem_id="model")
+    i["model_status"] = gr.Markdown(visible=False, elem_id="model-status")  # loading / failed, per choice
+    i["method"] = gr.Radio(choices=text.METHODS, value="hf", label="Our sampling method", info=text.HELP_METHOD,
+                           elem_id="method")
+    i["reference"] = gr.Radio(choices=text.REFERENCES, value="generate", label="HuggingFace reference",
+                              info=text.HELP_REFERENCE, elem_id="reference")
+    i["fault"] = gr.Dropdown(choices=[("none", handlers.NO_FAULT)] + [(f.title, f.name) for f in FAULTS.values()],
+                             value=handlers.NO_FAULT, label="Bug lab: inject a porting mistake", info=text.HELP_FAULT,
+                             elem_id="fault")
+    with gr.Accordion("Sampling settings", open=True):
+        i["top_k"] = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)", elem_id="top_k")
+        i["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top-p", elem_id="top_p")
+        i["temperature"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0 = greedy)",
+                                     elem_id="temperature")
+        i["seed"] = gr.Number(value=42, precision=0, label="random seed", elem_id="seed")
+        i["num_sequences"] = gr.Slider(1, handlers.MAX_SEQUENCES, value=5, step=1, label="number of sequences",
+                                       elem_id="num_sequences")
+        i["max_new_tokens"] = gr.Slider(1, handlers.MAX_NEW_TOKENS, value=22, step=1, label="max new tokens",
+                                        info="22: the seed's rows of 30 tokens", elem_id="max_new_tokens")
+    return i
+
+
+def output_panels(c: dict) -> None:
+    """The verdict, both texts and the tabs of views; components go into `c` (keys as handlers.OUTPUT_KEYS)."""
+    c["verdict"] = gr.HTML(handlers.status_html("Press <b>Generate</b> to compare with HuggingFace."),
+                           elem_id="verdict-box")
+    with gr.Row(elem_id="texts-row"):
+        for key, label in (("ours", "Ours"), ("hf", "HuggingFace")):
+            c[key] = gr.HTML(handlers.text_head(key), label=label, container=True, padding=True,
+                             max_height=TEXT_MAX_HEIGHT, min_width=280, js_on_load=TOKEN_CLICK_JS, elem_id=f"{key}-text",
+                             elem_classes=["pl-text"])
+    with gr.Tabs(elem_id="views") as c["tabs"]:
+        with gr.Tab("Per step", id="perstep"):
+            c["step_fig"] = gr.Plot(label="Per-step differences", show_label=False, elem_id="step-fig")
+        with gr.Tab("Top-50 at a step", id="top50"):
+            with gr.Row():
+                c["step"] = gr.Slider(0, 1, value=0, step=1, label="step", elem_id="step-slider")
+                c["row"] = gr.Dropdown(choices=[("row 1", 0)], value=0, label="row", elem_id="row-dd")
+                c["log"] = gr.Checkbox(False, label="log scale", elem_id="log-scale")
+            c["top50_fig"] = gr.Plot(label="Top-50 probabilities", show_label=False, elem_id="top50-fig")
+        with gr.Tab("Over steps", id="oversteps"):
+            c["heat_fig"] = gr.Plot(label="Top-k probabilities over steps", show_label=False, elem_id="heat-fig")
+            c["entropy_fig"] = gr.Plot(label="Entropy and chosen token", show_label=False, elem_id="entropy-fig")
+        with gr.Tab("Per layer", id="perlayer"):
+            c["layers_fig"] = gr.Plot(label="Per-layer differences", show_label=False, elem_id="layers-fig")
+        with gr.Tab("Settings", id="settings"):
+            c["settings"] = gr.Dataframe(headers=handlers.SETTINGS_HEADERS, label="Effective generation settings",
+                                         elem_id="settings-table", wrap=True, interactive=False)
+        with gr.Tab("Download", id="download"):
+            with gr.Row():
+                c["json_file"] = gr.File(label="Run as JSON", elem_id="json-file")
+                c["csv_file"] = gr.File(label="Per-step table as CSV", elem_id="csv-file")
+            c["summary"] = gr.JSON(label="Summary", elem_id="summary")
+    with gr.Accordion("How to read the plots, and how to use this from code", open=False):
+        gr.Markdown(text.PLOT_HELP + text.USAGE)
+
+
+def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> None:
+    """Every event: Generate (the /run API), the views' own controls, token clicks, page load."""
+    inputs = [inp[k] for k in handlers.INPUT_KEYS]
+    outputs = [c[k] for k in handlers.OUTPUT_KEYS]
+    view_in = [c["state"], c["step"], c["row"], c["log"]]
+    views = [c["top50_fig"], c["heat_fig"], c["entropy_fig"]]
+    private = dict(api_visibility="private")
+    run = inp["run"].click(handlers.make_run_handler(cache, c), inputs, outputs, api_name="run",
+                           concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
+    run.then(handlers.refresh_if_log, view_in, views, **private)
+    inp["run"].click(None, inputs, None, js=URL_JS % json.dumps(list(handlers.INPUT_KEYS)), **private)
+    # .input: the user moved them (a run or a token click sets them and draws the views itself, so no race)
+    c["step"].input(handlers.show_step, view_in, views, **private)
+    c["row"].input(handlers.show_row, view_in, views, **private)
+    c["log"].change(handlers.show_step, view_in, views, **private)
+    for key in ("ours", "hf"):
+        c[key].click(handlers.pick_token, [c["state"], c["log"]],
+                     [c["step"], c["row"], c["top50_fig"], c["heat_fig"], c["entropy_fig"], c["tabs"]], **private)
+    inp["model"].input(handlers.make_model_handler(cache), [inp["model"]], [inp["model_status"]], **private,
+                       concurrency_limit=None)
+    loaded = demo.load(handlers.make_load_handler(cache, model), None, [c["banner"], inp["model"]], **private,
+                       concurrency_limit=1, concurrency_id="load")
+    from_query, model_from_query = handlers.make_query_handlers(cache)
+    demo.load(from_query, None, [inp[k] for k in handlers.INPUT_KEYS if k != "model"], **private)
+    loaded.then(model_from_query, None, [inp["model"]], **private)

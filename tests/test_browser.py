@@ -2,7 +2,12 @@
 
 One test walks a user's path: type a prompt, Generate, read the verdict and both texts, look at every plot
 (each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON, and inject a
-bug-lab fault. It also saves docs/screenshot.png (the dashboard after the clean run) for the README.
+bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
+a token opens its step and row, an error replaces the verdict and stays, and a phone-width page shows the verdict
+on its first screen after Generate. One server for the whole module.
+
+The end-to-end test saves a screenshot of the dashboard to a temporary folder, or to $PARITY_SCREENSHOT when set
+(`make screenshot` sets it to docs/screenshot.png, the README's picture; `make test` never rewrites it).
 
 Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, else /usr/bin/chromium or `chromium`
 on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/test_browser.py`.
@@ -18,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from apphelper import ROOT, start_app
+from apphelper import start_app
 from core.faults import FAULTS
+from demo.handlers import expand_report
 
 pytestmark = pytest.mark.browser
 
@@ -27,11 +33,11 @@ CHROMIUM = (os.environ.get("CHROMIUM") or ("/usr/bin/chromium" if Path("/usr/bin
             or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
 PROMPT = "The meaning of life is"
 FAULT = "qk_swapped"  # "q and k swapped" in the bug-lab dropdown
 RUN_TIMEOUT_MS = 90_000  # one Generate on the tiny model: ~5 s warm, ~15 s for the first, more under load
 UI_TIMEOUT_MS = 15_000
+PLOT_TIMEOUT_MS = 40_000  # a plot arrives after the verdict; on a busy 2-core machine it can take a while
 TABS = {  # tab label -> the plots (elem_ids) it shows
     "Per step": ["step-fig"],
     "Top-50 at a step": ["top50-fig"],
@@ -85,8 +91,8 @@ def expect_plot(page, elem_id: str, title: str | re.Pattern | None = None) -> No
     """The gr.Plot `elem_id` has a rendered plotly SVG with at least one trace (and the given title)."""
     expect = _expect()
     plot = page.locator(f"#{elem_id}")
-    expect(plot.locator(".js-plotly-plot .main-svg").first).to_be_visible()
-    expect(plot.locator(".js-plotly-plot .trace").first).to_be_attached()
+    expect(plot.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=PLOT_TIMEOUT_MS)
+    expect(plot.locator(".js-plotly-plot .trace").first).to_be_attached(timeout=PLOT_TIMEOUT_MS)
     if title is not None:
         expect(plot.locator(".gtitle").first).to_have_text(title)
 
@@ -105,7 +111,20 @@ def app_log_on_failure(app) -> str:
     return f"\n--- app log ({app.log_path}) ---\n{app.log()[-4000:]}"
 
 
-def test_dashboard_end_to_end(page, app):
+def wait_verdict(page, app, text: str | re.Pattern, timeout: int = RUN_TIMEOUT_MS) -> None:
+    try:
+        _expect()(page.locator("#verdict")).to_contain_text(text, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{app_log_on_failure(app)}") from None
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_dashboard_end_to_end(page, app, tmp_path):
     expect = _expect()
     page.goto(app.url)
     expect(page.locator("#generate")).to_be_visible(timeout=30_000)
@@ -128,12 +147,15 @@ def test_dashboard_end_to_end(page, app):
     hf = page.locator("#hf-text").inner_text().replace("HuggingFace", "", 1).strip()
     assert ours == hf and len(ours) > 5 * (len(PROMPT) + 4), (ours, hf)
 
-    # The default tab's plot, then the screenshot for the README (verdict, texts and a plot).
+    expect(page.locator("#ours-text")).not_to_contain_text("first difference")  # no legend chips: nothing to mark
+
+    # The default tab's plot, then a screenshot (the README's, under `make screenshot`).
     expect_plot(page, "step-fig", "Where the two models differ, step by step")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shot = Path(os.environ.get("PARITY_SCREENSHOT") or tmp_path / "screenshot.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(300)  # let plotly finish laying out legends/annotations before the picture
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.stat().st_size > 20_000
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
 
     # 2. Every tab's plot(s) render.
     for tab, plots in TABS.items():
@@ -147,6 +169,10 @@ def test_dashboard_end_to_end(page, app):
     expect(table).to_be_visible()
     for setting in ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "num_return_sequences"):
         expect(table).to_contain_text(setting)
+    # max_length's source: the prompt plus the new tokens the user chose, not transformers' default (20)
+    max_length_row = table.get_by_role("row").filter(has_text="max_length").first
+    expect(max_length_row).to_contain_text(re.compile(r"you: prompt \(\d+ tokens\) \+ 22 new tokens"))
+    expect(max_length_row).not_to_contain_text("default")
 
     # 3. The step slider redraws the top-50 chart for another step.
     open_tab(page, "Top-50 at a step")
@@ -171,7 +197,7 @@ def test_dashboard_end_to_end(page, app):
         link.click()
     download = info.value
     assert download.suggested_filename == "parity_report.json"
-    report = json.loads(Path(download.path()).read_text(encoding="utf-8"))
+    report = expand_report(json.loads(Path(download.path()).read_text(encoding="utf-8")))
     assert {"verdict", "layers", "steps", "rows"} <= report.keys()
     assert report["verdict"] == "identical to HuggingFace"
     assert report["prompt"] == PROMPT and len(report["rows"]) == 5 and len(report["steps"]) == 22
@@ -197,3 +223,82 @@ def test_dashboard_end_to_end(page, app):
 
     assert not page.js_errors, page.js_errors
     assert app.alive(), app_log_on_failure(app)
+
+
+def test_shared_link_restores_inputs_fault_panel_and_token_click(page, app):
+    """A link with query parameters restores the inputs; under a fault that makes every KL infinite the
+    divergence panel still has a point per step; a click on a token opens the top-50 view at its step and row."""
+    expect = _expect()
+    page.goto(app.url + "?prompt=The%20meaning%20of%20life&fault=no_causal_mask&num_sequences=2&max_new_tokens=6&seed=7")
+    expect(page.locator("#prompt textarea")).to_have_value("The meaning of life", timeout=30_000)
+    expect(page.locator("#fault input")).to_have_value(FAULTS["no_causal_mask"].title)
+    expect(page.locator("#num_sequences input[type=number]")).to_have_value("2")
+    expect(page.locator("#max_new_tokens input[type=number]")).to_have_value("6")
+    expect(page.locator("#seed input")).to_have_value("7")
+    generate(page)
+    wait_verdict(page, app, "logits differ")
+    assert "fault=no_causal_mask" in page.url and "seed=7" in page.url  # the run is in the address: shareable
+    expect_plot(page, "step-fig")
+    page.wait_for_function("() => { const gd = document.querySelector('#step-fig .js-plotly-plot');"
+                           " return gd && gd.data && gd.data.some((d) => d.name === 'total variation'); }")
+
+    tv = page.evaluate("""() => {
+        const gd = document.querySelector('#step-fig .js-plotly-plot');
+        const t = gd.data.find((d) => d.name === 'total variation');
+        const marks = gd.data.find((d) => d.name && d.name.startsWith('supports differ'));
+        return {y: t ? Array.from(t.y) : null, marked: marks ? marks.x.length : 0};
+    }""")
+    assert tv["y"] is not None and len(tv["y"]) == 6, tv
+    assert all(y is not None and 0 < y <= 1 for y in tv["y"]), tv  # a point at every step: never blank
+
+    token = page.locator('#hf-text .tok[data-s="3"][data-r="1"]')
+    assert "id " in (token.get_attribute("title") or "")
+    hover = page.locator('#ours-text .tok[data-s="3"][data-r="1"]').get_attribute("title")
+    assert re.search(r"ours: sampling p \S+, model p \S+, rank \d+\nHF: +sampling p \S+, rank \d+", hover), hover
+    token.click()
+    expect(page.get_by_role("tab", name="Top-50 at a step", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#top50-fig .gtitle")).to_have_text(re.compile(r"^Step 3, row 2: sampled "))
+    expect(page.locator("#step-slider input[type=number]")).to_have_value("3")
+    expect(page.locator("#row-dd input")).to_have_value("row 2")
+    page.locator("#log-scale input").check()
+    page.wait_for_function("() => document.querySelector('#top50-fig .js-plotly-plot').layout.xaxis.type === 'log'")
+    assert not page.js_errors, page.js_errors
+
+
+def test_error_replaces_the_verdict_and_stays(page, app):
+    expect = _expect()
+    page.goto(app.url + "?num_sequences=1&max_new_tokens=3")
+    expect(page.locator("#num_sequences input[type=number]")).to_have_value("1", timeout=30_000)
+    generate(page)
+    wait_verdict(page, app, "identical to HuggingFace")
+    page.locator("#prompt textarea").fill("   ")
+    generate(page)
+    wait_verdict(page, app, "Not run: the prompt is only whitespace", timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#ours-text .pl-row")).to_have_count(0)  # the previous run's texts are gone
+    expect(page.locator("#verdict")).not_to_contain_text("identical")
+    page.wait_for_timeout(11_000)  # the toast lasts 10 s; the reason must outlive it
+    expect(page.locator("#verdict")).to_contain_text("Not run: the prompt is only whitespace")
+    assert app.alive(), app_log_on_failure(app)
+    log = app.log()
+    assert "Traceback" not in log and "request refused: the prompt is only whitespace" in log, log[-2000:]
+
+
+def test_phone_width_shows_the_verdict_on_the_first_screen(browser, app):
+    context = browser.new_context(viewport={"width": 420, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        page.goto(app.url + "?num_sequences=2&max_new_tokens=4")
+        expect = _expect()
+        expect(page.locator("#max_new_tokens input[type=number]")).to_have_value("4", timeout=30_000)
+        page.locator("#generate").scroll_into_view_if_needed()
+        generate(page)
+        wait_verdict(page, app, "identical to HuggingFace")
+        box = page.locator("#verdict").bounding_box()
+        scroll = page.evaluate("window.scrollY")
+        assert box is not None and box["y"] + box["height"] <= 860, (box, scroll)  # on screen where Generate was
+        assert page.locator("#verdict").bounding_box()["y"] > page.locator("#generate").bounding_box()["y"]
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 420, f"the page scrolls sideways: {width}px"
+    finally:
+        context.close()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 # /run's outputs in demo/ui.py order, without the gr.State (never sent to clients): verdict, ours, hf, step_fig,
 # top50_fig, heat_fig, entropy_fig, layers_fig, settings, json_file, csv_file, summary, step, row.
 N_OUTPUTS = 14
-VERDICT, JSON_FILE, SUMMARY = 0, 9, 11
+VERDICT, OURS, JSON_FILE, SUMMARY = 0, 1, 9, 11
 RUN_TIMEOUT_S = 120  # one /run on the tiny model: ~4 s warm, ~15 s for a fresh server's first, more under load
 
 CASES = [  # (prompt, method, top_k, top_p, temperature, seed, num_sequences, max_new_tokens)
@@ -77,6 +77,8 @@ def test_client_texts_match_python_api(client, app, tiny_models, tokenizer, case
     assert summary["agree"] is True and summary["first_diverging_layer"] is None
     assert summary["hf_texts"] == summary["ours_texts"]
     assert "identical to HuggingFace" in result[VERDICT]
+    ours_html = result[OURS]  # the texts are HTML: one line per row, a span per token with its step and row
+    assert isinstance(ours_html, str) and ours_html.count('class="pl-row"') == n and 'data-s="0"' in ours_html
 
     # The JSON download is the whole report of the same run.
     path = Path(result[JSON_FILE])
@@ -94,10 +96,11 @@ def test_client_fault_is_reported(client):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompt=""), r"(?i)prompt.*empty|empty.*prompt"),  # refused by core (a gr.Error with its message)
+    (dict(prompt=" \n "), r"only whitespace"),  # refused by the dashboard, in its own words
     (dict(prompt="Hi", top_p=5), r"(?i)top.?p|maximum"),  # refused by the slider's own range check
-    (dict(prompt="Hi", method="greedy", num_sequences=3), r"(?i)greedy"),  # core's SettingsError
+    (dict(prompt="Hi", method="greedy", num_sequences=3), r"greedy.*number of sequences = 1"),  # core's, UI words
     (dict(prompt="Hi", max_new_tokens=1000), r"(?i)max new tokens|maximum"),
-], ids=["empty-prompt", "top_p-5", "greedy-3-rows", "too-many-tokens"])
+], ids=["empty-prompt", "whitespace-prompt", "top_p-5", "greedy-3-rows", "too-many-tokens"])
 def test_client_bad_input_is_a_clear_error_and_server_keeps_serving(client, app, kwargs, message):
     from gradio_client.exceptions import AppError
 

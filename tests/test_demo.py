@@ -1,6 +1,11 @@
 """Dashboard handlers and figure functions on records from the built-in tiny random model (no browser)."""
 
+import html
 import json
+import math
+import os
+import re
+import tempfile
 import threading
 
 import gradio as gr
@@ -54,18 +59,29 @@ def test_run_compare_is_the_core_call(cache, report):
     json.dumps(report)  # the state the UI keeps is plain JSON
 
 
+def _rows_of(html_text: str) -> list[str]:
+    """The rows of a streamed text panel, as plain text."""
+    rows = re.findall(r'<div class="pl-row"><span class="pl-n">\[\d+\]</span> (.*?)</div>', html_text, flags=re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", r)) for r in rows]
+
+
 def test_run_handler_streams_then_fills_every_view(cache, monkeypatch):
     monkeypatch.setattr(handlers, "STREAM_INTERVAL_S", 0.0)  # stream whenever the sampler is ahead of us
     comps = {k: k for k in handlers.OUTPUT_KEYS}
     run = handlers.make_run_handler(cache, comps)
     updates = list(run(*GOOD.values(), progress=lambda *a, **k: None))
-    streamed = [u["ours"] for u in updates if "ours" in u and "state" not in u]
+    streamed = [u["ours"] for u in updates if "pl-row" in (u.get("ours") or "") and "state" not in u]
     final_texts = updates[-1]["state"]["generation"]["texts"]
     assert len(streamed) >= 2, "our text streams in while sampling"
-    for spans in streamed:  # every partial text is a prefix of the final one, row by row
-        for r, (span, _) in enumerate(spans):
-            assert span.startswith(f"[{r + 1}] ") and final_texts[r].startswith(span[len(f"[{r + 1}] "):].rstrip("\n"))
-    lengths = [sum(len(span) for span, _ in spans) for spans in streamed]
+    # the first streamed update clears the previous run's views: they must not pass for this run's
+    first = next(u for u in updates if "pl-row" in (u.get("ours") or ""))
+    assert first["state"] is None and first["step_fig"] is None and first["json_file"] is None
+    for panel in streamed:  # every partial text is a prefix of the final one, row by row
+        rows = _rows_of(panel)
+        assert len(rows) == 5
+        for r, row in enumerate(rows):
+            assert final_texts[r].startswith(row), (row, final_texts[r])
+    lengths = [sum(map(len, _rows_of(panel))) for panel in streamed]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
     final = updates[-1]
     for key in ("step_fig", "top50_fig", "heat_fig", "entropy_fig", "layers_fig"):
@@ -78,38 +94,74 @@ def test_run_handler_streams_then_fills_every_view(cache, monkeypatch):
     with open(final["csv_file"]) as f:
         lines = f.read().strip().splitlines()
     assert lines[0].startswith("step,row,token_id") and len(lines) == 1 + 5 * 22
-    assert final["settings"][0][0] == "do_sample"
+    assert final["settings"].data.iloc[0, 0] == "do_sample"
 
 
-def test_highlighting_marks_the_first_difference(report, cache):
+def _tokens_of(html_text: str, row: int) -> list[dict]:
+    """The token spans of one row of a text panel: class, step, row, hover text and shown text."""
+    out = []
+    for cls, attrs, title, body in re.findall(r'<span class="(tok[^"]*)"((?: data-\w="\d+")*) title="([^"]*)">(.*?)</span>',
+                                              html_text, flags=re.S):
+        d = dict(re.findall(r'data-(\w)="(\d+)"', attrs))
+        if int(d.get("r", -1)) == row:
+            out.append({"cls": cls, "step": int(d["s"]), "title": html.unescape(title), "text": html.unescape(body)})
+    return out
+
+
+def test_texts_mark_the_first_difference_and_carry_each_tokens_numbers(report, cache):
     loaded = cache.get(TINY)
     tok = lambda t: loaded.tokenizer.decode([t])  # noqa: E731
+    same = handlers.texts_html(report, tok, "ours")
+    assert "first difference" not in same, "no legend chips when there is nothing to mark"
     r = dict(report)
     rows = [dict(row) for row in r["rows"]]
     rows[0] = {**rows[0], "first_divergent_step": 3, "identical": False}
     r["rows"] = rows
-    spans = handlers.highlighted(r, tok, "ours")
-    labelled = [label for _, label in spans[: 1 + len(rows[0]["ours_new_ids"])]]
-    assert labelled[1:4] == [None, None, None] and labelled[4] == "first difference"
-    assert set(labelled[5:]) == {"after"}
+    panel = handlers.texts_html(r, tok, "ours")
+    assert "first difference" in panel  # the legend, now that something is marked
+    spans = _tokens_of(panel, 0)
+    assert [s["step"] for s in spans] == list(range(len(rows[0]["ours_new_ids"])))
+    assert [s["cls"] for s in spans[:4]] == ["tok", "tok", "tok", "tok first"]
+    assert {s["cls"] for s in spans[4:]} == {"tok after"}
+    assert "".join(s["text"] for s in spans) == report["generation"]["completions"][0]
+    # hover: id, probability and rank under both models, straight from the records of that step and row
+    rec, d = report["generation"]["records"][5][0], report["steps"][5][0]
+    title = spans[5]["title"]
+    assert f"id {rec['token_id']}" in title
+    assert f"ours: sampling p {rec['prob']:.3g}, model p {rec['raw_prob']:.3g}, rank {rec['rank']}" in title
+    assert f"HF:   sampling p {d['hf_prob']:.3g}, rank {d['hf_rank']}" in title
+
+
+def _trace(fig, name):
+    return next(t for t in fig.data if t.name == name)
 
 
 def test_figures_are_pure_functions_of_the_report(report, faulty_report):
+    from demo.divergence import report_divergences
+
     fig = figures.step_diffs_figure(report)
-    assert len(fig.data) == 2 * 5  # a max|Δlogit| and a KL line per row
-    assert any(shape.line.dash == "dash" for shape in fig.layout.shapes)  # the tolerance line
-    top = figures.top50_figure(report, 3, 1)
-    rec = report["generation"]["records"][3][1]
-    bars = top.data[0]
-    assert list(bars.y) == rec["top_probs"] and len(top.data) == 2  # ours and HF for the same 50 tokens
-    chosen = rec["top_ids"].index(rec["token_id"])
-    assert bars.marker.line.width[chosen] == 3
-    assert list(top.data[1].y) == report["steps"][3][1]["hf_top_probs"]
-    assert f"Step 3, row 2" in top.layout.title.text
-    heat = figures.heatmap_figure(report, 0)
-    assert len(heat.data[0].z) == 50 and len(heat.data[0].z[0]) == 22
+    steps = report["steps"]
+    line = _trace(fig, "max |Δlogit|")
+    # the line is the worst row at each step, the tolerance the lowest row tolerance (computed here from the steps)
+    worst = [max(d["max_abs_dlogit"] for d in st if d is not None) for st in steps]
+    assert list(line.x) == list(range(len(steps)))
+    assert list(line.y) == pytest.approx([max(w, 0) for w in worst])
+    tol = _trace(fig, "tolerance (below: float noise)")
+    assert list(tol.y) == [min(d["tolerance"] for d in st if d is not None) for st in steps]
+    assert tol.fill == "tonexty" and tol.line.dash == "dash"  # the noise band under the tolerance line
+    for axis in (fig.layout.yaxis, fig.layout.yaxis2):  # decades only, one notation
+        assert axis.type == "log" and axis.dtick == 1 and axis.exponentformat == "power"
+    assert not any(t.name == "above tolerance" for t in fig.data)
+    # the divergence panel's noise band: the most TV logits within the tolerance allow, tanh(tol / temperature)
+    band = _trace(fig, "largest TV within the logit tolerance")
+    assert list(band.y) == pytest.approx([math.tanh(t) for t in tol.y])  # temperature 1
+    divs = report_divergences(report)
+    assert all(v.tv <= b for st, b in zip(divs, band.y) for v in st if v is not None)  # an exact port is noise
     ent = figures.entropy_figure(report, 0)
     assert len(ent.data) == 3
+    heat = figures.heatmap_figure(report, 0, step=4)
+    assert len(heat.data[0].z) == 50 and len(heat.data[0].z[0]) == 22
+    assert any(shape.x0 == 4 for shape in heat.layout.shapes)  # the selected step marked
     layers = figures.layers_figure(faulty_report)
     assert faulty_report["first_diverging_layer"] == "block 0"
     assert "block 0" in layers.layout.title.text
@@ -118,27 +170,57 @@ def test_figures_are_pure_functions_of_the_report(report, faulty_report):
     assert "every layer within tolerance" in figures.layers_figure(report).layout.title.text
 
 
+def test_top50_chart_is_horizontal_and_labels_model_and_sampling_probabilities(report):
+    rec, d = report["generation"]["records"][3][1], report["steps"][3][1]
+    top = figures.top50_figure(report, 3, 1)
+    ours, hf = _trace(top, "ours: model p"), _trace(top, "HF: model p")
+    assert ours.orientation == "h" and hf.orientation == "h"
+    assert list(ours.x) == rec["top_probs"] and list(hf.x) == d["hf_top_probs"]
+    assert list(_trace(top, "ours: sampling p").x) == rec["top_sample_probs"]
+    assert list(_trace(top, "HF: sampling p").x) == d["hf_top_sample_probs"]
+    assert [y.removeprefix("▶ ") for y in ours.y][:2] == [f"{k + 1}. {t}" for k, t in enumerate(rec["top_tokens"][:2])]
+    assert len(ours.y) == 50  # tokens on the y axis, rank 1 first
+    chosen = rec["top_ids"].index(rec["token_id"])
+    assert ours.marker.line.width[chosen] == 3 and ours.y[chosen].startswith("▶")
+    title = top.layout.title.text
+    assert "Step 3, row 2" in title
+    # the title's numbers are the bar's (model p) and the marker's (sampling p) of the sampled token, both named
+    assert f"ours: model p {ours.x[chosen]:.3g}, sampling p {rec['top_sample_probs'][chosen]:.3g}" in title
+    assert f"HF: model p {hf.x[chosen]:.3g}, sampling p {d['hf_prob']:.3g}" in title
+    log = figures.top50_figure(report, 3, 1, log_scale=True)
+    assert log.layout.xaxis.type == "log" and top.layout.xaxis.type != "log"
+
+
 def test_top50_cutoff_is_drawn_where_the_filter_cuts(cache):
     args = handlers.parse_inputs(cache, **{**GOOD, "top_k": 10, "num_sequences": 1, "max_new_tokens": 4})
     rep = handlers.run_compare(cache, args)[0].to_dict()
     fig = figures.top50_figure(rep, 0, 0)
     rec = rep["generation"]["records"][0][0]
     assert sum(rec["top_kept"]) == 10
-    assert any(abs(s.x0 - 9.5) < 1e-9 for s in fig.layout.shapes)
+    assert any(abs(s.y0 - 9.5) < 1e-9 for s in fig.layout.shapes)
 
 
 def test_view_handlers_follow_the_sliders(report):
-    a = handlers.show_step(report, 2, 0)
-    b = handlers.show_step(report, 5, 0)
+    a, _, _ = handlers.show_step(report, 2, 0)
+    b, _, _ = handlers.show_step(report, 5, 0)
     assert a.layout.title.text != b.layout.title.text
     top, heat, ent = handlers.show_row(report, 1, 3)
     assert "row 4" in heat.layout.title.text and "row 4" in ent.layout.title.text
-    assert handlers.show_step(None, 0, 0) is None
+    assert handlers.show_step(None, 0, 0) == (None, None, None)
+
+
+def test_clicking_a_token_opens_its_step_and_row(report):
+    evt = gr.EventData(None, {"step": 7, "row": 2})
+    step, row, top, heat, ent, tabs = handlers.pick_token(report, False, evt)
+    assert step.value == 7 and row.value == 2 and tabs.selected == "top50"
+    assert top.layout.title.text.startswith("Step 7, row 3:")
+    assert any(shape.x0 == 7 for shape in heat.layout.shapes) and "row 3" in ent.layout.title.text
+    assert handlers.pick_token(None, False, evt) == (gr.skip(),) * 6
 
 
 BAD_INPUTS = [
     (dict(prompt=""), "empty"),
-    (dict(prompt="   \n "), "empty"),
+    (dict(prompt="   \n "), "only whitespace"),
     (dict(prompt="x" * 1_000_000), "characters"),
     (dict(prompt="word " * 1100), "longer than the model's context"),
     (dict(prompt="a\x00b"), "NUL"),
@@ -150,8 +232,8 @@ BAD_INPUTS = [
     (dict(max_new_tokens=10_000), "max new tokens"),
     (dict(top_k=-1), "top-k"),
     (dict(top_k=60_000), "top-k"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
+    (dict(top_p=0.0), "top-p"),
+    (dict(top_p=1.5), "top-p"),
     (dict(temperature=-0.5), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
     (dict(num_sequences=0), "number of sequences"),
@@ -159,7 +241,9 @@ BAD_INPUTS = [
     (dict(seed=1.5), "seed"),
     (dict(seed="abc"), "seed"),
     (dict(seed=-1), "seed"),
-    (dict(seed=2**40), "seed"),
+    (dict(seed=2**40), "got 1,099,511,627,776"),
+    (dict(seed=1e300), "got 1e+300"),
+    (dict(method="greedy", num_sequences=3), "use number of sequences = 1"),
     (dict(model="/etc/passwd"), "not available here"),
     (dict(model="openai-community/gpt2-xl"), "not available here"),
     (dict(fault="no_such_fault"), "unknown bug-lab fault"),
@@ -172,11 +256,19 @@ BAD_INPUTS = [
 def test_every_bad_input_is_a_clear_gr_error_and_the_server_keeps_serving(cache, bad, match):
     comps = {k: k for k in handlers.OUTPUT_KEYS}
     run = handlers.make_run_handler(cache, comps)
+    updates = []
     with pytest.raises(gr.Error) as info:
-        list(run(*{**GOOD, **bad}.values(), progress=lambda *a, **k: None))
+        for update in run(*{**GOOD, **bad}.values(), progress=lambda *a, **k: None):
+            updates.append(update)
     msg = str(info.value.message)
     assert match in msg, msg
     assert "Traceback" not in msg and "/work/" not in msg
+    assert not any(name in msg for name in handlers.UI_NAMES), msg  # the UI's words, not core's argument names
+    # before the error: the reason in the verdict panel (it stays; the toast fades) and the old run cleared
+    last = updates[-1]
+    assert html.escape(msg) in last["verdict"] and "Not run" in last["verdict"]
+    assert last["state"] is None and last["step_fig"] is None and last["json_file"] is None
+    assert "pl-row" not in last["ours"] and "pl-row" not in last["hf"]
     # and the next good request still works
     ok = list(run(*{**GOOD, "max_new_tokens": 3, "num_sequences": 1}.values(), progress=lambda *a, **k: None))
     assert ok[-1]["state"]["agree"]
@@ -199,7 +291,7 @@ def test_unexpected_errors_do_not_leak_internals(cache, monkeypatch):
         raise RuntimeError("secret /work/main/core/parity.py line 12")
 
     monkeypatch.setattr(handlers, "compare", boom)
-    comps = {k: k for k in ("verdict", "ours")}
+    comps = {k: k for k in handlers.OUTPUT_KEYS}
     run = handlers.make_run_handler(cache, comps)
     with pytest.raises(gr.Error) as info:
         list(run(*GOOD.values(), progress=lambda *a, **k: None))
@@ -272,13 +364,234 @@ def test_offline_start_falls_back_to_the_tiny_model_with_a_banner(monkeypatch, t
 
 
 def test_offline_without_bpe_files_says_what_is_missing(monkeypatch, tmp_path):
+    """Offline with no BPE directory and empty caches the bundled files serve; only without them too (a broken
+    install) does the banner say that nothing can run, and what to point at."""
     import huggingface_hub.constants as hub_constants
-    import tiktoken.load
+
+    import core.tokenizer
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken"))
-    monkeypatch.setattr(tiktoken.load, "read_file", lambda path: (_ for _ in ()).throw(ConnectionError("offline")))
-    monkeypatch.setattr("tiktoken.registry.ENCODINGS", {})
+    banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
+    assert banner.visible is True and "Offline mode" in banner.value and dropdown.value == TINY
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "no-bundled-copy")
     banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
     assert banner.visible is True and "GPT2_BPE_DIR" in banner.value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Round 2: bounded divergences, figure edge cases, settings sources, downloads, links
+
+
+def _sampling_dists_numpy(logits, top_k: int):
+    """Top-k sampling distributions over the whole vocabulary from raw logits (S, V), in float64 numpy: the
+    independent reference for the divergences the dashboard derives from the report's top-50 lists."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    if top_k:
+        kth = np.sort(x, axis=-1)[:, -top_k][:, None]
+        x = np.where(x < kth, -np.inf, x)
+    x = x - x.max(axis=-1, keepdims=True)
+    p = np.exp(x)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _tv_js_numpy(p, q):
+    import numpy as np
+
+    tv = 0.5 * np.abs(p - q).sum(axis=-1)
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_pm = np.where(p > 0, p * np.log2(p / m), 0.0).sum(axis=-1)
+        kl_qm = np.where(q > 0, q * np.log2(q / m), 0.0).sum(axis=-1)
+    return tv, 0.5 * (kl_pm + kl_qm)
+
+
+@pytest.fixture(scope="module")
+def untied_report(cache):
+    """A fault under which every step's supports differ (our lm_head is random): KL is infinite everywhere."""
+    args = handlers.parse_inputs(cache, **{**GOOD, "fault": "untied_lm_head", "num_sequences": 2, "max_new_tokens": 6,
+                                           "reference": "logits"})
+    return handlers.run_compare(cache, args)[0].to_dict()
+
+
+def _teacher_forced_logits(report, cache, fault):
+    """Both models' logits at every generated step, recomputed here from the report's token streams."""
+    from core.faults import apply_fault
+
+    loaded = cache.get(TINY)
+    seqs = torch.tensor(report["generation"]["sequences"])
+    P, S = len(report["prompt_ids"]), len(report["steps"])
+    with torch.inference_mode():
+        ours = apply_fault(loaded.ours, fault)(seqs).float()[:, P - 1:P - 1 + S]
+        hf = loaded.hf(seqs).logits.float()[:, P - 1:P - 1 + S]
+    return ours, hf
+
+
+def test_divergence_is_finite_where_kl_is_infinite_and_matches_the_full_vocabulary(untied_report, cache):
+    from demo.divergence import report_divergences
+
+    rep = untied_report
+    assert all(d["kl"] is None and d["support_mismatch"] for st in rep["steps"] for d in st if d is not None)
+    ours, hf = _teacher_forced_logits(rep, cache, "untied_lm_head")
+    divs = report_divergences(rep)
+    for r in range(2):
+        p, q = _sampling_dists_numpy(ours[r], 50), _sampling_dists_numpy(hf[r], 50)
+        tv, js = _tv_js_numpy(p, q)
+        for s in range(len(rep["steps"])):
+            v = divs[s][r]
+            assert v.exact and 0 < v.tv <= 1 and 0 < v.js <= 1
+            assert v.tv == pytest.approx(tv[s], abs=2e-5) and v.js == pytest.approx(js[s], abs=2e-5)
+
+
+def test_divergence_without_top_k_is_a_lower_bound(cache):
+    from demo.divergence import report_divergences
+
+    args = handlers.parse_inputs(cache, **{**GOOD, "fault": "untied_lm_head", "top_k": 0, "num_sequences": 1,
+                                           "max_new_tokens": 4, "reference": "logits"})
+    rep = handlers.run_compare(cache, args)[0].to_dict()
+    ours, hf = _teacher_forced_logits(rep, cache, "untied_lm_head")
+    tv, js = _tv_js_numpy(_sampling_dists_numpy(ours[0], 0), _sampling_dists_numpy(hf[0], 0))
+    for s, st in enumerate(report_divergences(rep)):
+        assert not st[0].exact
+        assert st[0].tv <= tv[s] + 1e-6 and st[0].js <= js[s] + 1e-6
+
+
+def test_step_figure_under_all_infinite_kl_is_not_blank(untied_report):
+    from demo.divergence import report_divergences
+
+    fig = figures.step_diffs_figure(untied_report)
+    tv = _trace(fig, "total variation")
+    expected = [max(v.tv for v in st if v is not None) for st in report_divergences(untied_report)]
+    assert list(tv.y) == pytest.approx(expected) and all(0 < y <= 1 for y in tv.y)
+    marks = _trace(fig, "supports differ (KL = ∞)")
+    assert list(marks.x) == list(range(len(untied_report["steps"])))  # every step marked
+    assert any(t.name == "above tolerance" for t in fig.data)
+
+
+def _synthetic_report(n_rows: int, n_steps: int, seed: int = 0) -> dict:
+    """A report with only the fields the figures read, n_rows x n_steps, numbers from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    steps, records = [], []
+    for s in range(n_steps):
+        st, rs = [], []
+        for r in range(n_rows):
+            probs = torch.softmax(torch.randn(50, generator=g) * 3, 0).sort(descending=True).values.tolist()
+            hf = [p * (1 + 1e-6 * (k % 3)) for k, p in enumerate(probs)]
+            d = torch.rand(1, generator=g).item() * 10 ** (-7 + 2 * torch.rand(1, generator=g).item())
+            st.append(dict(step=s, row=r, max_abs_dlogit=d, tolerance=5e-5 * (1 + 0.01 * r), exceeds=False, kl=1e-12,
+                           support_mismatch=False, hf_prob=probs[0], hf_rank=1, hf_top_probs=hf,
+                           hf_top_sample_probs=hf))
+            rs.append(dict(step=s, row=r, token_id=0, token="t0", prob=probs[0], raw_prob=probs[0], rank=1,
+                           entropy=1.0, raw_entropy=1.0, n_kept=50, top_ids=list(range(50)),
+                           top_tokens=[f"t{k}" for k in range(50)], top_logits=[0.0] * 50, top_probs=probs,
+                           top_sample_probs=probs, top_kept=[True] * 50))
+        steps.append(st)
+        records.append(rs)
+    return {"rows": [{"row": r} for r in range(n_rows)], "steps": steps, "generation": {"records": records},
+            "settings": {"method": "hf", "do_sample": True, "temperature": 1.0}, "layers": []}
+
+
+def test_step_figure_at_8_rows_by_200_steps_stays_a_few_traces():
+    rep = _synthetic_report(8, 200)
+    fig = figures.step_diffs_figure(rep)
+    # as many traces as for 2 rows: the worst row + a spread band, not a line per row
+    assert len(fig.data) == len(figures.step_diffs_figure(_synthetic_report(2, 200)).data) <= 10
+    line = _trace(fig, "max |Δlogit|")
+    assert len(line.x) == 200 and line.mode == "lines"
+    worst = [max(d["max_abs_dlogit"] for d in st) for st in rep["steps"]]
+    best = [min(d["max_abs_dlogit"] for d in st) for st in rep["steps"]]
+    assert list(line.y) == pytest.approx(worst)
+    floor = 10 ** fig.layout.yaxis.range[0]  # values under the axis floor are drawn on it
+    band_low = next(t for t in fig.data if t.y is not None and list(t.y) == pytest.approx([max(b, floor) for b in best]))
+    assert band_low.xaxis == line.xaxis
+    assert fig.layout.yaxis.dtick == 1
+
+
+def test_step_figure_with_one_row_has_no_spread_band():
+    rep = _synthetic_report(1, 3)
+    fig = figures.step_diffs_figure(rep)
+    assert not any(t.name == "spread across rows" for t in fig.data)
+    assert list(_trace(fig, "max |Δlogit|").y) == pytest.approx([st[0]["max_abs_dlogit"] for st in rep["steps"]])
+    assert "worst row" not in fig.layout.annotations[0].text
+    assert figures.step_diffs_figure({**rep, "steps": [], "generation": {"records": []}}).layout.title.text == \
+        "No steps to show"
+
+
+def test_settings_sources_are_right_and_differences_highlighted(cache, report, tokenizer):
+    rows = {r[0]: r for r in handlers.settings_rows(report)}
+    n_prompt = len(tokenizer.encode(PROMPT))
+    assert rows["max_length"][2] == str(n_prompt + 22)
+    assert rows["max_length"][3] == f"you: prompt ({n_prompt} tokens) + 22 new tokens"
+    assert rows["max_new_tokens"][3] == "you"
+    assert "default" not in rows["max_length"][3]
+    args = handlers.parse_inputs(cache, **{**GOOD, "reference": "pipeline", "num_sequences": 2, "max_new_tokens": 4})
+    rep = handlers.run_compare(cache, args)[0].to_dict()
+    styled = handlers.settings_table(rep)
+    ctx = styled._compute().ctx  # pandas' computed cell styles: {(row, col): [(property, value)]}
+    for i, row in enumerate(styled.data.values.tolist()):
+        highlighted = ("background-color", "#ffe2e0") in ctx.get((i, 0), [])
+        assert highlighted == bool(row[-1]), row
+    assert styled.data.set_index("setting").loc["temperature", ""] == "⚠ differs"  # the pipeline's 0.7
+
+
+def test_ui_messages_use_the_ui_names_and_readable_numbers():
+    msg = handlers.ui_message("num_return_sequences must be a positive integer, got 12345678; top_k=3, max_new_tokens")
+    assert msg == "number of sequences must be a positive integer, got 12,345,678; top-k = 3, max new tokens"
+    assert handlers.ui_message("token-id prompts such as [50256] work") == "token-id prompts such as [50256] work"
+    assert handlers.readable(2**31 - 1) == "2,147,483,647" and handlers.readable(10**300) == "1e+300"
+
+
+def test_json_download_is_compact_and_restores_the_report(report, tmp_path, monkeypatch):
+    from core.parity import ParityReport
+
+    monkeypatch.setattr(handlers, "_RUN_DIR", str(tmp_path))
+    json_path, csv_path = handlers.write_downloads(report)
+    with open(json_path, encoding="utf-8") as f:
+        raw = f.read()
+    assert "\n" not in raw and len(raw) < 0.6 * len(json.dumps(report))
+    back = handlers.expand_report(json.loads(raw))
+    ParityReport.from_dict(back)  # the download reads back as a report
+    assert back["verdict"] == report["verdict"] and back["steps"][3][1]["max_abs_dlogit"] == \
+        report["steps"][3][1]["max_abs_dlogit"]  # measured numbers at full precision
+    a, b = report["generation"]["records"][4][2], back["generation"]["records"][4][2]
+    assert b["top_tokens"] == a["top_tokens"] and b["top_kept"] == a["top_kept"] and b["token"] == a["token"]
+    assert b["top_probs"] == pytest.approx(a["top_probs"], rel=1e-3)  # display numbers to 4 significant digits
+
+
+def test_download_files_are_bounded_per_process(report, tmp_path, monkeypatch):
+    monkeypatch.setattr(handlers, "_RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(handlers, "KEEP_RUNS", 3)
+    paths = [handlers.write_downloads(report)[0] for _ in range(5)]
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 3 and all(os.path.exists(p) for p in paths[-3:]) and not os.path.exists(paths[0])
+
+
+def test_download_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"parity-lab-{int(gone.stdout)}-abc123"
+    mine = tmp_path / f"parity-lab-{os.getpid()}-def456"
+    other = tmp_path / "unrelated-dir"
+    for d in (dead, mine, other):
+        (d / "run-000000").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(handlers, "_RUN_DIR", None)
+    new = handlers.run_dir()
+    assert not dead.exists() and mine.exists() and other.exists()
+    assert os.path.dirname(new) == str(tmp_path)
+
+
+def test_query_parameters_restore_valid_inputs_only():
+    allowed = [TINY, "gpt2"]
+    got = handlers.query_values({"prompt": "Hi there", "seed": "7", "top_p": "0.9", "num_sequences": "3",
+                                 "fault": "qk_swapped", "model": TINY, "method": "nanogpt"}, allowed)
+    assert got == {"prompt": "Hi there", "seed": 7, "top_p": 0.9, "num_sequences": 3, "fault": "qk_swapped",
+                   "model": TINY, "method": "nanogpt"}
+    bad = handlers.query_values({"seed": "-1", "num_sequences": "99", "model": "/etc/passwd", "fault": "x",
+                                 "temperature": "nan", "method": "beam"}, allowed)
+    assert bad == {}

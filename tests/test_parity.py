@@ -197,7 +197,7 @@ def test_block_faults_by_name(pair):
     ours, _ = pair
     assert FAULTS["erf_gelu@2"].expected_layer(3) == "block 2"
     assert FAULTS["erf_gelu@last"].expected_layer(7) == "block 6"
-    assert "erf_gelu@last" in list(FAULTS) and "erf_gelu@2" not in list(FAULTS)  # parsed, not listed
+    assert "erf_gelu@last" in FAULTS and "erf_gelu@2" not in FAULTS  # parsed, not listed
     for bad in ("erf_gelu@", "erf_gelu@-1", "erf_gelu@01", "untied_lm_head@1", "nope@1", "erf_gelu@x"):
         assert bad not in FAULTS
         with pytest.raises(FaultError, match="unknown fault"):
@@ -223,6 +223,16 @@ def test_cli_exits_1_for_every_fault(tiny_checkpoint, capsys, name):
     assert code == 1
     assert out["agree"] is False and out["verdict_kind"] == "model" and out["fault"] == name
     assert out["first_diverging_layer"] == FAULTS[name].expected_layer(2)  # on the 2-layer, 32-dim model too
+
+
+def test_cli_fault_in_one_block(tiny_checkpoint, capsys):
+    code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", "erf_gelu@1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["first_diverging_layer"] == "block 1" and out["fault"] == "erf_gelu@1"
+    for bad, match in (("erf_gelu@9", "blocks 0 to 1"), ("erf_gelu@x", "unknown fault")):
+        code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", bad])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err.strip().splitlines()[-1] and "Traceback" not in err, err
 
 
 def test_python_m_core_parity(tiny_checkpoint, bpe_dir):

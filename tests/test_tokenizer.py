@@ -1,13 +1,16 @@
 """Our tiktoken-based tokenizer against HF's GPT2TokenizerFast built from the very same vocab/merges."""
 
 import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import tiktoken
 from transformers import GPT2TokenizerFast
 
 from core import TokenizerNotAvailableError, load_tokenizer
-from core.tokenizer import GPT2_HASHES
+from core.tokenizer import BUNDLED_DIR, GPT2_HASHES
 
 CORPUS = [
     "Hello, I'm a language model,",
@@ -78,40 +81,103 @@ def test_checkpoint_directory_vocab_is_used(tiny_checkpoint):
     assert tok.encode("Hello world") == [15496, 995]
 
 
-def _offline_tiktoken(monkeypatch, cache_dir):
-    """No BPE directory, an empty tiktoken cache, and downloads failing the way they do offline."""
-    import tiktoken.load
-    import tiktoken.registry
+def _nothing_local(monkeypatch, tmp_path):
+    """No BPE directory, an empty Hub cache and an empty tiktoken cache (the bundled copy stays)."""
+    import huggingface_hub.constants as hub_constants
 
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache_dir))
-    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
-
-    real_read_file = tiktoken.load.read_file
-
-    def no_network(blobpath):
-        if blobpath.startswith(("http://", "https://")):
-            raise ConnectionError(f"offline: {blobpath}")
-        return real_read_file(blobpath)
-
-    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken-cache"))
 
 
-def test_offline_without_files_is_a_clear_error(monkeypatch, tmp_path):
-    _offline_tiktoken(monkeypatch, tmp_path)
-    with pytest.raises(TokenizerNotAvailableError, match="GPT2_BPE_DIR"):
+def _seed_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
+    """A Hub cache entry laid out as huggingface_hub writes it (refs/main -> snapshots/<commit>/<file>)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
+
+
+def test_with_nothing_local_the_bundled_copy_is_gpt2(monkeypatch, tmp_path, bpe_dir, hf_tokenizer):
+    """Any machine, offline, no directory: the bundled files, byte for byte GPT-2's, give HF's ids."""
+    _nothing_local(monkeypatch, tmp_path)
+    tok = load_tokenizer()
+    assert tok.source.startswith("bundled")
+    assert tok.encoding.name == "gpt2"
+    for name in ("encoder.json", "vocab.bpe"):
+        assert (BUNDLED_DIR / name).read_bytes() == (bpe_dir / name).read_bytes()
+    for text in CORPUS:
+        assert tok.encode(text) == hf_tokenizer.encode(text)
+
+
+def test_a_modified_bundled_copy_is_refused(monkeypatch, tmp_path):
+    import core.tokenizer
+
+    _nothing_local(monkeypatch, tmp_path)
+    broken = tmp_path / "bundled"
+    shutil.copytree(BUNDLED_DIR, broken)
+    merges = (broken / "vocab.bpe").read_bytes()
+    (broken / "vocab.bpe").write_bytes(merges[:-2] + b"x\n")  # one merge changed
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", broken)
+    with pytest.raises(TokenizerNotAvailableError, match="sha256 mismatch") as info:
+        load_tokenizer()
+    assert "GPT2_BPE_DIR" in str(info.value)
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "missing")
+    with pytest.raises(TokenizerNotAvailableError, match="missing"):
         load_tokenizer()
 
 
-def test_falls_back_to_tiktokens_own_cached_gpt2(monkeypatch, tmp_path, bpe_dir):
-    """With no directory given, tiktoken's own gpt2 is used; seed its cache the way tiktoken names files."""
-    _offline_tiktoken(monkeypatch, tmp_path)
+def test_a_cached_gpt2_in_the_hub_cache_is_used(monkeypatch, tmp_path, bpe_dir):
+    """The README's promise: GPT-2's vocab.json + merges.txt of any cached GPT-2 serve offline."""
+    import core.tokenizer
+
+    _nothing_local(monkeypatch, tmp_path)
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "missing")  # so only the cache can serve
+    _seed_hub_cache(tmp_path / "hub-cache", "distilbert/distilgpt2",
+                    {"vocab.json": (bpe_dir / "encoder.json").read_bytes(),
+                     "merges.txt": (bpe_dir / "vocab.bpe").read_bytes()})
+    tok = load_tokenizer()
+    assert tok.source == "Hub cache (distilbert/distilgpt2)"
+    assert tok.encode("Hello world") == [15496, 995]
+
+
+def test_a_hub_ids_own_cached_files_come_first(monkeypatch, tmp_path, bpe_dir):
+    """load_tokenizer(hub id): that model's own files from the cache, even a vocabulary that is not GPT-2's."""
+    _nothing_local(monkeypatch, tmp_path)
+    encoder = json.loads((bpe_dir / "encoder.json").read_text())
+    merges = (bpe_dir / "vocab.bpe").read_text().rstrip("\n").split("\n")
+    dropped = "".join(merges[-1].split(" "))  # the last merge and its token: a vocabulary that is not GPT-2's
+    assert encoder.pop(dropped) == 50255
+    _seed_hub_cache(tmp_path / "hub-cache", "someone/smaller-bpe",
+                    {"vocab.json": json.dumps(encoder).encode(), "merges.txt": ("\n".join(merges[:-1]) + "\n").encode()})
+    tok = load_tokenizer("someone/smaller-bpe")
+    assert tok.encoding.name == "gpt2-custom" and "someone--smaller-bpe" in tok.source
+    assert tok.vocab_size == 50256 and tok.encode("Hello world") == [15496, 995]
+    # not cached and offline: the next source ($GPT2_BPE_DIR here)
+    monkeypatch.setenv("GPT2_BPE_DIR", str(bpe_dir))
+    assert load_tokenizer("someone/not-cached").source == str(bpe_dir)
+
+
+def test_falls_back_to_tiktokens_own_cache(monkeypatch, tmp_path, bpe_dir):
+    """tiktoken's download cache is read directly (tiktoken would try the network for a missing file)."""
+    import core.tokenizer
+
+    _nothing_local(monkeypatch, tmp_path)
+    monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "missing")
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
     base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
     for name in ("encoder.json", "vocab.bpe"):
-        key = hashlib.sha1((base + name).encode()).hexdigest()
-        (tmp_path / key).write_bytes((bpe_dir / name).read_bytes())
+        key = hashlib.sha1((base + name).encode()).hexdigest()  # how tiktoken names its cache files
+        (cache / key).write_bytes((bpe_dir / name).read_bytes())
     tok = load_tokenizer()
-    assert tok.source == "tiktoken"
+    assert tok.source == f"tiktoken cache ({cache})"
     text = "Hello, I'm a language model, 日本 😀"
-    assert tok.encode(text) == load_tokenizer(bpe_dir).encode(text)
-    assert isinstance(tok.encoding, tiktoken.Encoding)
+    monkeypatch.setattr("tiktoken.registry.ENCODINGS", {})
+    reference = tiktoken.get_encoding("gpt2")  # tiktoken itself, reading the same cache (files present: no network)
+    assert tok.encode(text) == reference.encode(text)
+

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ..faults import FAULTS, apply_fault
+from ..faults import FaultError, apply_fault, get_fault
 from ..model import GPT
 from ..sampling import Capture, SamplingSettings, generate, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -75,8 +75,11 @@ def compare(
     """
     if reference not in REFERENCES:
         raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
-    if fault not in (None, "", "none") and fault not in FAULTS:
-        raise ParityError(f"unknown fault {fault!r}; known faults: {', '.join(FAULTS)}")
+    if fault not in (None, "", "none"):
+        try:
+            get_fault(fault)  # a listed fault or "<mistake>@<block>"
+        except FaultError as e:
+            raise ParityError(str(e)) from None
     t0 = time.perf_counter()
     s = SamplingSettings.from_kwargs(**settings)
     ours, hf, name = _resolve_pair(model_or_name, hf_model)

@@ -1,0 +1,350 @@
+"""The Hub path end to end against a stand-in Hub on 127.0.0.1 (tests/fake_hub.py): the CLI, the Python API and
+the dashboard's model cache, healthy and with every kind of failure. Time limits are set small (1 s per request,
+a few seconds per model) so each failure shows up in bounded time."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import huggingface_hub.constants as hub_constants
+import pytest
+import torch
+from conftest import ODD, ROOT, make_hf
+from fake_hub import FakeHub, checkpoint_files, wait_until
+
+from core import ModelNotAvailableError, load_pretrained, load_tokenizer
+from core.errors import HubTimeoutError
+from core.loader import resolve_checkpoint
+from demo import handlers
+from demo.models import TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
+
+PROMPT = "Hello, I'm a language model,"
+LOCAL_TODO = "pass a local checkpoint directory"
+BUDGET_S = 3.0  # per model, in the in-process tests
+
+
+@pytest.fixture(scope="module")
+def odd_checkpoint(tmp_path_factory, bpe_dir):
+    path = tmp_path_factory.mktemp("odd-gpt2")
+    make_hf(seed=1, **ODD).save_pretrained(path)
+    (path / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
+    (path / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_checkpoint, odd_checkpoint):
+    files = checkpoint_files(tiny_checkpoint)
+    files["README.md"] = b"# a model card nobody needs to download\n"
+    files["pytorch_model.bin"] = b"pickled weights that must never be fetched"
+    config = json.loads(files["config.json"])
+    with FakeHub(max_stall_s=30) as hub:
+        hub.add_repo("openai-community/gpt2", files, alias="gpt2")
+        hub.add_repo("openai-community/gpt2-medium", checkpoint_files(odd_checkpoint), alias="gpt2-medium")
+        hub.add_repo("distilbert/distilgpt2", files, alias="distilgpt2")
+        hub.add_repo("google-bert/bert-base-uncased", {"config.json": json.dumps({"model_type": "bert"}).encode(),
+                                                       "model.safetensors": b"\0" * 4096})
+        hub.add_repo("someone/gpt2-bin-only", {"config.json": json.dumps(config).encode(),
+                                               "pytorch_model.bin": b"pickle"})
+        hub.add_repo("someone/gated-gpt2", files, gated=True)
+        hub.add_repo("someone/gpt2-cross-attention", {**files, "config.json": json.dumps(
+            {**config, "add_cross_attention": True}).encode()})
+        yield hub
+
+
+@pytest.fixture
+def online(hub, monkeypatch, tmp_path):
+    """huggingface_hub in this process pointed at the stand-in Hub, with an empty cache and 1 s per request."""
+    monkeypatch.setattr(hub_constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("PARITY_LAB_HUB_TIMEOUT", "1")
+    hub.clear()
+    yield hub
+    hub.clear()
+
+
+def fetched(hub, kind="GET") -> set[str]:
+    """File names the client downloaded (GET on resolve, or of an LFS blob)."""
+    return {r.rsplit("/", 1)[1] for r in hub.requests if r.startswith(kind) and "/resolve/" in r} | \
+        {"<lfs blob>" for r in hub.requests if r.startswith("GET /lfs/")}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Python API
+
+
+def test_download_fetches_config_first_then_only_what_is_needed_then_works_from_cache(online, tiny_hf):
+    ours = load_pretrained("gpt2")
+    requests = [r for r in online.requests if "/api/agent-harnesses" not in r]
+    assert requests[0] == "HEAD /gpt2/resolve/main/config.json"  # the legacy id, redirected
+    assert "HEAD /openai-community/gpt2/resolve/main/config.json" in requests
+    first_weight = next(i for i, r in enumerate(requests) if "safetensors" in r or "/lfs/" in r)
+    assert max(i for i, r in enumerate(requests) if r.endswith("/config.json")) < first_weight
+    assert fetched(online) == {"config.json", "generation_config.json", "vocab.json", "merges.txt", "<lfs blob>"}
+    x = torch.randint(0, 50257, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(ours(x), tiny_hf(x).logits, atol=1e-5)
+    assert "models--gpt2" in load_tokenizer("gpt2").source  # the model's own files, from the cache
+    # the Hub failing every request afterwards: the cache serves
+    online.clear()
+    online.fault(".", status=500)
+    again = load_pretrained("gpt2")
+    assert torch.equal(again.lm_head.weight, ours.lm_head.weight)
+
+
+def test_non_gpt2_is_refused_before_any_weight_is_fetched(online):
+    with pytest.raises(ModelNotAvailableError, match="model_type='bert'") as info:
+        resolve_checkpoint("google-bert/bert-base-uncased", budget_s=BUDGET_S)
+    assert info.value.reason == "not_gpt2"
+    assert fetched(online) == {"config.json"} and not any("safetensors" in r for r in online.requests)
+
+
+def test_unsupported_gpt2_options_are_refused_before_any_weight_is_fetched(online):
+    from core.model import UnsupportedConfigError
+
+    with pytest.raises(UnsupportedConfigError, match="add_cross_attention=True"):
+        resolve_checkpoint("someone/gpt2-cross-attention", budget_s=BUDGET_S)
+    assert fetched(online) == {"config.json"}
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there now: connection refused
+
+
+# (label, model, faults, reason, status, text in the message, CLI advice expected)
+CASES = [
+    ("typo", "gtp2", [], "not_found", 401, "Did you mean 'gpt2'?", False),
+    ("gated", "someone/gated-gpt2", [], "gated", 401, "gated or private", True),
+    ("bin only", "someone/gpt2-bin-only", [], "no_safetensors", None, "no safetensors weights", False),
+    ("503 on resolve", "gpt2", [dict(path="resolve/main/config.json", status=503)], "server_error", 503,
+     "HTTP 503 Service Unavailable", True),
+    ("500 on the model API", "gpt2", [dict(path="^/api/models/", status=500)], "server_error", 500, "HTTP 500", True),
+    ("500 on the LFS host", "gpt2", [dict(path="^/lfs/", status=500)], "server_error", 500, "HTTP 500", True),
+    ("stalled config", "gpt2", [dict(path="config.json", stall=True)], "timeout", None, "stopped answering", True),
+    ("stalled model API", "gpt2", [dict(path="^/api/models/", stall=True)], "timeout", None, "stopped answering",
+     True),
+    ("stalled weights body", "gpt2", [dict(path="^/lfs/", stall_body=True)], "timeout", None,
+     "the weights and tokenizer files of 'gpt2'", True),  # the budget or two reads without data, whichever first
+    ("unreachable", "gpt2", "closed port", "unreachable", None, "could not reach", True),
+]
+
+
+@pytest.mark.parametrize("label,model,faults,reason,status,text,local_advice", CASES, ids=[c[0] for c in CASES])
+def test_each_hub_failure_has_its_own_message_in_bounded_time(online, monkeypatch, label, model, faults, reason,
+                                                              status, text, local_advice):
+    if faults == "closed port":
+        url = closed_port_url()
+        monkeypatch.setattr(hub_constants, "ENDPOINT", url)
+        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    else:
+        for f in faults:
+            online.fault(**f)
+    start = time.monotonic()
+    with pytest.raises(ModelNotAvailableError) as info:
+        resolve_checkpoint(model, budget_s=BUDGET_S)
+    elapsed = time.monotonic() - start
+    exc = info.value
+    assert elapsed < BUDGET_S + 1.5, f"{label}: {elapsed:.1f} s"
+    assert (exc.reason, exc.status) == (reason, status), str(exc)
+    assert text in str(exc) and repr(model) in str(exc)
+    assert (LOCAL_TODO in str(exc)) == local_advice, str(exc)
+    assert isinstance(exc, HubTimeoutError) == (reason == "timeout")
+    assert "\n" not in str(exc)
+    if reason == "no_safetensors":
+        assert not any("pytorch_model.bin" in r for r in online.requests)
+
+
+def test_offline_names_the_switch_that_is_on(online, monkeypatch):
+    """TRANSFORMERS_OFFLINE alone switches huggingface_hub off too: say which, not 'could not be reached'."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="TRANSFORMERS_OFFLINE=1") as info:
+        resolve_checkpoint("gpt2-large")
+    assert info.value.reason == "offline" and LOCAL_TODO in str(info.value)
+    assert online.requests == []
+    with pytest.raises(ModelNotAvailableError, match="did you mean 'gpt2-xl'"):
+        resolve_checkpoint("gpt2-xxl")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line, in a subprocess pointed at the stand-in Hub (HF_ENDPOINT is read at import)
+
+
+CLI_BUDGET_S = 6  # per model; the healthy case runs with the default budget
+
+
+def run_cli(hub, tmp_path, argv, budget=True):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    full_env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="0",
+                    PARITY_LAB_HUB_TIMEOUT="1")
+    if budget:
+        full_env["PARITY_LAB_HUB_BUDGET"] = str(CLI_BUDGET_S)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "core.generate", *argv], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=90)
+    return proc, time.monotonic() - start
+
+
+CLI_CASES = [
+    ("healthy", "gpt2", [], 0, None),
+    ("stalled Hub", "gpt2", [dict(path=".", stall=True)], 2, "stopped answering while getting config.json of 'gpt2'"),
+    ("stalled weights", "gpt2", [dict(path="^/lfs/", stall_body=True)], 2, "while getting the weights and tokenizer"),
+    ("Hub answering 503", "gpt2", [dict(path="resolve", status=503)], 2, "HTTP 503 Service Unavailable"),
+    ("typo", "gpt-2", [], 2, "there is no model 'gpt-2' on the Hugging Face Hub"),
+]
+
+
+@pytest.mark.parametrize("label,model,faults,code,text", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_against_the_stand_in_hub(hub, tmp_path, tiny_hf, label, model, faults, code, text):
+    hub.clear()
+    for f in faults:
+        hub.fault(**f)
+    proc, elapsed = run_cli(hub, tmp_path, ["--model", model, "--json", "--num-return-sequences", "2",
+                                            "--max-new-tokens", "4"], budget=code != 0)
+    hub.clear()
+    print(f"\n[{label}] exit {proc.returncode} in {elapsed:.1f} s: {proc.stderr.strip().splitlines()[-1:] }")
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 60
+    if code == 0:
+        rows = json.loads(proc.stdout)["rows"]
+        ids = torch.tensor([json.loads(proc.stdout)["prompt_ids"]])
+        torch.manual_seed(42)
+        expected = tiny_hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50,
+                                    max_new_tokens=4, num_return_sequences=2).tolist()
+        assert [r["token_ids"] for r in rows] == expected
+        return
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m core.generate: error: ") and text in last, proc.stderr
+    assert proc.stdout == ""
+    if label.startswith("stalled"):
+        assert elapsed < CLI_BUDGET_S + 25, elapsed  # the budget plus interpreter start-up and imports
+
+
+def test_python_m_entry_points_print_no_runtime_warning():
+    """Issue 12 item 6: `python -m core.parity` must not be a module that `core/__init__` imports first."""
+    for module in ("core.parity", "core.generate"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=90, env=dict(os.environ, PYTHONWARNINGS="default"))
+        assert proc.returncode == 0, proc.stderr
+        assert "RuntimeWarning" not in proc.stderr, f"{module}: {proc.stderr}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dashboard: loads in the background, never blocking other models; UI wording
+
+
+def timed(fn, *a, **k):
+    start = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - start
+
+
+def test_resident_and_tiny_models_are_served_while_another_download_hangs(online, bpe_dir):
+    cache = ModelCache(max_models=1, bpe_dir=str(bpe_dir), budget_s=BUDGET_S, wait_s=30)
+    gpt2 = cache.get("gpt2")
+    cache.get(TINY)
+    online.fault("gpt2-medium", stall=True)
+    result = {}
+    hung = threading.Thread(target=lambda: result.update(error=_catch(cache.get, "gpt2-medium")))
+    hung.start()
+    assert wait_until(lambda: "gpt2-medium" in cache.loading())
+    assert wait_until(lambda: any("gpt2-medium" in r for r in online.requests))
+    again, resident_s = timed(cache.get, "gpt2")
+    _, tiny_s = timed(cache.get, TINY)
+    assert hung.is_alive()  # still downloading (stalled) while those were served
+    args = handlers.parse_inputs(cache, PROMPT, "gpt2", "hf", "generate", "none", 50, 1.0, 1.0, 42, 1, 3)
+    (report, _), compare_s = timed(handlers.run_compare, cache, args)
+    print(f"\nwhile gpt2-medium's download hangs: resident gpt2 lookup {resident_s * 1e3:.2f} ms, tiny lookup "
+          f"{tiny_s * 1e3:.2f} ms, a full gpt2 compare {compare_s:.2f} s")
+    assert again is gpt2 and resident_s < 0.05 and tiny_s < 0.05
+    assert report.agree
+    hung.join(BUDGET_S + 5)
+    exc = result["error"]
+    assert isinstance(exc, ModelUnavailableHereError) and exc.reason == "timeout"
+    assert "--model DIR" in str(exc) and TINY in str(exc) and LOCAL_TODO not in str(exc)
+    assert sorted(cache.resident()) == sorted(["gpt2", TINY])  # the failed download evicted nothing
+
+
+def _catch(fn, *a):
+    try:
+        fn(*a)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
+def test_requests_for_the_same_model_share_one_load_and_eviction_keeps_one_big_model(online, bpe_dir):
+    cache = ModelCache(max_models=1, bpe_dir=str(bpe_dir), budget_s=10, wait_s=30)
+    cache.get("gpt2")
+    online.clear()
+    online.fault("gpt2-medium/resolve/main/config.json", method="HEAD", delay_s=0.5)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("gpt2-medium"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(got) == 3 and got[0] is got[1] is got[2]
+    assert sum(r == "GET /openai-community/gpt2-medium/resolve/main/config.json" for r in online.requests) == 1
+    assert cache.resident() == ["gpt2-medium"]  # gpt2 evicted: max_models=1
+    assert got[0].ours.config.n_head == ODD["n_head"]
+
+
+def test_a_run_request_waits_a_bounded_time_for_a_loading_model(online, bpe_dir):
+    cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=BUDGET_S, wait_s=0.5)
+    online.fault("gpt2-medium", stall=True)
+    _, waited = timed(_catch, cache.get, "gpt2-medium")
+    exc = _catch(cache.get, "gpt2-medium")
+    assert isinstance(exc, ModelStillLoadingError) and "still loading" in str(exc) and TINY in str(exc)
+    assert waited < 1.5
+    assert wait_until(lambda: not cache.loading(), BUDGET_S + 5)
+
+
+def test_page_load_never_hangs_and_then_says_why(online, bpe_dir):
+    cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=BUDGET_S, page_wait_s=0.5)
+    online.fault("gpt2-medium", stall=True)
+    on_load = handlers.make_load_handler(cache, "gpt2-medium")
+    (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
+    print(f"\npage load while the default model's download hangs: {page_s:.2f} s")
+    assert page_s < 3 and dropdown.value == TINY and banner.visible
+    assert "still downloading" in banner.value and "`gpt2-medium`" in banner.value
+    assert wait_until(lambda: not cache.loading(), BUDGET_S + 5)
+    (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
+    assert page_s < 1 and dropdown.value == TINY  # the recent failure is reported, not retried
+    assert "could not be loaded" in banner.value and "stopped answering" in banner.value
+    assert "--model DIR" in banner.value
+    assert LOCAL_TODO not in banner.value
+
+
+def test_offline_dashboard_says_what_works_there(monkeypatch, tmp_path, bpe_dir):
+    """Issue 11 item 4: offline, the dashboard never advises a local directory it cannot accept."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    cache = ModelCache(bpe_dir=str(bpe_dir))
+    exc = _catch(cache.get, "gpt2")
+    assert isinstance(exc, ModelUnavailableHereError) and exc.reason == "offline"
+    assert LOCAL_TODO not in str(exc) and "--model DIR" in str(exc) and TINY in str(exc)
+    banner, _ = handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2")(progress=lambda *a, **k: None)
+    assert "Offline mode" in banner.value and "--model DIR" in banner.value and LOCAL_TODO not in banner.value
+
+
+def test_choosing_a_model_starts_its_load_and_says_how_it_goes(online, bpe_dir):
+    cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=10, page_wait_s=0.2)
+    online.fault("gpt2-medium/resolve/main/config.json", method="HEAD", delay_s=1.0)
+    on_model = handlers.make_model_handler(cache)
+    note, chose_s = timed(on_model, "gpt2-medium")
+    assert note.visible and "`gpt2-medium` is downloading" in note.value and chose_s < 1
+    assert wait_until(lambda: "gpt2-medium" in cache.resident(), 15)
+    assert on_model("gpt2-medium").visible is False  # ready: nothing to say
+    assert "not available here" in on_model("../etc/passwd").value
