@@ -23,9 +23,10 @@ from .report import LayerDiff, StepDiff
 # (row, position),
 #     max_c |Δ| > NOISE_FACTOR * eps32 * sqrt(mlp_width) * max_c |HF's value| + ATOL.
 # A global max (the earlier rule) let position 0's thousands hide a whole block's fault at every other position.
-# Measured with bench/calibrate_tolerances.py (random GPT-2s and core.structured's massive-activation models; the
-# numbers are in README's "Bug lab"): the exact port's worst ratio stays well below 1 and the smallest fault's
-# effect at its first layer well above; NOISE_FACTOR = 1 sits between.
+# Measured with bench/calibrate_tolerances.py over 18 random GPT-2s and 12 of core.structured's massive-activation
+# models (2 to 12 layers, up to the 124M shape; table in README's "Bug lab"): in units of eps32 * sqrt(mlp_width)
+# the exact port's worst max_c|Δ| / max_c|HF| was 0.33 and the smallest fault's, at its first layer, 3.3 (erf GELU
+# in one block); NOISE_FACTOR = 1 sits between. Faults flagged first at another layer: 0 of 1010 (global max: 185).
 NOISE_FACTOR = 1.0
 EPS32 = float(torch.finfo(torch.float32).eps)
 ATOL = 1e-12  # only so that an all-zero layer compares cleanly
