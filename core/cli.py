@@ -134,14 +134,21 @@ def main_generate(argv=None) -> int:
 
 
 def main_parity(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DUMP_COMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py)
+        return DUMP_COMMANDS[argv[0]](argv[1:])
     prog = "python -m core.parity"
-    ap = parser(prog, "Compare our GPT-2 with HuggingFace's while generating; exit 0 if they agree, 1 if not.")
+    ap = parser(prog, "Compare our GPT-2 (or yours: --yours) with HuggingFace's while generating; exit 0 if they "
+                      "agree, 1 if not, 2 on bad input. For implementations that cannot run in this process: "
+                      "`export` (HF's reference to files) and `check` (a result file against it); see "
+                      "`python -m core.parity export --help` and docs/dump-format.md.")
     add_model_args(ap)
     add_sampling_args(ap)
     ap.add_argument("--reference", default="generate", choices=["generate", "pipeline", "logits"],
                     help="HF side: generate() with the same settings, the text-generation pipeline, or logits only")
     ap.add_argument("--fault", default=None, help="bug-lab fault to inject into our model (see --list-faults)")
     ap.add_argument("--list-faults", action="store_true", help="list the bug-lab faults and exit")
+    add_yours_args(ap)
     args = ap.parse_args(argv)
 
     def body() -> int:
@@ -162,13 +169,23 @@ def main_parity(argv=None) -> int:
                 get_fault(args.fault)  # a listed fault or "<mistake>@<block>"
             except FaultError as e:
                 raise CliError(str(e)) from None
-        ours, hf = load_pair(args.model)
-        ours, hf = ours.to(device), hf.to(device)
-        if dtype != torch.float32:
-            ours = ours.to(dtype)
+        yours = load_yours(args)  # the user's code, before any checkpoint is loaded
+        if yours is not None:
+            from .loader import load_hf_model
+
+            if args.fault is not None:
+                raise CliError("--fault injects a bug-lab mistake into our GPT; it cannot be used with --yours")
+            hf = load_hf_model(args.model).to(device)
+            subject, extra = yours["model"], dict(sampling_step=yours["step"], layers=yours["layers"])
+        else:
+            ours, hf = load_pair(args.model)
+            ours, hf = ours.to(device), hf.to(device)
+            if dtype != torch.float32:
+                ours = ours.to(dtype)
+            subject, extra = ours, {}
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-        report = compare((ours, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
-                         **settings)
+        report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
+                         **extra, **settings)
         if args.json:
             print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
         else:
@@ -178,11 +195,36 @@ def main_parity(argv=None) -> int:
     return run_guarded(prog, body)
 
 
+def add_yours_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--yours", default=None, metavar="FILE.py:NAME",
+                    help="your own GPT-2 instead of ours: a model object (nn.Module or function ids -> logits) or a "
+                         "zero-argument factory returning one with weights loaded; --model is then HF's checkpoint")
+    ap.add_argument("--yours-step", default=None, metavar="FILE.py:FUNC",
+                    help="your own sampling step: (B, V) last-position logits -> (B,) ids, on the global RNG")
+    ap.add_argument("--yours-layers", default=None, metavar="blocks=PATH,final_norm=PATH",
+                    help="your model's blocks (a ModuleList) and final norm, where they are not found by themselves")
+
+
+def load_yours(args) -> dict | None:
+    """--yours/--yours-step/--yours-layers -> {"model", "step", "layers"} (None without --yours)."""
+    from .usercode import load_model, load_step, parse_layers
+
+    if args.yours is None:
+        if args.yours_step or args.yours_layers:
+            raise CliError("--yours-step and --yours-layers go with --yours FILE.py:NAME")
+        return None
+    layers = parse_layers(args.yours_layers)
+    model = load_model(args.yours)
+    step = load_step(args.yours_step) if args.yours_step else None
+    return {"model": model, "step": step, "layers": layers}
+
+
 def format_report(report) -> str:
     """A readable summary: verdict, per-row first divergence with its cause, max |Δlogit|, first layer."""
     lines = [
         f"verdict: {'AGREE' if report.agree else 'DIFFER'} - {report.verdict}",
-        f"model: {report.model}   reference: {report.reference}   fault: {report.fault or 'none'}",
+        f"model: {report.model}   under test: {getattr(report, 'subject', 'Ours')}   reference: {report.reference}"
+        f"   fault: {report.fault or 'none'}",
         f"max |Δlogit| over all steps: {report.max_abs_dlogit:.3g}   (tolerance: {report.rtol:g} x max|logit| + "
         f"{report.atol:g})",
         f"first diverging layer: {report.first_diverging_layer or 'none'}",
@@ -197,11 +239,125 @@ def format_report(report) -> str:
         for row in report.settings_table:
             flag = "  <-- differs" if row.differs else ""
             lines.append(f"  {row.name:<22} {row.ours!s:>10} | {row.hf!s:>10} | {row.source}{flag}")
+    for note in getattr(report, "notes", []):
+        lines.append(f"note: {note}")
+    side = getattr(report, "subject", "Ours").lower()
     lines.append("rows:")
     for row in report.rows:
         where = "identical" if row.identical else f"first divergent step {row.first_divergent_step}"
         lines.append(f"  [{row.row}] {where}: {row.explanation}")
-        lines.append(f"      ours: {row.ours_text!r}")
+        lines.append(f"      {side + ':':<5} {row.ours_text!r}")
         if row.ref_text:
             lines.append(f"      HF:   {row.ref_text!r}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core.parity export | check`: parity for implementations that run outside this process
+
+
+def read_prompts(path: str) -> list[str]:
+    """A prompts file: a JSON list of strings (prompts with newlines), or plain text with one prompt per line."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise CliError(f"cannot read --prompts {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"--prompts {path!r} is not UTF-8 text") from None
+    if path.endswith(".json"):
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--prompts {path!r}: not valid JSON ({exc.msg})") from None
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise CliError(f"--prompts {path!r}: expected a JSON list of strings")
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CliError(f"--prompts {path!r} holds no prompt")
+    return prompts
+
+
+def main_export(argv=None) -> int:
+    prog = "python -m core.parity export"
+    ap = parser(prog, "Write HuggingFace's reference for some prompts (token streams, logits, optionally the "
+                      "residual stream) and a template of what a result must contain. See docs/dump-format.md.")
+    ap.add_argument("--model", default="gpt2", help="Hub id or a local checkpoint directory")
+    ap.add_argument("--prompts", default=None, help="file: one prompt per line, or a .json list of strings")
+    ap.add_argument("--prompt", default=SEED_PROMPT, help="a single prompt when --prompts is not given")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--layers", action="store_true", help="also dump the residual stream of every layer")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="one case per prompt and seed (default 42)")
+    ap.add_argument("--tokenizer", default=None, help="directory with GPT-2's vocab.json + merges.txt (optional)")
+    d = SamplingSettings()
+    ap.add_argument("--method", default="hf", choices=["hf", "greedy"], help="HF generate() sampling, or greedy")
+    ap.add_argument("--num-return-sequences", type=int, default=5, help="rows per case (default 5, as the seed)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per row (wins over --max-length)")
+    ap.add_argument("--max-length", type=int, default=d.max_length, help=f"prompt + new tokens (default {d.max_length})")
+    ap.add_argument("--top-k", type=int, default=d.top_k, help="top-k filter (0 = off; default 50)")
+    ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus filter in (0, 1]")
+    ap.add_argument("--temperature", type=float, default=d.temperature, help="> 0 (use --method greedy for argmax)")
+    args = ap.parse_args(argv)
+
+    def body() -> int:
+        from .loader import load_hf_model
+        from .parity.dump import export_reference, make_cases, save_reference
+        from .tokenizer import load_tokenizer
+
+        prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
+        settings = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, top_k=args.top_k,
+                        top_p=args.top_p, temperature=args.temperature, method=args.method,
+                        num_return_sequences=args.num_return_sequences)
+        for seed in args.seeds:
+            SamplingSettings.from_kwargs(**settings, seed=seed).validate()  # refuse bad flags before loading
+        hf = load_hf_model(args.model)  # first: an unknown model is named as such, not as missing BPE files
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        cases = make_cases(prompts, tokenizer, args.seeds, **settings)
+        ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer)
+        paths = save_reference(ref, args.out)
+        size = paths["tensors"].stat().st_size
+        print(f"wrote {len(cases)} case(s) for {args.model} to {args.out}: {paths['tensors'].name} "
+              f"({size / 2**20:.1f} MiB{', with layers' if args.layers else ''}), {paths['manifest'].name}, "
+              f"{paths['template'].name} (reference id {ref.id})")
+        return 0
+
+    return run_guarded(prog, body)
+
+
+def main_check(argv=None) -> int:
+    prog = "python -m core.parity check"
+    ap = parser(prog, "Judge a result written by any implementation against an exported reference: the same "
+                      "report as `python -m core.parity`; exit 0 if every case agrees, 1 if not, 2 on bad input.")
+    ap.add_argument("--reference", required=True, help="directory written by `python -m core.parity export`")
+    ap.add_argument("--yours", required=True, help="your result: a .safetensors file (manifest in its metadata)")
+    ap.add_argument("--manifest", default=None, help="the result's manifest as a separate JSON file (optional)")
+    ap.add_argument("--tokenizer", default=None, help="directory with GPT-2's vocab.json + merges.txt (for texts)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args(argv)
+
+    def body() -> int:
+        from .parity.dump import compare_dump
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        result = compare_dump(args.reference, args.yours, manifest=args.manifest, tokenizer=tokenizer)
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+        else:
+            name = result.implementation.get("name") or "your result"
+            blocks = []
+            for case, report in zip(result.cases_described(), result.reports):
+                block = format_report(report)
+                notes = [n for n in report.notes if n not in block]  # unless format_report already shows them
+                if notes:
+                    block += "\nnotes:\n" + "\n".join(f"  - {n}" for n in notes)
+                blocks.append(f"== {case} ==\n{block}")
+            blocks.append(f"{name}: {'AGREE' if result.agree else 'DIFFER'} with the reference "
+                          f"({sum(r.agree for r in result.reports)} of {len(result.reports)} case(s) agree)")
+            print("\n\n".join(blocks))
+        return 0 if result.agree else 1
+
+    return run_guarded(prog, body)
+
+
+DUMP_COMMANDS = {"export": main_export, "check": main_check}

@@ -30,7 +30,7 @@ from core import compare
 from core.errors import ParityLabError
 from core.faults import FAULTS
 
-from . import figures, text
+from . import figures, text, yours
 from .divergence import report_divergences
 from .models import RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
@@ -130,7 +130,8 @@ def run_compare(cache: ModelCache, args: dict, on_step=None):
     args = dict(args)
     loaded = cache.get(args.pop("model"))
     prompt = args.pop("prompt")
-    return compare((loaded.ours, loaded.hf), prompt, tokenizer=loaded.tokenizer, on_step=on_step, **args), loaded
+    subject, extra = yours.subject_for(cache, loaded)  # ours, or the model given by `app.py --yours`
+    return compare((subject, loaded.hf), prompt, tokenizer=loaded.tokenizer, on_step=on_step, **extra, **args), loaded
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,11 +211,12 @@ def _hf_token_tip(step: int, row: int, tid: int, token: str, rec: dict | None, d
 TEXT_HEADS = {"ours": "Ours", "hf": "HuggingFace"}
 
 
-def text_head(side: str, legend: bool = False) -> str:
-    """The panel's title; the legend chips only when there is a difference to mark."""
+def text_head(side: str, legend: bool = False, label: str | None = None) -> str:
+    """The panel's title (`label` for the model under test, e.g. "Yours"); the legend chips only when there is a
+    difference to mark."""
     chips = (' <span class="pl-legend"><span class="tok first">first difference</span> '
              '<span class="tok after">after</span></span>') if legend else ""
-    return f'<div class="pl-head">{TEXT_HEADS[side]}{chips}</div>'
+    return f'<div class="pl-head">{html.escape(label or TEXT_HEADS[side])}{chips}</div>'
 
 
 
@@ -225,7 +227,8 @@ def texts_html(report: dict, token_text, side: str) -> str:
     records = report["generation"]["records"]
     steps = report["steps"]
     prompt = html.escape(report["prompt"] or "")
-    lines = [text_head(side, legend=any(r["first_divergent_step"] is not None for r in report["rows"]))]
+    lines = [text_head(side, legend=any(r["first_divergent_step"] is not None for r in report["rows"]),
+                       label=report.get("subject") if side == "ours" else None)]
     for row in report["rows"]:
         r = row["row"]
         if side == "hf" and report["reference"] == "logits":
@@ -248,9 +251,9 @@ def texts_html(report: dict, token_text, side: str) -> str:
     return "".join(lines)
 
 
-def partial_html(prompt: str, completions: list[str]) -> str:
+def partial_html(prompt: str, completions: list[str], label: str | None = None) -> str:
     """Our text while it streams in (no per-token data yet)."""
-    return text_head("ours") + "".join(f'<div class="pl-row"><span class="pl-n">[{r + 1}]</span> {html.escape(prompt + c)}</div>'
+    return text_head("ours", label=label) + "".join(f'<div class="pl-row"><span class="pl-n">[{r + 1}]</span> {html.escape(prompt + c)}</div>'
                    for r, c in enumerate(completions))
 
 
@@ -418,6 +421,7 @@ def summary(report: dict) -> dict:
     return {
         "verdict": report["verdict"],
         "agree": report["agree"],
+        "subject": report.get("subject", "Ours"),  # "Yours" when the app runs with --yours
         "ours_texts": report["generation"]["texts"],
         "hf_texts": [r["ref_text"] for r in report["rows"]],
         "first_divergent_steps": [r["first_divergent_step"] for r in report["rows"]],
@@ -496,7 +500,7 @@ def make_run_handler(cache: ModelCache, components: dict):
             # stream at most ~5 updates a second: each one costs the sampling thread the GIL for a while
             if events.empty() and time.perf_counter() - last_yield > STREAM_INTERVAL_S:
                 last_yield = time.perf_counter()
-                update = {c["verdict"]: status_html(text.RUNNING), c["ours"]: partial_html(prompt, texts)}
+                update = {c["verdict"]: status_html(text.RUNNING), c["ours"]: partial_html(prompt, texts, yours.label_for(cache))}
                 if not cleared:  # the previous run's views must not pass for this one's
                     update = {**error_outputs(c, ""), **update}
                     cleared = True

@@ -9,7 +9,7 @@ import gradio as gr
 
 from core.faults import FAULTS
 
-from . import handlers, text
+from . import handlers, text, upload, yours
 from .models import HUB_ALLOWLIST, TINY, ModelCache
 
 CSS = """
@@ -79,21 +79,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="directory with GPT-2's vocab.json + merges.txt (or encoder.json + vocab.bpe) for offline use; "
                          "defaults to $GPT2_BPE_DIR")
     ap.add_argument("--max-models", type=int, default=1, help="models kept in memory at once (switching evicts)")
+    yours.add_args(ap)
     return ap.parse_args(argv)
 
 
 def launch_kwargs() -> dict:
-    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True)
+    # max_file_size: Gradio refuses bigger uploads before writing them (demo/upload.py checks again after)
+    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, max_file_size=upload.MAX_UPLOAD_BYTES)
 
 
-def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int = 1) -> gr.Blocks:
+def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int = 1,
+               mine: yours.Yours | None = None) -> gr.Blocks:
     """The dashboard. `model` is the default (and, if not on the allowlist, the one extra the UI may pick:
-    local paths come only from here, never from the UI)."""
+    local paths come only from here, never from the UI). `mine`: the user's own model (app.py --yours), shown as
+    "Yours" in every view against HF's `model`."""
     import os
 
     bpe_dir = bpe_dir or os.environ.get("GPT2_BPE_DIR") or None
     extra = [model] if model not in HUB_ALLOWLIST and model != TINY else []
     cache = ModelCache(extra=extra, max_models=max_models, bpe_dir=bpe_dir)
+    yours.attach(cache, mine, model)
     c: dict = {}
     with gr.Blocks(title=text.TITLE, delete_cache=DELETE_CACHE) as demo:
         demo.model_cache = cache  # for tests and the load test: the same cache the handlers use
@@ -102,10 +107,12 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
         with gr.Row(elem_id="main-row"):
             with gr.Column(scale=1, min_width=320, elem_id="inputs-col"):
                 inp = input_panel(cache, model)
+                upload_panel = upload.build_panel()  # "Check a result file": demo/upload.py
             with gr.Column(scale=2, elem_id="outputs-col"):
-                output_panels(c)
+                output_panels(c, ours_label=mine.label if mine is not None else None)
         c["state"] = gr.State(None)
         wire(demo, cache, model, inp, c)
+        upload.wire_panel(upload_panel, cache, c, inp["model"], RUN_CONCURRENCY)
     return demo
 
 
@@ -138,13 +145,13 @@ def input_panel(cache: ModelCache, model: str) -> dict:
     return i
 
 
-def output_panels(c: dict) -> None:
+def output_panels(c: dict, ours_label: str | None = None) -> None:
     """The verdict, both texts and the tabs of views; components go into `c` (keys as handlers.OUTPUT_KEYS)."""
     c["verdict"] = gr.HTML(handlers.status_html("Press <b>Generate</b> to compare with HuggingFace."),
                            elem_id="verdict-box")
     with gr.Row(elem_id="texts-row"):
-        for key, label in (("ours", "Ours"), ("hf", "HuggingFace")):
-            c[key] = gr.HTML(handlers.text_head(key), label=label, container=True, padding=True,
+        for key, label in (("ours", ours_label or "Ours"), ("hf", "HuggingFace")):
+            c[key] = gr.HTML(handlers.text_head(key, label=label), label=label, container=True, padding=True,
                              max_height=TEXT_MAX_HEIGHT, min_width=280, js_on_load=TOKEN_CLICK_JS, elem_id=f"{key}-text",
                              elem_classes=["pl-text"])
     with gr.Tabs(elem_id="views") as c["tabs"]:

@@ -1,7 +1,9 @@
-"""compare(): our GPT-2 (optionally with a bug-lab fault) against HuggingFace's while generating.
+"""compare(): a model under test (our GPT-2, optionally with a bug-lab fault, or any GPT-2) against HuggingFace's
+while generating.
 
-Ties the pieces together: our sampler generates; HF's model is run teacher-forced on the very same token
-streams (one forward each, so steps stay aligned after the two would have sampled differently); HF's own
+Ties the pieces together: the model under test generates (subject.py, foreign.py -> a SubjectRun); HF's model
+is run teacher-forced on the very same token streams (one forward each, so steps stay aligned after the two
+would have sampled differently); HF's own
 generate() (or the text-generation pipeline) is run as users call it; every divergent row gets one stated
 cause with its evidence. Knows nothing about the UI.
 """
@@ -15,12 +17,13 @@ import torch
 
 from ..faults import FaultError, apply_fault, get_fault
 from ..model import GPT
-from ..sampling import Capture, SamplingSettings, generate, prepare
+from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
-from .explain import _verdict, explain_rows
+from .explain import _verdict, explain_rows, sampler_notes
 from .reference import hf_teacher_forced, run_hf_reference, settings_table
 from .report import LayerDiff, ParityError, ParityReport
+from .subject import SubjectRun, run_ours
 
 REFERENCES = ("generate", "pipeline", "logits")
 
@@ -38,23 +41,143 @@ def teacher_forced(ours: GPT, hf, sequences: torch.Tensor) -> tuple[list[LayerDi
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The entry point
+# Any model under test (a SubjectRun) against HF
 
 
-def _resolve_pair(model_or_name, hf_model):
+def hf_eos_id(hf) -> int:
+    eos = hf.config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return int(eos) if eos is not None else 50256
+
+
+def _mlp_width(hf) -> int:
+    return int(hf.config.n_inner or 4 * hf.config.n_embd)
+
+
+def _aligned(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> list[torch.Tensor]:
+    """HF's layers matched to the positions ours recorded: a layer kept for the last fed position only
+    ((B, 1, C), e.g. a final norm applied after slicing) is compared with HF's same position."""
+    fed = max(h.size(1) for h in ours)
+    return [b[:, fed - 1 : fed] if a.size(1) == 1 and fed > 1 else b for a, b in zip(ours, ref)]
+
+
+def compare_run(
+    run: SubjectRun,
+    hf,
+    *,
+    settings: SamplingSettings,
+    reference: str = "generate",
+    tokenizer: Tokenizer | None = None,
+    name: str = "custom",
+    fault: str | None = None,
+    timings: dict | None = None,
+) -> ParityReport:
+    """Compare what a model under test generated (`run`) with HF: HF's model teacher-forced on the run's very
+    token streams (per step and, where the run has its residual stream, per layer), and with reference
+    "generate"/"pipeline" HF's own sampling, every divergent row explained. Never asks what made the run."""
+    if reference not in REFERENCES:
+        raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    s = settings
+    timings = dict(timings or {})
+    gen = run.generation
+    notes = list(run.notes)
+    n_layer = int(hf.config.n_layer)
+
+    # HF teacher-forced on the run's streams, compared with what the run actually computed (logits of every
+    # step and the residual stream at every position fed to the model)
+    t = time.perf_counter()
+    hf_device = next(hf.parameters()).device
+    seqs = torch.tensor(gen.sequences, device=hf_device)
+    n_steps = len(gen.records)
+    with torch.inference_mode():
+        ours_logits = run.step_logits[:, :n_steps].float().to(hf_device)
+        ref_hidden, ref_logits = hf_teacher_forced(hf, seqs, keep=n_steps + 1)
+        hf_logits = ref_logits[:, :n_steps]  # positions P-1 .. L-2 predict steps 0 .. S-1
+        rtol = relative_tolerance(_mlp_width(hf))
+        hidden = run.hidden
+        if hidden is not None and len(hidden) != len(ref_hidden):
+            notes.append(f"per-layer comparison not possible: the run has {len(hidden)} layers of residual stream, "
+                         f"HF's model {len(ref_hidden)} (embeddings, {n_layer} blocks, ln_f)")
+            hidden = None
+        if hidden is not None:
+            hidden = [h.to(hf_device) for h in hidden]
+            layers = layer_diffs(n_layer, hidden + [ours_logits], _aligned(hidden, ref_hidden) + [hf_logits], rtol,
+                                 logits_start=len(gen.prompt_ids) - 1)
+        else:  # only the logits can be compared: HF's own stream stands in for the unknown layers, then dropped
+            layers = layer_diffs(n_layer, ref_hidden + [ours_logits], ref_hidden + [hf_logits], rtol,
+                                 logits_start=len(gen.prompt_ids) - 1)[-1:]
+        steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
+    del hidden, ref_hidden
+    timings["teacher_forced_s"] = time.perf_counter() - t
+    per_layer = len(layers) > 1
+    first_layer = next((l.name for l in layers if l.exceeds), None) if per_layer else None
+    P = len(gen.prompt_ids)
+
+    ref, table = None, []
+    if reference != "logits":
+        t = time.perf_counter()
+        ref, received, user = run_hf_reference(hf, tokenizer, gen.prompt, gen.prompt_ids, s, reference)
+        timings["hf_reference_s"] = time.perf_counter() - t
+        n_planned = s.new_tokens_for(P)
+        table, _ = settings_table(hf, s, P, n_planned, received, user, hf_eos_id(hf))
+    rows = explain_rows(gen, s, ref, tokenizer, table, steps, ours_logits, hf_logits,
+                        first_layer if per_layer else "not known (no per-layer comparison)", sampler=run.sampler)
+    if reference == "logits":
+        for row in rows:  # no HF sampling to compare with: rows carry only the model comparison
+            row.identical, row.first_divergent_step, row.cause = True, None, None
+            row.explanation = "not compared (reference: logits only)"
+    notes += sampler_notes(rows, run.sampler)
+    agree, kind, verdict = _verdict(rows, layers, steps, reference, per_layer=per_layer)
+    max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
+    if "start" in timings:
+        timings["total_s"] = time.perf_counter() - timings.pop("start")
+    return ParityReport(
+        model=name, prompt=gen.prompt, prompt_ids=gen.prompt_ids, settings=gen.settings, reference=reference,
+        fault=fault if fault not in ("", "none") else None, agree=agree, verdict=verdict, verdict_kind=kind,
+        rtol=rtol, atol=ATOL, max_abs_dlogit=max_dlogit, first_diverging_layer=first_layer, layers=layers,
+        steps=steps, rows=rows, settings_table=table, generation=gen, ref_sequences=ref, timings=timings,
+        subject=run.label, sampler=run.sampler, notes=notes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The entry point: resolve the model under test, run it, compare the run
+
+
+def _is_hf_model(obj) -> bool:
+    return hasattr(obj, "generate") and hasattr(obj, "config") and hasattr(obj, "transformer")
+
+
+def _resolve_hf(hf_model):
+    from ..loader import load_hf_model
+
+    if isinstance(hf_model, (str, os.PathLike)):
+        return load_hf_model(hf_model), str(hf_model)
+    if _is_hf_model(hf_model):
+        return hf_model, getattr(hf_model.config, "_name_or_path", "") or "custom"
+    raise ParityError("hf_model= must be HF's GPT2LMHeadModel, a Hub id or a checkpoint directory, got "
+                      f"{type(hf_model).__name__}")
+
+
+def resolve_subject(model_or_name, hf_model):
+    """-> (the model under test, HF's model, the checkpoint's name, whether the subject is our GPT)."""
     from ..loader import load_pair
 
     if isinstance(model_or_name, (str, os.PathLike)):
         ours, hf = load_pair(model_or_name)
-        return ours, hf, str(model_or_name)
-    if isinstance(model_or_name, tuple) and len(model_or_name) == 2:
-        ours, hf = model_or_name
-        return ours, hf, getattr(hf.config, "_name_or_path", "") or "custom"
-    if isinstance(model_or_name, GPT):
+        return ours, hf, str(model_or_name), True
+    if isinstance(model_or_name, tuple) and len(model_or_name) == 2 and _is_hf_model(model_or_name[1]):
+        subject, hf = model_or_name
+        name = getattr(hf.config, "_name_or_path", "") or "custom"
+        return subject, hf, name, isinstance(subject, GPT)
+    if isinstance(model_or_name, GPT) or callable(model_or_name):
         if hf_model is None:
-            raise ParityError("pass hf_model= (the HF GPT2LMHeadModel) with our GPT, or a model name/path")
-        return model_or_name, hf_model, getattr(hf_model.config, "_name_or_path", "") or "custom"
-    raise ParityError(f"expected a model name/path, an (ours, hf) pair or our GPT, got {type(model_or_name).__name__}")
+            raise ParityError("pass hf_model= (HF's GPT2LMHeadModel, a Hub id or a checkpoint directory) with the "
+                              "model under test, or a model name/path")
+        hf, name = _resolve_hf(hf_model)
+        return model_or_name, hf, name, isinstance(model_or_name, GPT)
+    raise ParityError(f"expected a model name/path, a model (our GPT, any torch.nn.Module or a function ids -> "
+                      f"logits) with hf_model=, or a (model, hf) pair; got {type(model_or_name).__name__}")
 
 
 def compare(
@@ -66,13 +189,22 @@ def compare(
     tokenizer: Tokenizer | None = None,
     hf_model=None,
     on_step=None,
+    sampling_step=None,
+    layers=None,
+    label: str | None = None,
     **settings,
 ) -> ParityReport:
-    """Generate with our model (optionally with a bug-lab `fault`) and compare with HF, step by step and layer
-    by layer; with reference "generate" or "pipeline" also run HF's own sampling and explain every difference.
-    `model_or_name`: a Hub id or checkpoint directory, an (ours, hf) pair, or our GPT with `hf_model=`.
-    `on_step` sees each of our sampling steps as it happens (for streaming UIs).
+    """Generate with the model under test and compare with HF, step by step and layer by layer; with reference
+    "generate" or "pipeline" also run HF's own sampling and explain every difference.
+
+    `model_or_name`: a Hub id or checkpoint directory (our GPT for it); our GPT, any torch.nn.Module or a
+    function mapping ids (B, T) to logits, with `hf_model=` (a GPT2LMHeadModel, Hub id or directory); or a
+    (model, hf) pair. `fault`: a bug-lab mistake injected into our GPT. Foreign models run without a KV cache;
+    `sampling_step` (their own step: logits (B, V) -> ids (B,), on the global RNG) and `layers` (dict(blocks=...,
+    final_norm=...) where their layout is not discovered) apply to them. `on_step` sees each sampling step.
     """
+    from .foreign import run_foreign
+
     if reference not in REFERENCES:
         raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if fault not in (None, "", "none"):
@@ -82,56 +214,20 @@ def compare(
             raise ParityError(str(e)) from None
     t0 = time.perf_counter()
     s = SamplingSettings.from_kwargs(**settings)
-    ours, hf, name = _resolve_pair(model_or_name, hf_model)
+    subject, hf, name, ours = resolve_subject(model_or_name, hf_model)
     if tokenizer is None:
         tokenizer = load_tokenizer(name if isinstance(model_or_name, (str, os.PathLike)) else None)
-    prepare(ours, prompt, tokenizer, s)  # every input check before any work
-    faulty = apply_fault(ours, fault)
-    timings = {}
-
+    timings = {"start": t0}
     t = time.perf_counter()
-    capture = Capture()
-    gen = generate(faulty, prompt, tokenizer=tokenizer, on_step=on_step, capture=capture, **settings)
+    if ours and sampling_step is None and layers is None:
+        prepare(subject, prompt, tokenizer, s)  # every input check before any work
+        run = run_ours(apply_fault(subject, fault), prompt, s, tokenizer=tokenizer, on_step=on_step,
+                       label=label or "Ours")
+    else:
+        if fault not in (None, "", "none"):
+            raise ParityError("bug-lab faults are injected into our GPT only, not into your model")
+        run = run_foreign(subject, hf, prompt, s, tokenizer=tokenizer, sampling_step=sampling_step, layers=layers,
+                          on_step=on_step, label=label or "Yours")
     timings["ours_generate_s"] = time.perf_counter() - t
-
-    # HF teacher-forced on our very streams, compared with what our sampler actually computed (logits of every
-    # step and the residual stream at every position fed to our model, captured while generating)
-    t = time.perf_counter()
-    seqs = torch.tensor(gen.sequences, device=ours.device)
-    n_steps = len(gen.records)
-    with torch.inference_mode():
-        ours_logits, ours_hidden = capture.stacked()
-        ref_hidden, ref_logits = hf_teacher_forced(hf, seqs, keep=n_steps + 1)
-        hf_logits = ref_logits[:, :n_steps]  # positions P-1 .. L-2 predict steps 0 .. S-1
-        rtol = relative_tolerance(ours.config.mlp_width)
-        layers = layer_diffs(ours.config.n_layer, ours_hidden + [ours_logits], ref_hidden + [hf_logits], rtol,
-                             logits_start=len(gen.prompt_ids) - 1)
-        steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
-    del capture, ours_hidden, ref_hidden
-    timings["teacher_forced_s"] = time.perf_counter() - t
-    first_layer = next((l.name for l in layers if l.exceeds), None)
-    P = len(gen.prompt_ids)
-
-    ref, table = None, []
-    if reference != "logits":
-        t = time.perf_counter()
-        ref, received, user = run_hf_reference(hf, tokenizer, gen.prompt, gen.prompt_ids, s, reference)
-        timings["hf_reference_s"] = time.perf_counter() - t
-        n_planned = s.new_tokens_for(P)
-        table, _ = settings_table(hf, s, P, n_planned, received, user, ours.config.eos_token_id)
-    rows = explain_rows(gen, s, ref, tokenizer, table, steps, ours_logits, hf_logits, first_layer)
-    if reference == "logits":
-        for row in rows:  # no HF sampling to compare with: rows carry only the model comparison
-            row.identical, row.first_divergent_step, row.cause = True, None, None
-            row.explanation = "not compared (reference: logits only)"
-    agree, kind, verdict = _verdict(rows, layers, steps, reference)
-    max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
-    timings["total_s"] = time.perf_counter() - t0
-    return ParityReport(
-        model=name, prompt=gen.prompt, prompt_ids=gen.prompt_ids, settings=gen.settings, reference=reference,
-        fault=fault if fault not in ("", "none") else None, agree=agree, verdict=verdict, verdict_kind=kind,
-        rtol=rtol, atol=ATOL, max_abs_dlogit=max_dlogit, first_diverging_layer=first_layer, layers=layers,
-        steps=steps, rows=rows, settings_table=table, generation=gen, ref_sequences=ref, timings=timings,
-    )
-
-
+    return compare_run(run, hf, settings=s, reference=reference, tokenizer=tokenizer, name=name, fault=fault,
+                       timings=timings)

@@ -46,11 +46,85 @@ def _near_tie(s: SamplingSettings, row: int, step: int, ours_logits_s, hf_logits
     return None
 
 
+# A user's sampling step is judged a valid draw from the settings' distribution unless a chosen token has zero
+# probability under it, or the chosen tokens' likelihood ratio against another temperature exceeds this (in
+# nats; 2 * 15 = 30 on the chi-square(1) scale, p ~ 4e-8 for a sampler that does follow the settings).
+TEMPERATURE_LLR = 15.0
+_TEMPERATURES = torch.exp(torch.linspace(-3.0, 1.5, 91))  # 0.05 .. 4.5
+
+
+def _temperature_fit(s: SamplingSettings, gen: Generation, ours_logits: torch.Tensor) -> dict | None:
+    """Do the chosen tokens contradict the settings' temperature? The log-likelihood of every chosen token
+    under the settings' filter (top-k/top-p support fixed) at temperatures on a grid, against the settings' own;
+    evidence if another temperature is more likely by more than TEMPERATURE_LLR nats, else None."""
+    from .diffs import sampling_log_probs
+
+    if s.effective_method == "greedy" or not gen.records:
+        return None
+    B, S, V = ours_logits.shape
+    tokens = torch.tensor([[rec.token_id if rec is not None else -1 for rec in step] for step in gen.records]).t()
+    live = tokens >= 0  # (B, S)
+    if live.sum() < 10:
+        return None
+    z = ours_logits[live]  # (N, V)
+    tok = tokens[live][:, None]
+    support = torch.isfinite(sampling_log_probs(z, s))
+    if not support.gather(1, tok).all():
+        return None  # a support violation is reported on its own
+    chosen = z.gather(1, tok)[:, 0]
+    kept = z.masked_fill(~support, -float("inf")).topk(int(support.sum(dim=-1).max()), dim=-1).values  # (N, K)
+
+    def log_likelihood(t: float) -> float:
+        return (chosen / t - torch.logsumexp(kept / t, dim=-1)).sum().item()
+
+    lls = torch.tensor([log_likelihood(t) for t in _TEMPERATURES.tolist()])
+    at_settings = log_likelihood(float(s.temperature))
+    best = int(lls.argmax())
+    gain = lls[best].item() - at_settings
+    if gain <= TEMPERATURE_LLR:
+        return None
+    return {"kind": "temperature", "settings_temperature": float(s.temperature),
+            "fitted_temperature": round(float(_TEMPERATURES[best]), 3), "log_likelihood_ratio": gain,
+            "tokens": int(live.sum())}
+
+
+def _support_violation(row: int, steps) -> dict | None:
+    """The first step where a user's sampling step chose a token the settings give zero probability."""
+    for st in steps:
+        d = st[row] if row < len(st) else None
+        if d is not None and d.ours_prob <= 0.0:
+            return {"kind": "support", "step": d.step, "token_id": d.token_id, "rank": d.ours_rank}
+    return None
+
+
+def _sampler_why(ev: dict, s: SamplingSettings) -> str:
+    if ev["kind"] == "support":
+        filt = []
+        if s.effective_method == "greedy":
+            filt.append("greedy decoding")
+        else:
+            if s.top_k:
+                filt.append(f"top-k {s.top_k}")
+            if s.top_p < 1.0:
+                filt.append(f"top-p {s.top_p:g}")
+        return (f"your sampling step chose token {ev['token_id']} (rank {ev['rank']} by logit) at step {ev['step']}, "
+                f"which {' and '.join(filt) or 'the settings'} never samples: it does not apply the settings "
+                "(a forgotten top-k/top-p filter?)")
+    return (f"your sampling step's choices fit temperature {ev['fitted_temperature']:g}, not the settings' "
+            f"{ev['settings_temperature']:g} (log-likelihood ratio {ev['log_likelihood_ratio']:.1f} nats over "
+            f"{ev['tokens']} tokens): a forgotten or misapplied temperature?")
+
+
 def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, steps,
-                 ours_logits, hf_logits, first_layer) -> list[RowComparison]:
+                 ours_logits, hf_logits, first_layer, *,
+                 sampler: str | None = None) -> list[RowComparison]:
+    """One RowComparison per row. `sampler` says what chose the run's tokens (default: the settings' method);
+    "yours" (a user's own sampling step) is checked for being a valid draw from the settings' distribution."""
     P = len(gen.prompt_ids)
     rows = []
     diff_settings = [r for r in table if r.differs]
+    sampler = sampler or s.effective_method
+    temperature_fit = _temperature_fit(s, gen, ours_logits.cpu()) if sampler == "yours" else None
     for r in range(len(gen.sequences)):
         ours_new = gen.sequences[r][P:]
         ref_new = ref[r][P:] if ref is not None and r < len(ref) else []
@@ -63,6 +137,7 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
         identical = prompt_same and first is None
         decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
         cause, why, evidence = None, "identical to HuggingFace", {}
+        sampler_ev = (_support_violation(r, steps) or temperature_fit) if sampler == "yours" else None
         if not identical:
             s_idx = first if first is not None else 0
             bad = [d for st in steps[: s_idx + 1] for d in [st[r]] if d is not None and d.exceeds]
@@ -71,18 +146,28 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
                 why = f"the models' logits differ at step {bad[0].step} (max |Δlogit| {bad[0].max_abs_dlogit:.3g}" \
                       f" > tolerance {bad[0].tolerance:.2g}); first diverging layer: {first_layer}"
                 evidence = {"step": bad[0].step, "max_abs_dlogit": bad[0].max_abs_dlogit, "layer": first_layer}
+                if sampler_ev is not None:
+                    evidence["sampler"] = sampler_ev
             elif not prompt_same:
                 cause, why = "settings", "HF saw a different prompt (the pipeline truncates it to max_length)"
+            elif sampler_ev is not None:
+                cause, why, evidence = "sampler", _sampler_why(sampler_ev, s), sampler_ev
             elif diff_settings:
                 cause = "settings"
                 parts = [f"{d.name}: ours {d.ours!r} vs HF {d.hf!r} ({d.source})" for d in diff_settings]
                 why = "same model, different effective settings: " + "; ".join(parts)
                 evidence = {d.name: {"ours": d.ours, "hf": d.hf, "source": d.source} for d in diff_settings}
-            elif s.effective_method == "nanogpt":
+            elif sampler == "nanogpt":
                 cause = "sampling_order"
                 why = ("same model, different random draws: the seed's loop draws one number per row over the "
                        f"{s.top_k or 'full'} sorted top-k probabilities; HF draws over the full vocabulary in id order")
                 evidence = {"ours_method": "nanogpt", "hf_draws_per_step": "B x vocab"}
+            elif sampler == "yours" and s.effective_method != "greedy":
+                cause = "sampling_order"
+                why = ("same model, different random draws: your sampling step's choices are valid draws from the "
+                       "settings' distribution, but it consumes the global RNG differently from HF, which draws "
+                       "one number per vocabulary entry in id order (one multinomial over B x vocab per step)")
+                evidence = {"ours_method": "yours", "hf_draws_per_step": "B x vocab"}
             else:
                 st = steps[s_idx][r] if s_idx < len(steps) else None
                 tie = None
@@ -113,26 +198,51 @@ _HEADLINES = {
     "settings": "same model, different effective settings",
     "near_tie": "same model; a near-tie flipped by float noise",
     "unexplained": "rows diverge with agreeing logits and no known cause",
+    "sampler": "same model, but your sampling step does not sample what the settings say",
 }
 
 
-def _verdict(rows: list[RowComparison], layers, step_list, reference) -> tuple[bool, str, str]:
+def sampler_notes(rows: list[RowComparison], sampler: str | None) -> list[str]:
+    """Report notes about a user's sampling step that no row's cause carries (e.g. hidden behind a model bug)."""
+    if sampler != "yours":
+        return []
+    notes = ["tokens chosen by your own sampling step (global RNG seeded once with the seed, restored afterwards)"]
+    for row in rows:
+        ev = row.evidence.get("sampler") if row.cause == "model" else None
+        if ev is not None:
+            notes.append(f"also (row {row.row}): " + (
+                f"your sampling step chose token {ev['token_id']} at step {ev['step']}, outside the settings' "
+                "support" if ev["kind"] == "support" else
+                f"your sampling step's choices fit temperature {ev['fitted_temperature']:g}, not "
+                f"{ev['settings_temperature']:g}"))
+            break
+    return notes
+
+
+def _verdict(rows: list[RowComparison], layers, step_list, reference, per_layer: bool = True) -> tuple[bool, str, str]:
     first_layer = next((l for l in layers if l.exceeds), None)
     any_step = any(d.exceeds for st in step_list for d in st if d is not None)
     if first_layer is not None or any_step:
-        where = first_layer.name if first_layer is not None else "lm_head"
-        return False, "model", f"logits differ from HuggingFace: first diverging layer {where}"
+        if first_layer is not None and not any_step and first_layer.name != "lm_head":
+            return False, "model", (f"hidden states differ from HuggingFace from {first_layer.name} on, although every "
+                                    "sampled step's logits agree (a mistake that only earlier positions see, such as "
+                                    "a missing causal mask when each step recomputes the whole sequence)")
+        if first_layer is not None and (per_layer or first_layer.name != "lm_head"):
+            return False, "model", f"logits differ from HuggingFace: first diverging layer {first_layer.name}"
+        if not per_layer:
+            return False, "model", "logits differ from HuggingFace (per-layer comparison not available)"
+        return False, "model", "logits differ from HuggingFace: first diverging layer lm_head"
     if reference == "logits":
         return True, "logits_agree", _HEADLINES["logits_agree"]
     causes = [r.cause for r in rows if not r.identical]
     if not causes:
         return True, "identical", _HEADLINES["identical"]
-    for kind in ("unexplained", "settings", "sampling_order", "near_tie"):
+    for kind in ("unexplained", "sampler", "settings", "sampling_order", "near_tie"):
         if kind in causes:
             head = _HEADLINES[kind]
             if kind == "settings":
                 head += ": " + next(r.explanation.split(": ", 1)[1] for r in rows if r.cause == "settings")
-            return kind != "unexplained", kind, f"{head} ({len(causes)} of {len(rows)} rows differ)"
+            return kind not in ("unexplained", "sampler"), kind, f"{head} ({len(causes)} of {len(rows)} rows differ)"
     raise AssertionError(causes)  # pragma: no cover
 
 

@@ -61,7 +61,7 @@ class RowComparison:
     ref_text: str
     identical: bool
     first_divergent_step: int | None
-    cause: str | None  # None | "model" | "settings" | "sampling_order" | "near_tie" | "unexplained"
+    cause: str | None  # None | "model" | "sampler" | "settings" | "sampling_order" | "near_tie" | "unexplained"
     explanation: str
     evidence: dict = field(default_factory=dict)
 
@@ -85,7 +85,7 @@ class ParityReport:
     fault: str | None
     agree: bool  # the implementations agree: models within tolerance and every divergence explained
     verdict: str  # one line in plain words
-    verdict_kind: str  # identical | logits_agree | sampling_order | settings | near_tie | model | unexplained
+    verdict_kind: str  # identical | logits_agree | sampling_order | settings | near_tie | model | sampler | unexplained
     rtol: float  # max|Δ| tolerated per unit of max|HF value|, at each place (NOISE_FACTOR*eps32*sqrt(mlp_width))
     atol: float
     max_abs_dlogit: float
@@ -97,6 +97,9 @@ class ParityReport:
     generation: Generation
     ref_sequences: list[list[int]] | None
     timings: dict
+    subject: str = "Ours"  # how the model under test is named ("Ours", "Yours", "Result file")
+    sampler: str | None = None  # what chose its tokens: "hf" | "nanogpt" | "greedy" | "yours" (their own step)
+    notes: list[str] = field(default_factory=list)  # e.g. why per-layer comparison was not possible
 
     def to_dict(self) -> dict:
         return _plain(self)
