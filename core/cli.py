@@ -152,7 +152,7 @@ def main_parity(argv=None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> int:
-        from .faults import FAULTS
+        from .faults import FAULTS, FaultError, get_fault
         from .loader import load_pair
         from .parity import compare
         from .tokenizer import load_tokenizer
@@ -164,8 +164,11 @@ def main_parity(argv=None) -> int:
         device, dtype = resolve_dtype_device(args)
         settings = settings_from_args(args)
         SamplingSettings.from_kwargs(**settings).validate()
-        if args.fault is not None and args.fault not in FAULTS:
-            raise CliError(f"unknown fault {args.fault!r}; known: {', '.join(FAULTS)}")
+        if args.fault is not None:
+            try:
+                get_fault(args.fault)  # a listed fault or "<mistake>@<block>"
+            except FaultError as e:
+                raise CliError(str(e)) from None
         yours = load_yours(args)  # the user's code, before any checkpoint is loaded
         if yours is not None:
             from .loader import load_hf_model
@@ -225,11 +228,12 @@ def format_report(report) -> str:
         f"max |Δlogit| over all steps: {report.max_abs_dlogit:.3g}   (tolerance: {report.rtol:g} x max|logit| + "
         f"{report.atol:g})",
         f"first diverging layer: {report.first_diverging_layer or 'none'}",
-        "layers (max |Δ| / tolerance):",
+        "layers (max |Δ| / tolerance, both at the place that decides: tolerance = rtol x max|HF| there):",
     ]
     for layer in report.layers:
         mark = "  <-- first" if layer.name == report.first_diverging_layer else ""
-        lines.append(f"  {layer.name:<12} {layer.max_abs_diff:10.3g} / {layer.tolerance:.3g}{mark}")
+        where = f"(row {layer.worst_row}, position {layer.worst_position})"
+        lines.append(f"  {layer.name:<12} {layer.worst_abs_diff:10.3g} / {layer.tolerance:.3g}  {where}{mark}")
     if report.settings_table:
         lines.append("effective settings (ours | HF | HF's source):")
         for row in report.settings_table:

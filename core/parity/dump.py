@@ -13,7 +13,7 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from ..errors import ParityLabError
 from ..sampling import Generation, SamplingSettings
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
 from .explain import _verdict, explain_rows
-from .report import LayerDiff, ParityReport, SettingRow
+from .report import ParityReport, SettingRow
 
 FORMAT = "gpt2-parity-dump"
 VERSION = 1
@@ -590,8 +590,7 @@ def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityRepo
                              list(ref_h.unbind(0)) + [hf_logits], rtol)
     else:
         only = layer_diffs(0, [ours_logits], [hf_logits], rtol)[0]
-        layers = [LayerDiff(config["n_layer"] + 2, "lm_head", only.max_abs_diff, only.scale, only.tolerance,
-                            only.exceeds)]
+        layers = [replace(only, index=config["n_layer"] + 2, name="lm_head")]  # its deciding place too
         notes.append("per-layer comparison not possible: " + ("the result has no hidden states" if ours_h is None
                                                              else "the reference was exported without --layers"))
     steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
