@@ -299,6 +299,14 @@ def test_settings_sources(exact):
     assert (ml.ours, ml.hf, ml.differs) == (MAX_LEN, MAX_LEN, False)
 
 
+def test_max_length_from_max_new_tokens_is_the_users(tiny_pair, tokenizer):
+    """With max_new_tokens given, HF's effective max_length is prompt + those tokens: the user's, not a default
+    (transformers' own default max_length is 20)."""
+    r = compare(tiny_pair, PROMPT, tokenizer=tokenizer, num_return_sequences=1, max_new_tokens=4, seed=SEED)
+    ml = setting(r, "max_length")
+    assert ml.hf == len(r.prompt_ids) + 4 and ml.source == "you (prompt + max_new_tokens)" and not ml.differs
+
+
 def test_setting_from_the_models_generation_config(tokenizer):
     hf = make_hf(seed=11, sharpen=2.5, **ODD)
     hf.generation_config.repetition_penalty = 1.3
