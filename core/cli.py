@@ -134,9 +134,14 @@ def main_generate(argv=None) -> int:
 
 
 def main_parity(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DUMP_COMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py)
+        return DUMP_COMMANDS[argv[0]](argv[1:])
     prog = "python -m core.parity"
     ap = parser(prog, "Compare our GPT-2 (or yours: --yours) with HuggingFace's while generating; exit 0 if they "
-                      "agree, 1 if not, 2 on bad input.")
+                      "agree, 1 if not, 2 on bad input. For implementations that cannot run in this process: "
+                      "`export` (HF's reference to files) and `check` (a result file against it); see "
+                      "`python -m core.parity export --help` and docs/dump-format.md.")
     add_model_args(ap)
     add_sampling_args(ap)
     ap.add_argument("--reference", default="generate", choices=["generate", "pipeline", "logits"],
@@ -147,7 +152,7 @@ def main_parity(argv=None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> int:
-        from .faults import FAULTS
+        from .faults import FAULTS, FaultError, get_fault
         from .loader import load_pair
         from .parity import compare
         from .tokenizer import load_tokenizer
@@ -159,8 +164,11 @@ def main_parity(argv=None) -> int:
         device, dtype = resolve_dtype_device(args)
         settings = settings_from_args(args)
         SamplingSettings.from_kwargs(**settings).validate()
-        if args.fault is not None and args.fault not in FAULTS:
-            raise CliError(f"unknown fault {args.fault!r}; known: {', '.join(FAULTS)}")
+        if args.fault is not None:
+            try:
+                get_fault(args.fault)  # a listed fault or "<mistake>@<block>"
+            except FaultError as e:
+                raise CliError(str(e)) from None
         yours = load_yours(args)  # the user's code, before any checkpoint is loaded
         if yours is not None:
             from .loader import load_hf_model
@@ -220,11 +228,12 @@ def format_report(report) -> str:
         f"max |Δlogit| over all steps: {report.max_abs_dlogit:.3g}   (tolerance: {report.rtol:g} x max|logit| + "
         f"{report.atol:g})",
         f"first diverging layer: {report.first_diverging_layer or 'none'}",
-        "layers (max |Δ| / tolerance):",
+        "layers (max |Δ| / tolerance, both at the place that decides: tolerance = rtol x max|HF| there):",
     ]
     for layer in report.layers:
         mark = "  <-- first" if layer.name == report.first_diverging_layer else ""
-        lines.append(f"  {layer.name:<12} {layer.max_abs_diff:10.3g} / {layer.tolerance:.3g}{mark}")
+        where = f"(row {layer.worst_row}, position {layer.worst_position})"
+        lines.append(f"  {layer.name:<12} {layer.worst_abs_diff:10.3g} / {layer.tolerance:.3g}  {where}{mark}")
     if report.settings_table:
         lines.append("effective settings (ours | HF | HF's source):")
         for row in report.settings_table:
@@ -241,3 +250,114 @@ def format_report(report) -> str:
         if row.ref_text:
             lines.append(f"      HF:   {row.ref_text!r}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python -m core.parity export | check`: parity for implementations that run outside this process
+
+
+def read_prompts(path: str) -> list[str]:
+    """A prompts file: a JSON list of strings (prompts with newlines), or plain text with one prompt per line."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise CliError(f"cannot read --prompts {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"--prompts {path!r} is not UTF-8 text") from None
+    if path.endswith(".json"):
+        try:
+            prompts = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--prompts {path!r}: not valid JSON ({exc.msg})") from None
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise CliError(f"--prompts {path!r}: expected a JSON list of strings")
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CliError(f"--prompts {path!r} holds no prompt")
+    return prompts
+
+
+def main_export(argv=None) -> int:
+    prog = "python -m core.parity export"
+    ap = parser(prog, "Write HuggingFace's reference for some prompts (token streams, logits, optionally the "
+                      "residual stream) and a template of what a result must contain. See docs/dump-format.md.")
+    ap.add_argument("--model", default="gpt2", help="Hub id or a local checkpoint directory")
+    ap.add_argument("--prompts", default=None, help="file: one prompt per line, or a .json list of strings")
+    ap.add_argument("--prompt", default=SEED_PROMPT, help="a single prompt when --prompts is not given")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--layers", action="store_true", help="also dump the residual stream of every layer")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="one case per prompt and seed (default 42)")
+    ap.add_argument("--tokenizer", default=None, help="directory with GPT-2's vocab.json + merges.txt (optional)")
+    d = SamplingSettings()
+    ap.add_argument("--method", default="hf", choices=["hf", "greedy"], help="HF generate() sampling, or greedy")
+    ap.add_argument("--num-return-sequences", type=int, default=5, help="rows per case (default 5, as the seed)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per row (wins over --max-length)")
+    ap.add_argument("--max-length", type=int, default=d.max_length, help=f"prompt + new tokens (default {d.max_length})")
+    ap.add_argument("--top-k", type=int, default=d.top_k, help="top-k filter (0 = off; default 50)")
+    ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus filter in (0, 1]")
+    ap.add_argument("--temperature", type=float, default=d.temperature, help="> 0 (use --method greedy for argmax)")
+    args = ap.parse_args(argv)
+
+    def body() -> int:
+        from .loader import load_hf_model
+        from .parity.dump import export_reference, make_cases, save_reference
+        from .tokenizer import load_tokenizer
+
+        prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
+        settings = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, top_k=args.top_k,
+                        top_p=args.top_p, temperature=args.temperature, method=args.method,
+                        num_return_sequences=args.num_return_sequences)
+        for seed in args.seeds:
+            SamplingSettings.from_kwargs(**settings, seed=seed).validate()  # refuse bad flags before loading
+        hf = load_hf_model(args.model)  # first: an unknown model is named as such, not as missing BPE files
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        cases = make_cases(prompts, tokenizer, args.seeds, **settings)
+        ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer)
+        paths = save_reference(ref, args.out)
+        size = paths["tensors"].stat().st_size
+        print(f"wrote {len(cases)} case(s) for {args.model} to {args.out}: {paths['tensors'].name} "
+              f"({size / 2**20:.1f} MiB{', with layers' if args.layers else ''}), {paths['manifest'].name}, "
+              f"{paths['template'].name} (reference id {ref.id})")
+        return 0
+
+    return run_guarded(prog, body)
+
+
+def main_check(argv=None) -> int:
+    prog = "python -m core.parity check"
+    ap = parser(prog, "Judge a result written by any implementation against an exported reference: the same "
+                      "report as `python -m core.parity`; exit 0 if every case agrees, 1 if not, 2 on bad input.")
+    ap.add_argument("--reference", required=True, help="directory written by `python -m core.parity export`")
+    ap.add_argument("--yours", required=True, help="your result: a .safetensors file (manifest in its metadata)")
+    ap.add_argument("--manifest", default=None, help="the result's manifest as a separate JSON file (optional)")
+    ap.add_argument("--tokenizer", default=None, help="directory with GPT-2's vocab.json + merges.txt (for texts)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args(argv)
+
+    def body() -> int:
+        from .parity.dump import compare_dump
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        result = compare_dump(args.reference, args.yours, manifest=args.manifest, tokenizer=tokenizer)
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
+        else:
+            name = result.implementation.get("name") or "your result"
+            blocks = []
+            for case, report in zip(result.cases_described(), result.reports):
+                block = format_report(report)
+                notes = [n for n in report.notes if n not in block]  # unless format_report already shows them
+                if notes:
+                    block += "\nnotes:\n" + "\n".join(f"  - {n}" for n in notes)
+                blocks.append(f"== {case} ==\n{block}")
+            blocks.append(f"{name}: {'AGREE' if result.agree else 'DIFFER'} with the reference "
+                          f"({sum(r.agree for r in result.reports)} of {len(result.reports)} case(s) agree)")
+            print("\n\n".join(blocks))
+        return 0 if result.agree else 1
+
+    return run_guarded(prog, body)
+
+
+DUMP_COMMANDS = {"export": main_export, "check": main_check}

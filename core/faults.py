@@ -1,4 +1,5 @@
-"""Bug lab: named porting mistakes injected into a copy of *our* model; knows our modules, never HF's.
+"""Bug lab: porting mistakes, everywhere or in one block, injected into a copy of *our* model; knows our modules,
+never HF's.
 
 Each fault is a real mistake people make when porting GPT-2. The faulty copy shares every weight it does not
 change with the original (no second copy of the model), and the original is never modified.
@@ -14,37 +15,88 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ParityLabError
-from .model import GPT, CausalSelfAttention, KVCache, Linear
+from .model import GPT, Block, CausalSelfAttention, KVCache, Linear
 
 
 class FaultError(ParityLabError, ValueError):
-    """An unknown fault name."""
+    """An unknown fault name, or a block the model does not have."""
 
 
 @dataclass(frozen=True)
 class Fault:
-    name: str
+    name: str  # "erf_gelu" (every block) or "erf_gelu@3" / "erf_gelu@last" (one block only)
     title: str
     mistake: str  # what the porter did wrong, in one line
-    first_layer: str  # where the comparison should first see it: "embeddings", "block 0", ..., "lm_head"
+    first_layer: str  # where the comparison should first see it: "embeddings", "block 0", "block last", "lm_head"
+    block: int | str | None = None  # the one block it is confined to (an index or "last"); None: not confined
+
+    def expected_layer(self, n_layer: int) -> str:
+        """first_layer in a model of n_layer blocks ("block last" -> "block {n_layer - 1}")."""
+        if self.block is None:
+            return self.first_layer
+        return f"block {_block_index(self.block, n_layer, self.name)}"
 
 
-FAULTS: dict[str, Fault] = {
-    f.name: f
-    for f in [
-        Fault("erf_gelu", "erf GELU", "used nn.GELU() (exact erf) instead of GPT-2's tanh approximation", "block 0"),
-        Fault("ln_eps_1e-6", "LayerNorm eps 1e-6", "used LayerNorm eps=1e-6 instead of GPT-2's 1e-5", "block 0"),
-        Fault("c_proj_not_transposed", "attn.c_proj not transposed",
-              "copied HF's Conv1D weight of attn.c_proj into nn.Linear without transposing it", "block 0"),
-        Fault("no_causal_mask", "no causal mask", "forgot the causal mask: every position sees the future", "block 0"),
+# Mistakes that live in every block, and can be confined to one: name -> (title, mistake)
+_BLOCK_FAULTS = {
+    "erf_gelu": ("erf GELU", "used nn.GELU() (exact erf) instead of GPT-2's tanh approximation"),
+    "ln_eps_1e-6": ("LayerNorm eps 1e-6", "used LayerNorm eps=1e-6 instead of GPT-2's 1e-5"),
+    "c_proj_not_transposed": ("attn.c_proj not transposed",
+                              "copied HF's Conv1D weight of attn.c_proj into nn.Linear without transposing it"),
+    "no_causal_mask": ("no causal mask", "forgot the causal mask: every position sees the future"),
+    "qk_swapped": ("q and k swapped", "split c_attn's output as (k, q, v) instead of (q, k, v)"),
+    "heads_swapped": ("heads 0 and 1 swapped", "merged the attention heads in the wrong order (heads 0 and 1 swapped)"),
+    "bf16_autocast": ("bf16 autocast", "ran the model under torch.autocast(bfloat16)"),
+    "no_attention_scale": ("attention scale missing", "forgot to divide scores by sqrt(head_dim)"),
+}
+# The listing (CLI --list-faults, the dashboard's dropdown): every mistake everywhere, and a few confined to the
+# last block. Any "<mistake>@<block>" with a mistake of _BLOCK_FAULTS is also accepted by get_fault, apply_fault and
+# FAULTS["erf_gelu@2"], though not listed (so `"erf_gelu@2" in FAULTS` is False).
+_LISTED_IN_LAST_BLOCK = ("erf_gelu", "ln_eps_1e-6", "qk_swapped", "heads_swapped")
+
+
+def _block_index(block: int | str, n_layer: int, name: str) -> int:
+    k = n_layer - 1 if block == "last" else int(block)
+    if not 0 <= k < n_layer:
+        raise FaultError(f"fault {name!r}: the model has blocks 0 to {n_layer - 1}, not {block}")
+    return k
+
+
+def _confined(base: str, block: int | str) -> Fault:
+    title, mistake = _BLOCK_FAULTS[base]
+    where = "the last block" if block == "last" else f"block {block}"
+    return Fault(f"{base}@{block}", f"{title}, {where} only", f"{mistake}, in {where} only",
+                 "block last" if block == "last" else f"block {block}", block)
+
+
+class _Faults(dict):
+    """The listed faults (iteration, len, keys, `in`); FAULTS[name] also resolves any "<mistake>@<block>"."""
+
+    def __missing__(self, name):
+        base, sep, block = str(name).partition("@")
+        if sep and base in _BLOCK_FAULTS and (block == "last" or (block.isdigit() and block == str(int(block)))):
+            return _confined(base, "last" if block == "last" else int(block))
+        raise KeyError(name)
+
+
+FAULTS: dict[str, Fault] = _Faults(
+    {f.name: f for f in [
+        *(Fault(name, title, mistake, "block 0") for name, (title, mistake) in _BLOCK_FAULTS.items()),
         Fault("untied_lm_head", "lm_head untied (random)",
               "left lm_head as its own randomly initialised matrix instead of tying it to wte", "lm_head"),
         Fault("no_position_embeddings", "positional embeddings dropped", "forgot to add wpe", "embeddings"),
-        Fault("qk_swapped", "q and k swapped", "split c_attn's output as (k, q, v) instead of (q, k, v)", "block 0"),
-        Fault("bf16_autocast", "bf16 autocast", "ran the model under torch.autocast(bfloat16)", "block 0"),
-        Fault("no_attention_scale", "attention scale missing", "forgot to divide scores by sqrt(head_dim)", "block 0"),
-    ]
-}
+        *(_confined(name, "last") for name in _LISTED_IN_LAST_BLOCK),
+    ]}
+)
+
+
+def get_fault(name: str) -> Fault:
+    """The fault called `name` (listed, or "<mistake>@<block>"); FaultError names the known ones otherwise."""
+    try:
+        return FAULTS[name]
+    except (KeyError, TypeError):
+        raise FaultError(f"unknown fault {name!r}; known faults: {', '.join(FAULTS)} "
+                         f"(and any of {', '.join(_BLOCK_FAULTS)} confined to one block, as name@3 or name@last)") from None
 
 
 class FaultyAttention(CausalSelfAttention):
@@ -52,6 +104,7 @@ class FaultyAttention(CausalSelfAttention):
 
     causal: bool = True
     swap_qk: bool = False
+    swap_heads: bool = False
     scale: float | None = None  # None: SDPA's default 1/sqrt(hs)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -70,7 +123,9 @@ class FaultyAttention(CausalSelfAttention):
         mask = None
         if self.causal and T > 1:
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nh, T, hs)
+        if self.swap_heads:
+            y = y[:, [1, 0, *range(2, self.n_head)]]
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -85,36 +140,57 @@ class _AutocastGPT(GPT):
         return out
 
 
-def _faulty_attention(model: GPT, **flags) -> None:
-    for block in model.transformer.h:
-        block.attn.__class__ = FaultyAttention
-        for key, value in flags.items():
-            setattr(block.attn, key, value)
+class _AutocastBlock(Block):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            out = super().forward(x, cache)
+        return out.to(x.dtype)
+
+
+def _inject(faulty: GPT, base: str, blocks: list[Block]) -> None:
+    """Mistake `base` (one of _BLOCK_FAULTS) in each of `blocks` (modules of `faulty`, already copied)."""
+    for block in blocks:
+        if base == "erf_gelu":
+            block.mlp.approximate = "none"
+        elif base == "ln_eps_1e-6":
+            block.ln_1.eps = block.ln_2.eps = 1e-6
+        elif base == "c_proj_not_transposed":
+            w = block.attn.c_proj.weight
+            block.attn.c_proj.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=False)
+        elif base == "bf16_autocast":
+            block.__class__ = _AutocastBlock
+        else:
+            flags = {"no_causal_mask": dict(causal=False), "qk_swapped": dict(swap_qk=True),
+                     "heads_swapped": dict(swap_heads=True), "no_attention_scale": dict(scale=1.0)}[base]
+            block.attn.__class__ = FaultyAttention
+            for key, value in flags.items():
+                setattr(block.attn, key, value)
 
 
 def apply_fault(model: GPT, name: str | None) -> GPT:
-    """A copy of `model` with fault `name` injected (sharing all unchanged weights); `model` itself if None."""
+    """A copy of `model` with fault `name` injected (sharing all unchanged weights); `model` itself if None.
+    `name` is a listed fault or "<mistake>@<block>" (block index or "last") for a mistake in that block only."""
     if name in (None, "", "none"):
         return model
-    if name not in FAULTS:
-        raise FaultError(f"unknown fault {name!r}; known faults: {', '.join(FAULTS)}")
+    fault = get_fault(name)
+    base = fault.name.partition("@")[0]
+    if base == "heads_swapped" and model.config.n_head < 2:
+        raise FaultError(f"fault {name!r} needs at least 2 attention heads; the model has {model.config.n_head}")
+    k = None if fault.block is None else _block_index(fault.block, model.config.n_layer, name)
     # deep-copy the modules but not the parameters: the copy shares every weight until a fault replaces one
     faulty = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     h = faulty.transformer.h
-    if name == "erf_gelu":
-        for block in h:
-            block.mlp.approximate = "none"
-    elif name == "ln_eps_1e-6":
+    if k is not None:
+        _inject(faulty, base, [h[k]])
+    elif base == "bf16_autocast":
+        faulty.__class__ = _AutocastGPT
+    elif base == "ln_eps_1e-6":
         for ln in faulty.modules():
             if isinstance(ln, nn.LayerNorm):
                 ln.eps = 1e-6
-    elif name == "c_proj_not_transposed":
-        for block in h:
-            w = block.attn.c_proj.weight
-            block.attn.c_proj.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=False)
-    elif name == "no_causal_mask":
-        _faulty_attention(faulty, causal=False)
-    elif name == "untied_lm_head":
+    elif base in _BLOCK_FAULTS:
+        _inject(faulty, base, list(h))
+    elif base == "untied_lm_head":
         cfg = faulty.config
         head = Linear(cfg.n_embd, cfg.vocab_size, bias=False).to(device=model.device, dtype=model.dtype)
         g = torch.Generator().manual_seed(0)  # a fixed "random init", as nn.Linear would give (std 0.02 as GPT-2)
@@ -123,13 +199,7 @@ def apply_fault(model: GPT, name: str | None) -> GPT:
             requires_grad=False,
         )
         faulty.lm_head = head
-    elif name == "no_position_embeddings":
+    elif base == "no_position_embeddings":
         wpe = faulty.transformer.wpe
         wpe.weight = nn.Parameter(torch.zeros_like(wpe.weight), requires_grad=False)
-    elif name == "qk_swapped":
-        _faulty_attention(faulty, swap_qk=True)
-    elif name == "bf16_autocast":
-        faulty.__class__ = _AutocastGPT
-    elif name == "no_attention_scale":
-        _faulty_attention(faulty, scale=1.0)
     return faulty.eval()

@@ -304,7 +304,8 @@ def entropy_figure(report: dict, row: int, step: int | None = None) -> go.Figure
 
 
 def layers_figure(report: dict) -> go.Figure:
-    """max |Δ| per layer (log scale) against each layer's tolerance; the first diverging layer marked."""
+    """Per layer, max|Δ| at the place (row, position) that decides the layer (log scale) against the tolerance at
+    that same place (rtol x max|HF value| there); the first diverging layer marked."""
     layers = report["layers"]
     if not layers:
         return _empty("No layers to show")
@@ -313,18 +314,24 @@ def layers_figure(report: dict) -> go.Figure:
     fig = go.Figure()
     for exceeds, label, color in ((False, "within tolerance", OURS), (True, "exceeds tolerance", BAD)):
         sel = [l for l in layers if bool(l.get("exceeds")) == exceeds]
+        at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]  # max |Δ| at the place that decides
         fig.add_trace(go.Bar(x=[l["name"] for l in sel],
-                             y=[max(l["max_abs_diff"], 1e-12) if _finite(l["max_abs_diff"]) else None for l in sel],
+                             y=[max(d, 1e-12) if _finite(d) else None for d in at],
                              marker_color=color, name=label,
-                             customdata=[[_fmt(l["max_abs_diff"]), _fmt(l.get("tolerance")), _fmt(l.get("scale"))]
-                                         for l in sel],
-                             hovertemplate="%{x}<br>max |Δ| %{customdata[0]}<br>tolerance %{customdata[1]}"
-                                           "<br>max |HF| %{customdata[2]}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers", name="tolerance",
-                             line=dict(color="#24292f", dash="dash")))
+                             customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("worst_scale", l.get("scale"))),
+                                          l.get("worst_row", 0) + 1, l.get("worst_position", 0), _fmt(l.get("ratio")),
+                                          _fmt(l["max_abs_diff"]), _fmt(l.get("scale"))] for d, l in zip(at, sel)],
+                             hovertemplate="%{x}, row %{customdata[3]}, position %{customdata[4]}"
+                                           "<br>max |Δ| there %{customdata[0]}"
+                                           "<br>tolerance there %{customdata[1]} (max |HF| there %{customdata[2]})"
+                                           "<br>ratio %{customdata[5]}"
+                                           "<br>whole layer: max |Δ| %{customdata[6]}, max |HF| %{customdata[7]}"
+                                           "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers",
+                             name="tolerance at that place", line=dict(color="#24292f", dash="dash")))
     # slanted names never run into each other, whatever the width (the first diverging one is in the title)
     fig.update_xaxes(categoryorder="array", categoryarray=names, tickangle=-45, automargin=True)
-    fig.update_yaxes(**LOG_AXIS, title_text="max |Δ| (ours vs HF)")
+    fig.update_yaxes(**LOG_AXIS, title_text="max |Δ| at the deciding place (ours vs HF)")
     title = f"Per layer: first diverging layer {first}" if first else "Per layer: every layer within tolerance"
     fig = _layout(fig, title, height=420)
     fig.update_layout(margin=dict(t=100, b=60), legend=dict(y=1.02))

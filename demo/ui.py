@@ -9,7 +9,7 @@ import gradio as gr
 
 from core.faults import FAULTS
 
-from . import handlers, text, yours
+from . import handlers, text, upload, yours
 from .models import HUB_ALLOWLIST, TINY, ModelCache
 
 CSS = """
@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def launch_kwargs() -> dict:
-    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True)
+    # max_file_size: Gradio refuses bigger uploads before writing them (demo/upload.py checks again after)
+    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, max_file_size=upload.MAX_UPLOAD_BYTES)
 
 
 def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int = 1,
@@ -106,10 +107,12 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
         with gr.Row(elem_id="main-row"):
             with gr.Column(scale=1, min_width=320, elem_id="inputs-col"):
                 inp = input_panel(cache, model)
+                upload_panel = upload.build_panel()  # "Check a result file": demo/upload.py
             with gr.Column(scale=2, elem_id="outputs-col"):
                 output_panels(c, ours_label=mine.label if mine is not None else None)
         c["state"] = gr.State(None)
         wire(demo, cache, model, inp, c)
+        upload.wire_panel(upload_panel, cache, c, inp["model"], RUN_CONCURRENCY)
     return demo
 
 

@@ -285,7 +285,8 @@ def _catch(fn, *a):
     return None
 
 
-def test_requests_for_the_same_model_share_one_load_and_eviction_keeps_one_big_model(online, bpe_dir):
+def test_requests_for_the_same_model_share_one_load_and_eviction_keeps_one_big_model(online, bpe_dir, monkeypatch):
+    monkeypatch.setenv("PARITY_LAB_HUB_TIMEOUT", "10")  # a retry after a 1 s timeout on a busy machine would count twice
     cache = ModelCache(max_models=1, bpe_dir=str(bpe_dir), budget_s=10, wait_s=30)
     cache.get("gpt2")
     online.clear()
@@ -318,7 +319,7 @@ def test_page_load_never_hangs_and_then_says_why(online, bpe_dir):
     on_load = handlers.make_load_handler(cache, "gpt2-medium")
     (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
     print(f"\npage load while the default model's download hangs: {page_s:.2f} s")
-    assert page_s < 3 and dropdown.value == TINY and banner.visible
+    assert page_s < 5 and dropdown.value == TINY and banner.visible  # the tiny model built meanwhile (~1 s)
     assert "still downloading" in banner.value and "`gpt2-medium`" in banner.value
     assert wait_until(lambda: not cache.loading(), BUDGET_S + 5)
     (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
@@ -339,12 +340,13 @@ def test_offline_dashboard_says_what_works_there(monkeypatch, tmp_path, bpe_dir)
     assert "Offline mode" in banner.value and "--model DIR" in banner.value and LOCAL_TODO not in banner.value
 
 
-def test_choosing_a_model_starts_its_load_and_says_how_it_goes(online, bpe_dir):
+def test_choosing_a_model_starts_its_load_and_says_how_it_goes(online, bpe_dir, monkeypatch):
+    monkeypatch.setenv("PARITY_LAB_HUB_TIMEOUT", "10")
     cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=10, page_wait_s=0.2)
-    online.fault("gpt2-medium/resolve/main/config.json", method="HEAD", delay_s=1.0)
+    online.fault("gpt2-medium/resolve/main/config.json", method="HEAD", delay_s=3.0)
     on_model = handlers.make_model_handler(cache)
-    note, chose_s = timed(on_model, "gpt2-medium")
-    assert note.visible and "`gpt2-medium` is downloading" in note.value and chose_s < 1
+    note, chose_s = timed(on_model, "gpt2-medium")  # returns while the config request is still held back
+    assert note.visible and "`gpt2-medium` is downloading" in note.value and chose_s < 2.5
     assert wait_until(lambda: "gpt2-medium" in cache.resident(), 15)
     assert on_model("gpt2-medium").visible is False  # ready: nothing to say
     assert "not available here" in on_model("../etc/passwd").value

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from conftest import ODD, ROOT, hf_generate, make_hf
 
 from core import FAULTS, ParityError, ParityReport, SettingsError, compare, port_from_hf
+from core.faults import FaultError, apply_fault
+from core.parity import layer_diffs, relative_tolerance, teacher_forced
 from core.cli import main_parity
 
 PROMPT = "Hello, I'm a language model,"
@@ -78,7 +80,7 @@ def test_exact_port_is_identical_to_hf_generate(exact, pair, tokenizer, hf_ref):
     # every layer and every step within its tolerance
     assert [l.name for l in r.layers] == ["embeddings"] + [f"block {i}" for i in range(ODD["n_layer"])] + ["ln_f", "lm_head"]
     for layer in r.layers:
-        assert layer.max_abs_diff <= layer.tolerance and not layer.exceeds, layer
+        assert layer.worst_abs_diff <= layer.tolerance and layer.ratio <= 1 and not layer.exceeds, layer
     assert len(r.steps) == MAX_LEN - P
     for step in r.steps:
         assert len(step) == N
@@ -104,8 +106,16 @@ def test_layer_scales_are_hf_hidden_states(exact, pair):
     hs = out.hidden_states  # embeddings, blocks 0..n-2, then ln_f's output (HF applies ln_f to the last one)
     expected = list(hs[:-1]) + [captured["x"], hs[-1], out.logits]
     assert len(expected) == len(exact.layers)
+    P = len(exact.prompt_ids)
     for layer, ref in zip(exact.layers, expected):
         assert layer.scale == pytest.approx(ref.abs().max().item(), rel=1e-6), layer.name
+        # the deciding place: its scale is max_c |HF value| there, and the tolerance rtol times it
+        ref_at = ref[layer.worst_row, layer.worst_position]
+        assert layer.worst_scale == pytest.approx(ref_at.abs().max().item(), rel=1e-6), layer.name
+        assert layer.tolerance == pytest.approx(exact.rtol * layer.worst_scale + exact.atol, rel=1e-6)
+        assert layer.ratio == pytest.approx(layer.worst_abs_diff / layer.tolerance, rel=1e-6)
+        if layer.name == "lm_head":  # only the logits our sampler used: positions P-1 onwards
+            assert layer.worst_position >= P - 1
 
 
 def test_logits_reference(pair, tokenizer):
@@ -148,18 +158,55 @@ def test_every_fault_is_caught_at_its_layer(pair, tokenizer, hf_ref, name):
     r = compare(pair, PROMPT, tokenizer=tokenizer, fault=name, num_return_sequences=N, seed=SEED)
     assert r.agree is False and r.verdict_kind == "model"
     assert r.fault == name
-    assert r.first_diverging_layer == FAULTS[name].first_layer
+    expected = FAULTS[name].expected_layer(ODD["n_layer"])
+    assert r.first_diverging_layer == expected
     names = [l.name for l in r.layers]
-    first = names.index(FAULTS[name].first_layer)
+    first = names.index(expected)
     assert not any(l.exceeds for l in r.layers[:first]) and r.layers[first].exceeds
-    assert r.layers[first].max_abs_diff > r.layers[first].tolerance
+    assert r.layers[first].worst_abs_diff > r.layers[first].tolerance and r.layers[first].ratio > 1
     assert r.ref_sequences == hf_ref  # HF's side is never faulted
     for row in divergent(r):
         assert row.cause == "model", row
     # the fault lives in a copy: our model still matches HF
-    x = torch.tensor([r.prompt_ids])
-    with torch.no_grad():
-        assert (ours(x).float() - hf(x).logits).abs().max().item() <= r.layers[-1].tolerance
+    assert not any(l.exceeds for l in teacher_forced(ours, hf, torch.tensor([r.prompt_ids]))[0])
+
+
+def test_tolerance_is_per_position():
+    """A massive value at one position must neither raise the tolerance elsewhere nor be flagged for its own
+    rounding: expected verdicts computed by hand from the rule max_c|Δ| > rtol * max_c|HF| at each place."""
+    rtol = relative_tolerance(3072)  # eps32 * sqrt(3072) ~ 6.6e-6
+    ref = torch.ones(1, 6, 8)
+    ref[0, 0, 3] = 3000.0  # a massive channel at position 0
+    rounding = ref.clone()
+    rounding[0, 0, 3] += 3000.0 * 1e-6  # its own float error: 1e-6 relative, below 6.6e-6
+    fault = ref.clone()
+    fault[0, 4, 5] += 1e-3  # a real difference at an ordinary position: 1e-3 relative
+    (ok, bad) = layer_diffs(0, [rounding, fault], [ref, ref], rtol)[:2]
+    assert not ok.exceeds and ok.worst_position == 0 and ok.ratio == pytest.approx(3e-3 / (rtol * 3000), rel=0.1)
+    assert bad.exceeds and (bad.worst_row, bad.worst_position) == (0, 4)
+    assert bad.worst_scale == 1.0 and bad.worst_abs_diff == pytest.approx(1e-3, rel=1e-3)
+    assert bad.tolerance == pytest.approx(rtol, rel=1e-6) and bad.ratio == pytest.approx(1e-3 / rtol, rel=1e-3)
+    assert bad.scale == 3000.0  # the layer's global max is still reported; under it, 1e-3 would have hidden
+    assert bad.max_abs_diff < rtol * bad.scale
+    nan = ref.clone()
+    nan[0, 2, 1] = float("nan")
+    assert layer_diffs(0, [nan], [ref], rtol)[0].exceeds
+
+
+def test_block_faults_by_name(pair):
+    ours, _ = pair
+    assert FAULTS["erf_gelu@2"].expected_layer(3) == "block 2"
+    assert FAULTS["erf_gelu@last"].expected_layer(7) == "block 6"
+    assert "erf_gelu@last" in FAULTS and "erf_gelu@2" not in FAULTS  # parsed, not listed
+    for bad in ("erf_gelu@", "erf_gelu@-1", "erf_gelu@01", "untied_lm_head@1", "nope@1", "erf_gelu@x"):
+        assert bad not in FAULTS
+        with pytest.raises(FaultError, match="unknown fault"):
+            apply_fault(ours, bad)
+    with pytest.raises(FaultError, match="blocks 0 to 2"):
+        apply_fault(ours, "qk_swapped@3")
+    faulty = apply_fault(ours, "erf_gelu@1")
+    assert [b.mlp.approximate for b in faulty.transformer.h] == ["tanh", "none", "tanh"]
+    assert [b.mlp.approximate for b in ours.transformer.h] == ["tanh"] * 3
 
 
 def test_cli_no_fault_exits_0(tiny_checkpoint, capsys):
@@ -175,7 +222,17 @@ def test_cli_exits_1_for_every_fault(tiny_checkpoint, capsys, name):
     out = json.loads(capsys.readouterr().out)
     assert code == 1
     assert out["agree"] is False and out["verdict_kind"] == "model" and out["fault"] == name
-    assert out["first_diverging_layer"] == FAULTS[name].first_layer  # on the 2-layer, 32-dim model too
+    assert out["first_diverging_layer"] == FAULTS[name].expected_layer(2)  # on the 2-layer, 32-dim model too
+
+
+def test_cli_fault_in_one_block(tiny_checkpoint, capsys):
+    code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", "erf_gelu@1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["first_diverging_layer"] == "block 1" and out["fault"] == "erf_gelu@1"
+    for bad, match in (("erf_gelu@9", "blocks 0 to 1"), ("erf_gelu@x", "unknown fault")):
+        code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", bad])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err.strip().splitlines()[-1] and "Traceback" not in err, err
 
 
 def test_python_m_core_parity(tiny_checkpoint, bpe_dir):
@@ -240,6 +297,14 @@ def test_settings_sources(exact):
     assert (temp.hf, temp.source, temp.differs) == (1.0, "you", False)
     ml = setting(exact, "max_length")
     assert (ml.ours, ml.hf, ml.differs) == (MAX_LEN, MAX_LEN, False)
+
+
+def test_max_length_from_max_new_tokens_is_the_users(tiny_pair, tokenizer):
+    """With max_new_tokens given, HF's effective max_length is prompt + those tokens: the user's, not a default
+    (transformers' own default max_length is 20)."""
+    r = compare(tiny_pair, PROMPT, tokenizer=tokenizer, num_return_sequences=1, max_new_tokens=4, seed=SEED)
+    ml = setting(r, "max_length")
+    assert ml.hf == len(r.prompt_ids) + 4 and ml.source == "you (prompt + max_new_tokens)" and not ml.differs
 
 
 def test_setting_from_the_models_generation_config(tokenizer):

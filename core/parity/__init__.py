@@ -21,3 +21,8 @@ __all__ = [
     "sampling_log_probs", "explain_rows", "HF_RNG_LOCK", "global_rng_section", "hf_teacher_forced",
     "run_hf_reference", "settings_table",
 ]
+
+# Parity by exchanging files (reference dumps out, results in): core/parity/dump.py, docs/dump-format.md
+from .dump import DumpCheck, DumpError, compare_dump, export_reference, load_reference, load_result  # noqa: E402
+
+__all__ += ["compare_dump", "DumpCheck", "DumpError", "export_reference", "load_reference", "load_result"]

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ..faults import FAULTS, apply_fault
+from ..faults import FaultError, apply_fault, get_fault
 from ..model import GPT
 from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -110,9 +110,11 @@ def compare_run(
             hidden = None
         if hidden is not None:
             hidden = [h.to(hf_device) for h in hidden]
-            layers = layer_diffs(n_layer, hidden + [ours_logits], _aligned(hidden, ref_hidden) + [hf_logits], rtol)
+            layers = layer_diffs(n_layer, hidden + [ours_logits], _aligned(hidden, ref_hidden) + [hf_logits], rtol,
+                                 logits_start=len(gen.prompt_ids) - 1)
         else:  # only the logits can be compared: HF's own stream stands in for the unknown layers, then dropped
-            layers = layer_diffs(n_layer, ref_hidden + [ours_logits], ref_hidden + [hf_logits], rtol)[-1:]
+            layers = layer_diffs(n_layer, ref_hidden + [ours_logits], ref_hidden + [hf_logits], rtol,
+                                 logits_start=len(gen.prompt_ids) - 1)[-1:]
         steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
     del hidden, ref_hidden
     timings["teacher_forced_s"] = time.perf_counter() - t
@@ -219,8 +221,11 @@ def compare(
 
     if reference not in REFERENCES:
         raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
-    if fault not in (None, "", "none") and fault not in FAULTS:
-        raise ParityError(f"unknown fault {fault!r}; known faults: {', '.join(FAULTS)}")
+    if fault not in (None, "", "none"):
+        try:
+            get_fault(fault)  # a listed fault or "<mistake>@<block>"
+        except FaultError as e:
+            raise ParityError(str(e)) from None
     t0 = time.perf_counter()
     s = SamplingSettings.from_kwargs(**settings)
     subject, hf, name, ours = resolve_subject(model_or_name, hf_model)

@@ -170,22 +170,26 @@ def settings_table(hf, s: SamplingSettings, prompt_len: int, n_new: int, receive
         **_OURS_NEUTRAL,
     }
     rows, hf_values = [], {}
+    def source_of(name: str) -> str:
+        if name in user:
+            return "you"
+        if name in received:
+            return "pipeline default"
+        if name in model_set:
+            return "model generation_config"
+        return "transformers default" if defaults.get(name) is not None else "unset"
+
     for name in _SHOWN_SETTINGS:
         value = getattr(resolved, name, None)
         if name == "max_length":
             value = effective_total
         if name == "pad_token_id" and value is None:
             value, source = eos_id, "generate() falls back to eos"
-        elif name in user:
-            source = "you"
-        elif name in received:
-            source = "pipeline default"
-        elif name in model_set:
-            source = "model generation_config"
-        elif defaults.get(name) is not None:
-            source = "transformers default"
+        elif name == "max_length" and resolved.max_new_tokens is not None:
+            # the effective total is the prompt plus max_new_tokens: it comes from whoever set those
+            source = f"{source_of('max_new_tokens')} (prompt + max_new_tokens)"
         else:
-            source = "unset"
+            source = source_of(name)
         hf_values[name] = value
         differs = _setting_differs(name, ours[name], value, greedy)
         rows.append(SettingRow(name, ours[name], value, source, differs))

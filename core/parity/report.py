@@ -14,12 +14,21 @@ class ParityError(ParityLabError, ValueError):
 
 @dataclass
 class LayerDiff:
+    """One layer's comparison. Each (row, position) is judged against its own tolerance, rtol * max_c |HF value|
+    there (+ atol); the place where max_c|Δ| / tolerance is largest (the "worst" place) decides, and the fields
+    below describe it, so that a figure can show worst_abs_diff against tolerance in the same terms."""
+
     index: int
     name: str  # "embeddings", "block 0", ..., "ln_f", "lm_head"
-    max_abs_diff: float
-    scale: float  # max |HF value| at this layer
-    tolerance: float
-    exceeds: bool
+    max_abs_diff: float  # max |Δ| over the whole layer (wherever it is)
+    scale: float  # max |HF value| over the whole layer
+    tolerance: float  # the tolerance at the worst place: rtol * worst_scale + atol
+    exceeds: bool  # ratio > 1: some place differs by more than its tolerance
+    ratio: float = 0.0  # max over places of max_c|Δ| / tolerance there (> 1: flagged)
+    worst_row: int = 0
+    worst_position: int = 0  # sequence position of the worst place (for lm_head too)
+    worst_abs_diff: float = 0.0  # max_c |Δ| at the worst place
+    worst_scale: float = 0.0  # max_c |HF value| at the worst place
 
 
 @dataclass
@@ -40,6 +49,7 @@ class StepDiff:
     hf_rank: int
     hf_top_probs: list[float]  # HF's model probabilities of our record's top-50 tokens (same order)
     hf_top_sample_probs: list[float]
+    scale: float = 0.0  # max |HF logit| at this step and row; tolerance = rtol * scale + atol
 
 
 @dataclass
@@ -76,7 +86,7 @@ class ParityReport:
     agree: bool  # the implementations agree: models within tolerance and every divergence explained
     verdict: str  # one line in plain words
     verdict_kind: str  # identical | logits_agree | sampling_order | settings | near_tie | model | sampler | unexplained
-    rtol: float  # max|Δ| tolerated per unit of max|HF value| (NOISE_FACTOR * eps32 * sqrt(mlp_width))
+    rtol: float  # max|Δ| tolerated per unit of max|HF value|, at each place (NOISE_FACTOR*eps32*sqrt(mlp_width))
     atol: float
     max_abs_dlogit: float
     first_diverging_layer: str | None

@@ -1,0 +1,682 @@
+"""Parity by data exchange: HF's reference dumped to files, a result computed by any implementation read back and
+judged with the same diffs, causes and verdicts as compare().
+
+Knows the dump format (docs/dump-format.md: safetensors tensors + a JSON manifest), how to validate an untrusted
+result before loading a byte of tensor data, and how to export HF's side; knows nothing about the UI or the CLI.
+A result is only ever *data*: nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..errors import ParityLabError
+from ..sampling import Generation, SamplingSettings
+from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
+from .explain import _verdict, explain_rows
+from .report import ParityReport, SettingRow
+
+FORMAT = "gpt2-parity-dump"
+VERSION = 1
+METADATA_KEY = "gpt2_parity_dump"  # the result's manifest, as JSON, in the safetensors header's __metadata__
+REFERENCE_TENSORS = "reference.safetensors"
+REFERENCE_MANIFEST = "manifest.json"
+RESULT_TEMPLATE = "result_template.json"
+SUBJECT = "Result file"  # how reports and the dashboard name the side under test
+
+# Limits for reading untrusted files (the dashboard passes a smaller max_bytes).
+MAX_RESULT_BYTES = 4 << 30
+MAX_HEADER_BYTES = 4 << 20
+MAX_CASES = 64
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+INT_DTYPES = {"I64": torch.int64, "I32": torch.int32}
+SAMPLERS = ("torch", "other")  # "torch": sampled ids drawn as torch.multinomial under the case's seed (HF's draws)
+
+
+class DumpError(ParityLabError, ValueError):
+    """A reference or result file that cannot be used: the message says which file, which tensor and why."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a case is and where its tensors live
+
+
+@dataclass
+class Case:
+    """One prompt under one seed and settings: HF generate()'s token streams and the logits that produced them."""
+
+    name: str  # tensor-name prefix: "case0", "case1", ...
+    prompt: str | None
+    prompt_ids: list[int]
+    settings: dict  # SamplingSettings fields (method "hf" or "greedy"; seed included)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "prompt": self.prompt, "prompt_ids": self.prompt_ids, "settings": self.settings}
+
+
+def tensor_specs(case: Case, rows: int, length: int, config: dict, layers: bool) -> dict[str, dict]:
+    """name -> {dtype, shape, required, what} for one case of a result (the reference has tokens/logits/hidden)."""
+    P, n, C, V = len(case.prompt_ids), config["n_layer"], config["n_embd"], config["vocab_size"]
+    S = length - P
+    max_len = P + SamplingSettings(**case.settings).new_tokens_for(P)
+    return {
+        f"{case.name}.tokens": dict(dtype="I64", shape=[rows, length], required=True,
+                                    what="the token streams you ran your model on (copied from the reference)"),
+        f"{case.name}.logits": dict(dtype="F32", shape=[rows, S, V], required=True,
+                                    what=f"logits of tokens[:, :-1] at positions {P - 1}..{length - 2}"),
+        f"{case.name}.hidden": dict(dtype="F32", shape=[n + 2, rows, length - 1, C], required=False,
+                                    what="residual stream [embeddings, block 0..n-1 output, ln_f output] at "
+                                         "every position of tokens[:, :-1]" + (" (the reference has it)" if layers
+                                                                               else " (the reference lacks it)")),
+        f"{case.name}.sampled": dict(dtype="I64", shape=[rows, f"{P + 1}..{max_len}"], required=False,
+                                     what="your own generation from prompt_ids under the case's settings and seed, "
+                                          "rows padded with eos after they end"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference: HF's side, exported
+
+
+@dataclass
+class Reference:
+    """A loaded (or freshly exported) reference: its manifest and its tensors (CPU, float32/int64)."""
+
+    manifest: dict
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.manifest["reference_id"]
+
+    @property
+    def cases(self) -> list[Case]:
+        return [Case(c["name"], c["prompt"], c["prompt_ids"], c["settings"]) for c in self.manifest["cases"]]
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["model"]["config"]
+
+    def result_template(self) -> dict:
+        """What a result must contain: its manifest (to put in the safetensors metadata) and its tensors."""
+        tensors = {}
+        for case in self.cases:
+            rows, length = self.tensors[f"{case.name}.tokens"].shape
+            tensors.update(tensor_specs(case, rows, length, self.config, self.manifest["layers"]))
+        return {
+            "manifest": result_manifest(self),
+            "metadata_key": METADATA_KEY,
+            "tensors": tensors,
+            "note": "Write these tensors into one .safetensors file with json.dumps(manifest) under the header's "
+                    f"__metadata__[{METADATA_KEY!r}] (fill in 'implementation'); see docs/dump-format.md.",
+        }
+
+
+def model_config(hf_config) -> dict:
+    c = hf_config
+    return {
+        "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "n_positions": c.n_positions,
+        "vocab_size": c.vocab_size, "mlp_width": c.n_inner or 4 * c.n_embd,
+        "layer_norm_epsilon": c.layer_norm_epsilon, "activation_function": c.activation_function,
+        "eos_token_id": c.eos_token_id,
+    }
+
+
+def reference_id(model: str, config: dict, cases: list[Case], tokens: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of what a result is judged against: the model, the cases and HF's token streams."""
+    blob = json.dumps({"model": model, "config": config, "cases": [c.to_dict() for c in cases],
+                       "tokens": {k: v.tolist() for k, v in sorted(tokens.items())}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_cases(prompts, tokenizer, seeds: list[int], **settings) -> list[Case]:
+    """prompts (texts or token-id lists) x seeds -> cases, each validated as compare() would."""
+    from ..sampling import encode_prompt
+
+    cases = []
+    for prompt in prompts:
+        text, ids = encode_prompt(prompt, tokenizer)
+        for seed in seeds:
+            s = SamplingSettings.from_kwargs(**{**settings, "seed": seed})
+            s.validate()
+            if s.effective_method == "nanogpt":
+                raise DumpError("the reference is HF generate(): use method 'hf' or 'greedy'")
+            cases.append(Case(f"case{len(cases)}", text, list(ids), s.to_dict()))
+    if not cases:
+        raise DumpError("no prompts to export")
+    if len(cases) > MAX_CASES:
+        raise DumpError(f"{len(cases)} cases (prompts x seeds); the limit is {MAX_CASES}")
+    return cases
+
+
+@torch.inference_mode()
+def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False, tokenizer=None) -> Reference:
+    """HF's side of every case: generate() as users call it (the token streams), then one teacher-forced forward
+    over those streams for the logits at the positions that predicted each new token (and the residual stream)."""
+    from .reference import hf_teacher_forced, run_hf_reference
+
+    config = model_config(hf.config)
+    tensors: dict[str, torch.Tensor] = {}
+    for case in cases:
+        s = SamplingSettings(**case.settings)
+        P = len(case.prompt_ids)
+        if P + s.new_tokens_for(P) > config["n_positions"]:
+            raise DumpError(f"{case.name}: prompt + new tokens exceed the model's context ({config['n_positions']})")
+        seqs, _, _ = run_hf_reference(hf, tokenizer, case.prompt, case.prompt_ids, s, "generate")
+        tokens = torch.tensor(seqs, dtype=torch.long)
+        x = tokens[:, :-1].to(hf.device)
+        hidden, logits = hf_teacher_forced(hf, x, keep=tokens.size(1) - P)
+        tensors[f"{case.name}.tokens"] = tokens
+        tensors[f"{case.name}.logits"] = logits.float().cpu().contiguous()
+        if layers:
+            tensors[f"{case.name}.hidden"] = torch.stack([h.float().cpu() for h in hidden]).contiguous()
+    manifest = {
+        "format": FORMAT, "version": VERSION, "kind": "reference",
+        "model": {"id": model, "config": config},
+        "tokenizer": {"name": "gpt2", "eos_token_id": config["eos_token_id"]},
+        "producer": _producer(),
+        "layers": bool(layers),
+        "cases": [c.to_dict() for c in cases],
+        "tolerance": {"rtol": relative_tolerance(config["mlp_width"]), "atol": ATOL,
+                      "rule": "differs if max|ours - HF| > rtol * max|HF| + atol, per layer and per step"},
+        "tensors": {k: {"dtype": _dtype_name(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
+    }
+    manifest["reference_id"] = reference_id(model, config, cases, {k: v for k, v in tensors.items()
+                                                                   if k.endswith(".tokens")})
+    return Reference(manifest, tensors)
+
+
+def _producer() -> dict:
+    import transformers
+
+    return {"name": "GPT-2 Parity Lab", "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {**{v: k for k, v in FLOAT_DTYPES.items()}, **{v: k for k, v in INT_DTYPES.items()}}[dtype]
+
+
+def save_reference(ref: Reference, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """DIR/manifest.json, DIR/reference.safetensors, DIR/result_template.json."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"manifest": out / REFERENCE_MANIFEST, "tensors": out / REFERENCE_TENSORS,
+             "template": out / RESULT_TEMPLATE}
+    save_file(ref.tensors, str(paths["tensors"]), metadata={METADATA_KEY: json.dumps(ref.manifest)})
+    paths["manifest"].write_text(json.dumps(ref.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["template"].write_text(json.dumps(ref.result_template(), indent=1, ensure_ascii=False) + "\n",
+                                 encoding="utf-8")
+    return paths
+
+
+def load_reference(path: str | os.PathLike) -> Reference:
+    """A reference directory written by save_reference (or its reference.safetensors alone)."""
+    p = Path(path)
+    tensors_path = p / REFERENCE_TENSORS if p.is_dir() else p
+    if not tensors_path.is_file():
+        raise DumpError(f"no reference at {str(path)!r}: expected a directory with {REFERENCE_TENSORS} "
+                        "(written by `python -m core.parity export`)")
+    manifest, tensors = _read_checked(tensors_path, "reference", MAX_RESULT_BYTES, None)
+    _check_manifest(manifest, "reference", "the reference")
+    for case in manifest["cases"]:
+        _check_case_tensors(manifest, case, tensors, "the reference", reference=True)
+    return Reference(manifest, tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A result: written by any implementation, read back with every check before and after loading
+
+
+def result_manifest(ref: Reference, implementation: dict | None = None, sampler: str = "other") -> dict:
+    return {
+        "format": FORMAT, "version": VERSION, "kind": "result",
+        "reference_id": ref.id,
+        "model": ref.manifest["model"]["id"],
+        "layers": ref.manifest["layers"],
+        "cases": ref.manifest["cases"],
+        "implementation": implementation or {"name": "", "framework": "", "dtype": "", "notes": ""},
+        "sampler": sampler,
+    }
+
+
+def save_result(path: str | os.PathLike, manifest: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={METADATA_KEY: json.dumps(manifest)})
+    return Path(path)
+
+
+@dataclass
+class Result:
+    manifest: dict
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+
+
+def read_header(path: Path, max_bytes: int, what: str = "the file") -> dict:
+    """The safetensors header (JSON) with the size checks that come before any parsing of tensor data."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DumpError(f"{what} is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
+    if size < 8:
+        raise DumpError(f"{what} is not a safetensors file: shorter than its 8-byte header length")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise DumpError(f"{what} is not a safetensors file, or is truncated: its first 8 bytes announce a "
+                            f"{n:,}-byte header, but {size - 8:,} bytes follow (header limit {MAX_HEADER_BYTES >> 20} MiB)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DumpError(f"{what} is not a safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise DumpError(f"{what} is not a safetensors file: its header is not a JSON object")
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
+    if 8 + n + end != size:
+        raise DumpError(f"{what} is truncated or padded: its safetensors header describes {8 + n + end:,} bytes, "
+                        f"the file has {size:,}")
+    return header
+
+
+def _read_checked(path: Path, kind: str, max_bytes: int, manifest_override: dict | None):
+    """Header, manifest and tensors of a dump file; every tensor's dtype, shape and values checked."""
+    from safetensors import SafetensorError, safe_open
+
+    read_header(path, max_bytes, f"the {kind} file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if manifest_override is not None:
+                manifest = manifest_override
+            elif METADATA_KEY in meta:
+                manifest = _parse_manifest_json(meta[METADATA_KEY], f"the {kind} file's metadata")
+            else:
+                raise DumpError(f"the {kind} file has no manifest: put it as JSON in the safetensors metadata under "
+                                f"{METADATA_KEY!r} (or give the manifest as a separate JSON file)")
+            _check_manifest(manifest, kind, f"the {kind}")
+            info = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}
+            _check_specs(manifest, info, kind)
+            tensors = {k: f.get_tensor(k) for k in info}
+    except SafetensorError as exc:
+        raise DumpError(f"not a valid safetensors file: {exc}") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise DumpError(f"tensor {name!r} has {n_bad} NaN/Inf values")
+    return manifest, tensors
+
+
+def _parse_manifest_json(text: str, where: str) -> dict:
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DumpError(f"{where}: the manifest is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(manifest, dict):
+        raise DumpError(f"{where}: the manifest must be a JSON object")
+    return manifest
+
+
+def _check_manifest(m: dict, kind: str, where: str) -> None:
+    if m.get("format") != FORMAT:
+        raise DumpError(f"{where}: not a {FORMAT} manifest (format {m.get('format')!r})")
+    if m.get("version") != VERSION:
+        raise DumpError(f"{where}: format version {m.get('version')!r}; this lab reads version {VERSION}")
+    if m.get("kind") != kind:
+        raise DumpError(f"{where}: a {m.get('kind')!r} manifest where a {kind!r} was expected")
+    cases = m.get("cases")
+    if not isinstance(cases, list) or not cases or len(cases) > MAX_CASES:
+        raise DumpError(f"{where}: 'cases' must be a list of 1 to {MAX_CASES} cases")
+    for i, c in enumerate(cases):
+        if not isinstance(c, dict) or not {"name", "prompt", "prompt_ids", "settings"} <= set(c):
+            raise DumpError(f"{where}: case {i} must have name, prompt, prompt_ids and settings")
+        if c["name"] != f"case{i}":
+            raise DumpError(f"{where}: case {i} must be named 'case{i}', got {c['name']!r}")
+        ids = c["prompt_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                           for t in ids):
+            raise DumpError(f"{where}: {c['name']}.prompt_ids must be a non-empty list of token ids")
+        if not isinstance(c["settings"], dict):
+            raise DumpError(f"{where}: {c['name']}.settings must be an object")
+        try:
+            s = SamplingSettings.from_kwargs(**c["settings"]).validate()
+            s.new_tokens_for(len(ids))
+        except ParityLabError as exc:
+            raise DumpError(f"{where}: {c['name']}.settings: {exc}") from None
+    if kind == "result" and m.get("sampler", "other") not in SAMPLERS:
+        raise DumpError(f"{where}: 'sampler' must be one of {', '.join(SAMPLERS)}, got {m.get('sampler')!r}")
+
+
+def _check_specs(manifest: dict, info: dict[str, tuple[str, list[int]]], kind: str) -> None:
+    """Names, dtypes and shapes from the header alone, before any tensor is read."""
+    names = {c["name"] for c in manifest["cases"]}
+    suffixes = {"tokens", "logits", "hidden", "sampled"}
+    for name, (dtype, shape) in info.items():
+        prefix, _, suffix = name.partition(".")
+        if prefix not in names or suffix not in suffixes:
+            raise DumpError(f"unexpected tensor {name!r} in the {kind}: expected caseN.tokens, caseN.logits, "
+                            "caseN.hidden or caseN.sampled")
+        allowed = INT_DTYPES if suffix in ("tokens", "sampled") else FLOAT_DTYPES
+        if dtype not in allowed:
+            raise DumpError(f"tensor {name!r} has dtype {dtype}; expected one of {', '.join(allowed)}")
+        ndim = {"tokens": 2, "sampled": 2, "logits": 3, "hidden": 4}[suffix]
+        if len(shape) != ndim:
+            raise DumpError(f"tensor {name!r} has shape {shape}; expected {ndim} dimensions")
+    for case in manifest["cases"]:
+        for suffix in ("tokens", "logits"):
+            if f"{case['name']}.{suffix}" not in info:
+                raise DumpError(f"the {kind} lacks tensor {case['name']}.{suffix}")
+
+
+def _check_case_tensors(manifest: dict, case: dict, tensors: dict, where: str, reference: bool = False,
+                        config: dict | None = None) -> None:
+    """Shapes that depend on each other (rows, length, vocab, layers) and token id ranges."""
+    config = config or manifest["model"]["config"]
+    n, C, V = config["n_layer"], config["n_embd"], config["vocab_size"]
+    name, P = case["name"], len(case["prompt_ids"])
+    tokens = tensors[f"{name}.tokens"]
+    B, T = tokens.shape
+    S = T - P
+    s = SamplingSettings(**case["settings"])
+    if B != s.num_return_sequences:
+        raise DumpError(f"{where}: {name}.tokens has {B} rows; the case asks for {s.num_return_sequences}")
+    if not 1 <= S <= s.new_tokens_for(P):
+        raise DumpError(f"{where}: {name}.tokens has length {T}: expected the {P}-token prompt plus 1 to "
+                        f"{s.new_tokens_for(P)} new tokens")
+    expect = {f"{name}.logits": [B, S, V], f"{name}.hidden": [n + 2, B, T - 1, C]}
+    for key, shape in expect.items():
+        if key in tensors and list(tensors[key].shape) != shape:
+            raise DumpError(f"{where}: tensor {key!r} has shape {list(tensors[key].shape)}; expected {shape}")
+    for key in (f"{name}.tokens", f"{name}.sampled"):
+        if key in tensors:
+            t = tensors[key]
+            if t.numel() and not (0 <= int(t.min()) and int(t.max()) < V):
+                raise DumpError(f"{where}: {key} holds token ids outside [0, {V})")
+    if f"{name}.sampled" in tensors:
+        sampled = tensors[f"{name}.sampled"]
+        if sampled.size(0) != B or not P < sampled.size(1) <= P + s.new_tokens_for(P):
+            raise DumpError(f"{where}: tensor {name + '.sampled'!r} has shape {list(sampled.shape)}; expected "
+                            f"[{B}, {P + 1}..{P + s.new_tokens_for(P)}]")
+        if (sampled[:, :P] != torch.tensor(case["prompt_ids"])).any():
+            raise DumpError(f"{where}: {name}.sampled does not start with the case's prompt_ids")
+    if reference and not torch.equal(tokens[:, :P], torch.tensor(case["prompt_ids"]).expand(B, P)):
+        raise DumpError(f"{where}: {name}.tokens does not start with the case's prompt_ids")
+
+
+def _read_manifest_file(manifest_path) -> dict:
+    mp = Path(manifest_path)
+    if not mp.is_file() or mp.stat().st_size > MAX_HEADER_BYTES:
+        raise DumpError(f"the manifest file is missing or larger than {MAX_HEADER_BYTES >> 20} MiB")
+    try:
+        text = mp.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DumpError("the manifest file is not UTF-8 text") from None
+    return _parse_manifest_json(text, "the manifest file")
+
+
+def peek_result_manifest(path: str | os.PathLike, *, manifest_path=None, max_bytes: int = MAX_RESULT_BYTES) -> dict:
+    """A result's manifest from the safetensors header alone (no tensor read), checked for format and cases: what
+    a server needs to know which reference to build before it reads anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise DumpError("no result file given")
+    header = read_header(p, max_bytes, "the result file")
+    if manifest_path is not None:
+        manifest = _read_manifest_file(manifest_path)
+    else:
+        meta = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
+        if METADATA_KEY not in meta:
+            raise DumpError(f"the result file has no manifest: put it as JSON in the safetensors metadata under "
+                            f"{METADATA_KEY!r} (or give the manifest as a separate JSON file)")
+        manifest = _parse_manifest_json(str(meta[METADATA_KEY]), "the result file's metadata")
+    _check_manifest(manifest, "result", "the result")
+    return manifest
+
+
+def load_result(path: str | os.PathLike, reference: Reference, *, manifest_path: str | os.PathLike | None = None,
+                max_bytes: int = MAX_RESULT_BYTES) -> Result:
+    """Read a result written by any implementation, checking it against `reference` before and after loading."""
+    p = Path(path)
+    if not p.is_file():
+        raise DumpError(f"no result file at {str(path)!r}")
+    override = _read_manifest_file(manifest_path) if manifest_path is not None else None
+    manifest, tensors = _read_checked(p, "result", max_bytes, override)
+    check_result_against(manifest, tensors, reference)
+    return Result(manifest, tensors)
+
+
+def check_result_against(manifest: dict, tensors: dict, ref: Reference) -> None:
+    """Is this result made for this reference: model, cases, shapes and the very same token streams?"""
+    ref_model, model = ref.manifest["model"]["id"], manifest.get("model")
+    if model != ref_model:
+        raise DumpError(f"this result is for model {model!r}; the reference is for {ref_model!r}")
+    if manifest.get("reference_id") != ref.id:
+        rcases = [(c["prompt_ids"], c["settings"]) for c in ref.manifest["cases"]]
+        ycases = [(c["prompt_ids"], c["settings"]) for c in manifest["cases"]]
+        if rcases != ycases:
+            raise DumpError("this result was made for other prompts or settings than this reference's "
+                            f"(reference {ref.id}, result made for {manifest.get('reference_id')!r})")
+    for case in ref.manifest["cases"]:
+        name = case["name"]
+        _check_case_tensors(manifest, case, tensors, "the result", config=ref.config)
+        ours, theirs = tensors[f"{name}.tokens"], ref.tensors[f"{name}.tokens"]
+        if list(ours.shape) != list(theirs.shape):
+            raise DumpError(f"the result's {name}.tokens has shape {list(ours.shape)}; the reference's is "
+                            f"{list(theirs.shape)}")
+        bad = (ours.long() != theirs).nonzero()
+        if len(bad):
+            r, t = bad[0].tolist()
+            raise DumpError(f"the result's {name}.tokens do not match the reference's: first at row {r}, position "
+                            f"{t} ({int(ours[r, t])} vs {int(theirs[r, t])}); run your model on the reference's "
+                            "token ids, do not re-tokenize the prompt")
+        if f"{name}.hidden" in tensors and f"{name}.hidden" not in ref.tensors:
+            pass  # compared without layers: the report says so
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Judging a result: the same diffs, causes and verdict as compare()
+
+
+@dataclass
+class DumpCheck:
+    """One ParityReport per case, and whether every case agrees."""
+
+    reference_id: str
+    implementation: dict
+    agree: bool
+    reports: list[ParityReport]
+
+    def to_dict(self) -> dict:
+        return {"reference_id": self.reference_id, "implementation": self.implementation, "agree": self.agree,
+                "cases": [r.to_dict() for r in self.reports]}
+
+    def cases_described(self) -> list[str]:
+        out = []
+        for i, r in enumerate(self.reports):
+            prompt = repr(r.prompt) if r.prompt is not None else f"{len(r.prompt_ids)} token ids"
+            s = r.settings
+            out.append(f"case{i}: prompt {prompt}, {s['effective_method'] if 'effective_method' in s else s['method']}"
+                       f", seed {s['seed']}, {len(r.rows)} row(s)")
+        return out
+
+
+def compare_dump(reference, result, *, tokenizer=None, manifest=None, max_bytes: int = MAX_RESULT_BYTES) -> DumpCheck:
+    """Judge a result file against a reference: `reference` a directory or a Reference, `result` a path or a Result
+    (`manifest`: an optional separate manifest JSON file). Same verdicts, causes and views as compare()."""
+    ref = reference if isinstance(reference, Reference) else load_reference(reference)
+    res = result if isinstance(result, Result) else load_result(result, ref, manifest_path=manifest,
+                                                                  max_bytes=max_bytes)
+    if tokenizer is None:
+        tokenizer = _default_tokenizer()
+    reports = [judge_case(ref, res, case, tokenizer) for case in ref.cases]
+    impl = res.manifest.get("implementation") or {}
+    return DumpCheck(ref.id, impl if isinstance(impl, dict) else {"name": str(impl)},
+                     all(r.agree for r in reports), reports)
+
+
+def _default_tokenizer():
+    from ..tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(None)
+    except ParityLabError:
+        return None  # texts stay empty; every number is still compared
+
+
+def _with_sampled_rows(gen: Generation, sampled: list[list[int]], eos: int, tokenizer) -> Generation:
+    """The result's own sampled rows as the subject's texts and sequences; the records stay on the reference's
+    streams, where the result's logits were computed."""
+    P = len(gen.prompt_ids)
+    new_ids = []
+    for seq in sampled:
+        row = []
+        for t in seq[P:]:
+            row.append(t)
+            if t == eos:
+                break
+        new_ids.append(row)
+    decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
+    gen.sequences = sampled
+    gen.new_token_ids = new_ids
+    gen.finished_by_eos = [bool(row) and row[-1] == eos for row in new_ids]
+    gen.completions = [decode(row) for row in new_ids]
+    gen.texts = [decode(gen.prompt_ids + row) for row in new_ids]
+    return gen
+
+
+def _outside_support(s: SamplingSettings, logits_k: torch.Tensor, token: int) -> bool:
+    """Does the settings' distribution (from the result's own logits at that step) give `token` zero probability?"""
+    from .subject import sampling_probs
+
+    return bool(sampling_probs(logits_k[None].float(), s)[0, token] <= 0)
+
+
+def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityReport:
+    """One case: per-layer and per-step diffs on the reference's streams (the result's model teacher-forced on
+    HF's tokens), then, where the result has its own sampled ids, each row's first divergence and its cause."""
+    import time
+
+    from .subject import build_generation
+
+    t0 = time.perf_counter()
+    config = ref.config
+    name, P, eos = case.name, len(case.prompt_ids), config["eos_token_id"]
+    s = SamplingSettings(**case.settings)
+    tokens = ref.tensors[f"{name}.tokens"]
+    hf_logits = ref.tensors[f"{name}.logits"].float()
+    ours_logits = res.tensors[f"{name}.logits"].float()
+    rtol = relative_tolerance(config["mlp_width"])
+    gen = build_generation(s, case.prompt, case.prompt_ids, tokens[:, P:], ours_logits, eos_id=eos,
+                           tokenizer=tokenizer)
+    impl = res.manifest.get("implementation") if isinstance(res.manifest.get("implementation"), dict) else {}
+    described = ", ".join(str(impl[k]) for k in ("name", "framework", "dtype", "notes") if impl.get(k))
+    notes = [f"result file: {described or 'no implementation named'}; per-step views are on the reference's "
+             "token streams (your model teacher-forced on HF's tokens)"]
+
+    ours_h, ref_h = res.tensors.get(f"{name}.hidden"), ref.tensors.get(f"{name}.hidden")
+    per_layer = ours_h is not None and ref_h is not None
+    if per_layer:
+        layers = layer_diffs(config["n_layer"], [h.float() for h in ours_h.unbind(0)] + [ours_logits],
+                             list(ref_h.unbind(0)) + [hf_logits], rtol)
+    else:
+        only = layer_diffs(0, [ours_logits], [hf_logits], rtol)[0]
+        layers = [replace(only, index=config["n_layer"] + 2, name="lm_head")]  # its deciding place too
+        notes.append("per-layer comparison not possible: " + ("the result has no hidden states" if ours_h is None
+                                                             else "the reference was exported without --layers"))
+    steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
+    first_layer = next((l.name for l in layers if l.exceeds), None)
+
+    sampled = res.tensors.get(f"{name}.sampled")
+    own_draws = res.manifest.get("sampler", "other") != "torch"
+    sampler = "yours" if own_draws and sampled is not None else s.effective_method
+    reference, ref_seqs, table = "logits", None, []
+    if sampled is not None:
+        reference, ref_seqs = "generate", tokens.tolist()
+        gen = _with_sampled_rows(gen, sampled.long().tolist(), eos, tokenizer)
+        table = _settings_table(s, res.manifest)
+    # Draws that are not torch's cannot be replayed (no near-tie check): explained as the user's own sampler's.
+    # Greedy needs no draws: a flipped argmax is judged as a near tie, whoever computed it.
+    greedy = s.effective_method == "greedy"
+    rows = explain_rows(gen, s, ref_seqs, tokenizer, table, steps, ours_logits, hf_logits, first_layer,
+                        sampler="yours" if own_draws and not greedy else s.effective_method)
+    for row in rows:
+        if reference == "logits":
+            row.identical, row.first_divergent_step, row.cause = True, None, None
+            row.explanation = "not compared (the result has no sampled ids)"
+        elif row.cause in ("sampling_order", "unexplained") and own_draws and not greedy:
+            k = row.first_divergent_step
+            token = row.ours_new_ids[k] if k < len(row.ours_new_ids) else None
+            if token is not None and k < ours_logits.size(1) and _outside_support(s, ours_logits[row.row, k], token):
+                row.cause = "sampler"
+                row.explanation = (f"your sampler chose token {token} at step {k}, which the settings (top-k "
+                                   f"{s.top_k or 'off'}, top-p {s.top_p:g}) never sample: a forgotten filter?")
+                row.evidence = {"kind": "support", "step": k, "token_id": token}
+            else:
+                row.cause = "sampling_order"
+                row.explanation = ("same model, different random draws: your sampler does not draw torch's random "
+                                   "numbers under the case's seed (sampler 'other'), so sampled rows differ "
+                                   "from HF's")
+                row.evidence = {"ours_method": "yours", "hf_draws_per_step": "B x vocab"}
+    if reference == "logits":
+        notes.append("no sampled ids in the result: the models are compared, the sampling is not")
+    agree, kind, verdict = _verdict(rows, layers, steps, reference, per_layer=per_layer)
+    max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
+    return ParityReport(
+        model=ref.manifest["model"]["id"], prompt=case.prompt, prompt_ids=list(case.prompt_ids),
+        settings=s.to_dict(), reference=reference, fault=None, agree=agree, verdict=verdict, verdict_kind=kind,
+        rtol=rtol, atol=ATOL, max_abs_dlogit=max_dlogit, first_diverging_layer=first_layer, layers=layers,
+        steps=steps, rows=rows, settings_table=table, generation=gen, ref_sequences=ref_seqs,
+        timings={"total_s": time.perf_counter() - t0}, subject=SUBJECT, sampler=sampler, notes=notes,
+    )
+
+
+def _settings_table(s: SamplingSettings, manifest: dict) -> list[SettingRow]:
+    """The sampling settings the result declares (manifest 'sampling', optional) against the case's."""
+    declared = manifest.get("sampling") if isinstance(manifest.get("sampling"), dict) else {}
+    rows = []
+    for key in ("do_sample", "temperature", "top_k", "top_p"):
+        hf_value = getattr(s, key) if key != "do_sample" else s.effective_method != "greedy"
+        ours = declared.get(key, hf_value)
+        differs = ours != hf_value
+        if isinstance(ours, (int, float)) and isinstance(hf_value, (int, float)) and not isinstance(ours, bool):
+            differs = not math.isclose(float(ours), float(hf_value))
+        if key == "top_k":
+            differs = (ours or 0) != (hf_value or 0)
+        rows.append(SettingRow(key, ours, hf_value, "reference (export)", bool(differs)))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our own GPT writing a result (round trips, the bench, the dashboard's self-check)
+
+
+@torch.inference_mode()
+def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool = True,
+                    name: str = "GPT-2 Parity Lab core.GPT") -> tuple[dict, dict[str, torch.Tensor]]:
+    """Our GPT run on the reference's tokens, as any implementation would: (manifest, tensors)."""
+    from ..sampling import generate
+
+    tensors = {}
+    for case in ref.cases:
+        tokens = ref.tensors[f"{case.name}.tokens"]
+        P = len(case.prompt_ids)
+        out = model(tokens[:, :-1].to(model.device), return_hidden=True)
+        tensors[f"{case.name}.tokens"] = tokens
+        tensors[f"{case.name}.logits"] = out.logits[:, P - 1:].float().cpu().contiguous()
+        if layers:
+            tensors[f"{case.name}.hidden"] = torch.stack([h.float().cpu() for h in out.hidden]).contiguous()
+        if sampled:
+            gen = generate(model, case.prompt_ids, record=False, **case.settings)
+            tensors[f"{case.name}.sampled"] = torch.tensor(gen.sequences, dtype=torch.long)
+    impl = {"name": name, "framework": "torch", "dtype": str(model.dtype).replace("torch.", ""), "notes": ""}
+    return result_manifest(ref, impl, sampler="torch"), tensors

@@ -1,0 +1,509 @@
+"""The dump format: export HF's reference, a result written by another implementation, check it (API and CLI).
+
+HF transformers is the independent reference throughout: the reference's numbers are HF's, and a result is
+judged against them; the numpy example never imports torch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from core import compare, port_from_hf
+from core.faults import apply_fault
+from core.parity.dump import (
+    FORMAT, METADATA_KEY, DumpError, compare_dump, export_reference, load_reference, load_result, make_cases,
+    result_from_gpt, result_manifest, save_reference, save_result,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Hello, I'm a language model,"
+SETTINGS = dict(num_return_sequences=2, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def ref_dir(tmp_path_factory, tiny_checkpoint, tokenizer):
+    """HF's reference for the tiny checkpoint, with layers: one prompt x two seeds, plus one greedy case."""
+    from core.loader import load_hf_model
+
+    hf = load_hf_model(tiny_checkpoint)
+    cases = make_cases([PROMPT], tokenizer, [42, 7], **SETTINGS)
+    cases += make_cases(["The quick brown fox"], tokenizer, [0], method="greedy", max_new_tokens=5)
+    cases[-1].name = "case2"
+    ref = export_reference(hf, cases, model="tiny", layers=True, tokenizer=tokenizer)
+    out = tmp_path_factory.mktemp("ref")
+    save_reference(ref, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref(ref_dir):
+    return load_reference(ref_dir)
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_checkpoint):
+    from core.loader import load_hf_model
+
+    return port_from_hf(load_hf_model(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def good_result(tmp_path_factory, ref, ours):
+    manifest, tensors = result_from_gpt(ours, ref)
+    path = tmp_path_factory.mktemp("res") / "ours.safetensors"
+    save_result(path, manifest, tensors)
+    return path, manifest, tensors
+
+
+def test_export_writes_what_the_spec_says(ref_dir, ref, tiny_hf):
+    manifest = json.loads((ref_dir / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT and manifest["version"] == 1 and manifest["layers"] is True
+    assert [c["name"] for c in manifest["cases"]] == ["case0", "case1", "case2"]
+    template = json.loads((ref_dir / "result_template.json").read_text())
+    assert template["manifest"]["reference_id"] == manifest["reference_id"]
+    assert {"case0.tokens", "case0.logits", "case0.hidden", "case0.sampled"} <= set(template["tensors"])
+    with safe_open(str(ref_dir / "reference.safetensors"), framework="pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    P = len(manifest["cases"][0]["prompt_ids"])
+    assert shapes["case0.tokens"] == [2, P + 6]
+    assert shapes["case0.logits"] == [2, 6, 50257]
+    assert shapes["case0.hidden"] == [2 + 2, 2, P + 5, 32]
+    # the streams are HF generate()'s, seeded as users do; the logits are HF's own at the positions that matter
+    from conftest import hf_generate
+
+    ids = manifest["cases"][0]["prompt_ids"]
+    assert ref.tensors["case0.tokens"].tolist() == hf_generate(tiny_hf, ids, 42, do_sample=True, top_k=50,
+                                                               num_return_sequences=2, max_new_tokens=6)
+    tokens = ref.tensors["case0.tokens"]
+    with torch.no_grad():
+        out = tiny_hf(tokens[:, :-1], output_hidden_states=True)
+    torch.testing.assert_close(ref.tensors["case0.logits"], out.logits[:, P - 1:], rtol=0, atol=1e-5)
+    hidden = ref.tensors["case0.hidden"]  # [embeddings, block 0, block 1, ln_f]; HF's list ends with ln_f's output
+    for mine, hfs in ((0, 0), (1, 1), (3, 2)):
+        torch.testing.assert_close(hidden[mine], out.hidden_states[hfs], rtol=0, atol=1e-5)
+
+
+def test_round_trip_our_model_is_identical(ref_dir, good_result, tokenizer):
+    path, _, _ = good_result
+    check = compare_dump(ref_dir, path, tokenizer=tokenizer)
+    assert check.agree
+    assert [r.verdict_kind for r in check.reports] == ["identical"] * 3
+    for r in check.reports:
+        assert r.first_diverging_layer is None and [l.name for l in r.layers][-1] == "lm_head"
+        assert len(r.layers) == 2 + 2 + 1 and not any(l.exceeds for l in r.layers)
+        assert all(row.identical for row in r.rows)
+
+
+def test_same_verdicts_as_compare(ref, ours, tiny_hf, tokenizer, tmp_path):
+    """A fault in our model: check on its result flags the very layer compare() flags."""
+    s = ref.cases[0].settings
+    for fault in ("c_proj_not_transposed", "no_position_embeddings", "untied_lm_head"):
+        live = compare((ours, tiny_hf), PROMPT, tokenizer=tokenizer, reference="logits", fault=fault, **{
+            k: s[k] for k in ("num_return_sequences", "max_new_tokens", "seed")})
+        manifest, tensors = result_from_gpt(apply_fault(ours, fault), ref, sampled=False)
+        check = compare_dump(ref, save_result(tmp_path / f"{fault}.safetensors", manifest, tensors),
+                             tokenizer=tokenizer)
+        dumped = check.reports[0]
+        assert not check.agree
+        assert dumped.verdict_kind == live.verdict_kind == "model"
+        assert dumped.first_diverging_layer == live.first_diverging_layer, fault
+
+
+def test_sampled_rows_explained(ref, ours, tokenizer, tmp_path):
+    """Sampled ids from a sampler with its own random numbers: valid draws are 'different random draws', tokens
+    the settings never sample are the sampler's fault; the greedy case must match HF exactly."""
+    from core import generate
+
+    manifest, tensors = result_from_gpt(ours, ref)
+    manifest["sampler"] = "other"
+    for i, case in enumerate(ref.cases[:2]):  # valid draws from the same distribution, other random numbers
+        gen = generate(ours, case.prompt_ids, record=False, **{**case.settings, "seed": 1000 + i})
+        tensors[f"{case.name}.sampled"] = torch.tensor(gen.sequences)
+    check = compare_dump(ref, save_result(tmp_path / "r.safetensors", manifest, tensors), tokenizer=tokenizer)
+    r0 = check.reports[0]
+    assert check.agree and r0.verdict_kind == "sampling_order" and r0.sampler == "yours"
+    assert {row.cause for row in r0.rows} == {"sampling_order"}
+    assert check.reports[2].verdict_kind == "identical"  # greedy: their argmax equals HF's
+
+    P = len(ref.cases[0].prompt_ids)
+    t = tensors["case0.sampled"].clone()
+    logits = tensors["case0.logits"][0, 0]
+    t[0, P] = int(logits.argsort()[100])  # rank ~50000: never inside top-k 50
+    tensors["case0.sampled"] = t
+    check = compare_dump(ref, save_result(tmp_path / "r2.safetensors", manifest, tensors), tokenizer=tokenizer)
+    r0 = check.reports[0]
+    assert not check.agree and r0.verdict_kind == "sampler"
+    assert r0.rows[0].cause == "sampler" and r0.rows[0].first_divergent_step == 0
+    assert "never sample" in r0.rows[0].explanation
+
+
+def _numpy_example(*args):
+    """Run examples/numpy_gpt2.py with torch made unimportable (it must not need it)."""
+    code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = ['numpy_gpt2.py'] + sys.argv[1:]; "
+            "runpy.run_path('examples/numpy_gpt2.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_example_is_identical(ref_dir, tiny_checkpoint, tokenizer, tmp_path, dtype):
+    out = tmp_path / "np.safetensors"
+    _numpy_example("--checkpoint", tiny_checkpoint, "--reference", ref_dir, "--out", out, "--dtype", dtype)
+    check = compare_dump(ref_dir, out, tokenizer=tokenizer)
+    assert check.agree, [r.verdict for r in check.reports]
+    assert [r.verdict_kind for r in check.reports] == ["sampling_order", "sampling_order", "identical"]
+    for r in check.reports:
+        assert r.max_abs_dlogit < 0.5 * r.layers[-1].tolerance  # float noise, well inside the tolerance
+        assert r.max_abs_dlogit > 0  # a genuinely separate computation, not HF's numbers copied back
+
+
+@pytest.mark.parametrize("mistake,layer", [("ln_eps", "block 0"), ("last_block_no_scale", "block 1"),
+                                           ("gelu_relu", "block 0")])
+def test_numpy_mistake_flagged_at_its_layer(ref_dir, tiny_checkpoint, tokenizer, tmp_path, mistake, layer):
+    out = tmp_path / "np.safetensors"
+    _numpy_example("--checkpoint", tiny_checkpoint, "--reference", ref_dir, "--out", out, "--mistake", mistake,
+                   "--no-sampling")
+    check = compare_dump(ref_dir, out, tokenizer=tokenizer)
+    assert not check.agree
+    assert {r.first_diverging_layer for r in check.reports} == {layer}
+    assert all(r.verdict_kind == "model" for r in check.reports)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: each a specific message, nothing loaded or executed
+
+
+def _write(tmp_path, manifest, tensors, name="bad.safetensors"):
+    return save_result(tmp_path / name, manifest, tensors)
+
+
+def _expect(ref, path, match, **kw):
+    with pytest.raises(DumpError, match=match):
+        load_result(path, ref, **kw)
+
+
+def test_bad_files(ref, good_result, tmp_path):
+    path, manifest, tensors = good_result
+    text = tmp_path / "notes.safetensors"
+    text.write_text("these are not tensors, just text that happens to be long enough")
+    _expect(ref, text, "not a safetensors file")
+    tiny = tmp_path / "tiny.safetensors"
+    tiny.write_bytes(b"\x01\x02")
+    _expect(ref, tiny, "shorter than its 8-byte header")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    _expect(ref, cut, "truncated")
+    _expect(ref, path, "limit is", max_bytes=1 << 20)
+    _expect(ref, tmp_path / "missing.safetensors", "no result file")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "nometa.safetensors"))
+    _expect(ref, tmp_path / "nometa.safetensors", "has no manifest")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "badjson.safetensors"), metadata={METADATA_KEY: "{not json"})
+    _expect(ref, tmp_path / "badjson.safetensors", "not valid JSON")
+
+
+def test_bad_manifests(ref, good_result, tmp_path):
+    _, manifest, tensors = good_result
+    _expect(ref, _write(tmp_path, {**manifest, "version": 2}, tensors), "format version 2")
+    _expect(ref, _write(tmp_path, {**manifest, "format": "llm.c-state"}, tensors), "not a gpt2-parity-dump")
+    _expect(ref, _write(tmp_path, {**manifest, "kind": "reference"}, tensors), "where a 'result' was expected")
+    _expect(ref, _write(tmp_path, {**manifest, "model": "distilgpt2"}, tensors), "for model 'distilgpt2'")
+    other = json.loads(json.dumps(manifest))
+    other["reference_id"] = "0" * 16
+    other["cases"][0]["settings"]["seed"] = 3
+    _expect(ref, _write(tmp_path, other, tensors), "other prompts or settings")
+    _expect(ref, _write(tmp_path, {**manifest, "sampler": "python"}, tensors), "'sampler' must be")
+    # a separate manifest file wins over the metadata
+    side = tmp_path / "manifest.json"
+    side.write_text(json.dumps({**manifest, "version": 0}))
+    _expect(ref, _write(tmp_path, manifest, tensors), "format version 0", manifest_path=side)
+
+
+def test_bad_tensors(ref, good_result, tmp_path):
+    _, manifest, tensors = good_result
+    drop = {k: v for k, v in tensors.items() if k != "case1.logits"}
+    _expect(ref, _write(tmp_path, manifest, drop), "lacks tensor case1.logits")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logit": tensors["case0.logits"].clone()}),
+            "unexpected tensor 'case0.logit'")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": tensors["case0.logits"][..., :-1]}),
+            r"case0.logits' has shape \[2, 6, 50256\]; expected \[2, 6, 50257\]")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.hidden": tensors["case0.hidden"][1:]}),
+            "case0.hidden' has shape")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": tensors["case0.logits"][0]}),
+            "expected 3 dimensions")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": tensors["case0.logits"].to(torch.int32)}),
+            "dtype I32; expected one of F64, F32, F16, BF16")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.tokens": tensors["case0.tokens"].float()}),
+            "dtype F32; expected one of I64, I32")
+    nan = tensors["case1.hidden"].clone()
+    nan[3, 1, 2, 5] = float("nan")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case1.hidden": nan}), "case1.hidden' has 1 NaN/Inf")
+    inf = tensors["case0.logits"].clone()
+    inf[0, 0, 0] = float("inf")
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.logits": inf}), "NaN/Inf")
+    wrong = tensors["case0.tokens"].clone()
+    wrong[1, -2] = (wrong[1, -2] + 1) % 50257
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.tokens": wrong}),
+            "tokens do not match the reference's: first at row 1")
+    bad_ids = tensors["case0.sampled"].clone()
+    bad_ids[0, -1] = 60000
+    _expect(ref, _write(tmp_path, manifest, {**tensors, "case0.sampled": bad_ids}), "outside")
+
+
+def test_reference_dir_errors(tmp_path, good_result):
+    path, _, _ = good_result
+    with pytest.raises(DumpError, match="no reference at"):
+        load_reference(tmp_path)
+    with pytest.raises(DumpError, match="where a 'reference' was expected"):
+        load_reference(path)  # a result given as the reference
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cli(capsys, *args):
+    """main_parity in-process -> (exit status, stdout, stderr); argparse's own errors raise SystemExit."""
+    from core.cli import main_parity
+
+    try:
+        code = main_parity([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_export_and_check(tiny_checkpoint, tmp_path, ours, tokenizer, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there\nThe quick brown fox\n")
+    out = tmp_path / "ref"
+    rc, stdout, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--prompts", prompts, "--out", out, "--seeds",
+                              "1", "2", "--max-new-tokens", "3", "--num-return-sequences", "2")
+    assert rc == 0, stderr
+    assert "wrote 4 case(s)" in stdout and "MiB" in stdout
+    ref = load_reference(out)
+    assert "case0.hidden" not in ref.tensors and not ref.manifest["layers"]
+    good = save_result(tmp_path / "good.safetensors", *result_from_gpt(ours, ref, layers=False))
+    rc, stdout, _ = _cli(capsys, "check", "--reference", out, "--yours", good)
+    assert rc == 0 and "verdict: AGREE - identical to HuggingFace" in stdout and "4 of 4 case(s) agree" in stdout
+    bad = save_result(tmp_path / "bad.safetensors", *result_from_gpt(apply_fault(ours, "untied_lm_head"), ref,
+                                                                     layers=False))
+    rc, stdout, _ = _cli(capsys, "check", "--reference", out, "--yours", bad, "--json")
+    data = json.loads(stdout)
+    assert rc == 1 and data["agree"] is False
+    assert {c["verdict_kind"] for c in data["cases"]} == {"model"}
+    assert all(c["first_diverging_layer"] == "lm_head" for c in data["cases"])
+    rc, stdout, stderr = _cli(capsys, "check", "--reference", out, "--yours", prompts)
+    assert rc == 2 and stderr.count("\n") == 1 and "not a safetensors file" in stderr and "Traceback" not in stderr
+    rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--seeds", "-1")
+    assert rc == 2 and "seed" in stderr and stderr.count("\n") == 1
+    rc, _, stderr = _cli(capsys, "export", "--model", tmp_path / "no-such-checkpoint", "--out", out)
+    assert rc == 2 and "no-such-checkpoint" in stderr and "BPE" not in stderr
+    rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--method", "nanogpt")
+    assert rc == 2 and "invalid choice" in stderr
+
+
+def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
+    rc, stdout, stderr = _cli(capsys, "--model", tiny_checkpoint, "--reference", "logits", "--max-new-tokens", "2",
+                              "--num-return-sequences", "1")
+    assert rc == 0, stderr
+    assert stdout.startswith("verdict: AGREE")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dashboard's "Check a result file" panel (handlers; the real server below)
+
+
+@pytest.fixture(scope="module")
+def tiny_app_reference():
+    """What the dashboard computes for its built-in tiny model and a small case (the server builds the reference
+    for the cases a result names), computed here independently."""
+    from demo import upload
+    from demo.models import TINY, build_tiny_pair
+    from core import load_tokenizer
+
+    ours_t, hf_t = build_tiny_pair()
+    tok = load_tokenizer(None)
+    small = {**upload.SEED_SETTINGS, "num_return_sequences": 2, "max_length": None, "max_new_tokens": 4}
+    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), small)
+    return ours_t, export_reference(hf_t, [case], model=TINY, layers=True, tokenizer=tok)
+
+
+@pytest.fixture
+def upload_dir(tmp_path, monkeypatch):
+    """Gradio's upload folder, in a tmp dir: the only place the panel reads files from."""
+    folder = tmp_path / "gradio-uploads"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def panel_env(bpe_dir):
+    from demo import upload
+    from demo.handlers import OUTPUT_KEYS
+    from demo.models import ModelCache
+
+    cache = ModelCache(bpe_dir=str(bpe_dir))
+    refs = upload.ReferenceCache()
+    c = {k: k for k in OUTPUT_KEYS}  # outputs_for keys its values by component; names stand in for them here
+    panel = {k: k for k in ("status", "case", "checked")}
+    handler = upload.make_check_handler(cache, refs, c, panel)
+
+    def check(files):
+        """The handler's last update (it yields the reason before raising gr.Error on a refused upload)."""
+        updates = []
+        try:
+            for update in handler(files):
+                updates.append(update)
+        except Exception:
+            assert updates and updates[-1]["state"] is None and updates[-1]["status"].startswith("❌")
+            raise
+        return updates[-1]
+
+    return cache, refs, check
+
+
+def test_upload_check_shows_every_view(panel_env, tiny_app_reference, upload_dir):
+    from demo.handlers import OUTPUT_KEYS
+
+    cache, refs, check = panel_env
+    ours_t, ref = tiny_app_reference
+    good = save_result(upload_dir / "ours.safetensors", *result_from_gpt(ours_t, ref))
+    out = check([str(good)])
+    assert set(OUTPUT_KEYS) <= set(out)
+    assert out["state"]["verdict_kind"] == "identical" and out["state"]["subject"] == "Result file"
+    assert "identical to HuggingFace" in out["verdict"] and "✅ agrees" in out["status"]
+    assert len(out["state"]["layers"]) == 4 + 2 + 1  # tiny model: embeddings, 4 blocks, ln_f, lm_head
+    for key in ("step_fig", "top50_fig", "heat_fig", "entropy_fig", "layers_fig"):
+        assert out[key] is not None and len(out[key].data) > 0, key
+    # the mistake a port can make shows as such, at its layer
+    bad = save_result(upload_dir / "bad.safetensors", *result_from_gpt(apply_fault(ours_t, "c_proj_not_transposed"),
+                                                                       ref))
+    out = check([str(bad)])
+    assert out["state"]["verdict_kind"] == "model" and out["state"]["first_diverging_layer"] == "block 0"
+    assert "❌ differs" in out["status"]
+    assert len(refs._refs) == 1  # the second upload reused the cached reference
+
+
+def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, monkeypatch):
+    import gradio as gr
+    from demo import upload
+
+    cache, refs, check = panel_env
+    ours_t, ref = tiny_app_reference
+    manifest, tensors = result_from_gpt(ours_t, ref, layers=False, sampled=False)
+
+    def refused(files, match):
+        with pytest.raises(gr.Error, match=match):
+            check(files)
+
+    refused(None, "upload a result file")
+    refused(["/etc/passwd"], "file paths are not accepted")
+    outside = save_result(tmp_path / "outside.safetensors", manifest, tensors)
+    refused([str(outside)], "file paths are not accepted")
+    refused([{"path": str(outside)}], "file paths are not accepted")
+    text = upload_dir / "result.safetensors"
+    text.write_text("hello")
+    refused([str(text)], "not a safetensors file")
+    two = save_result(upload_dir / "two.safetensors", manifest, tensors)
+    refused([str(two), str(two)], "upload one result file")
+    refused([str(_write(upload_dir, {**manifest, "model": "my-gpt2"}, tensors))], "does not serve")
+    refused([str(_write(upload_dir, {**manifest, "version": 3}, tensors))], "format version 3")
+    nan = tensors["case0.logits"].clone()
+    nan[0, 0, 0] = float("nan")
+    refused([str(_write(upload_dir, manifest, {**tensors, "case0.logits": nan}))], "NaN/Inf")
+    many = {**manifest, "cases": [dict(manifest["cases"][0], name=f"case{i}") for i in range(5)]}
+    refused([str(_write(upload_dir, many, tensors))], "at most 4")
+    monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 1 << 20)
+    refused([str(two)], "the limit is 1 MiB")
+    monkeypatch.undo()
+    # a separate manifest file is accepted
+    bare = upload_dir / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(bare))
+    side = upload_dir / "manifest.json"
+    side.write_text(json.dumps(manifest))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(upload_dir))
+    assert check([str(bare), str(side)])["state"]["verdict_kind"] == "logits_agree"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The panel on a real server: gradio_client and a browser
+
+
+@pytest.fixture(scope="module")
+def app_server(request, bpe_dir, tmp_path_factory):
+    from apphelper import start_app
+
+    return start_app(request, bpe_dir, log_dir=tmp_path_factory.mktemp("app-log"))
+
+
+@pytest.fixture(scope="module")
+def upload_files(tiny_app_reference, tmp_path_factory):
+    ours_t, ref = tiny_app_reference
+    folder = tmp_path_factory.mktemp("uploads")
+    good = save_result(folder / "good.safetensors", *result_from_gpt(ours_t, ref))
+    bad = save_result(folder / "late_block_bug.safetensors",
+                      *result_from_gpt(apply_fault(ours_t, "untied_lm_head"), ref, sampled=False))
+    text = folder / "notes.safetensors"
+    text.write_text("not tensors at all, just some text")
+    return {"good": good, "bad": bad, "text": text}
+
+
+@pytest.mark.slow
+def test_upload_through_gradio_client(app_server, upload_files):
+    import zipfile
+
+    from gradio_client import Client, handle_file
+
+    client = Client(app_server.url, verbose=False)
+    out = client.predict([handle_file(str(upload_files["good"]))], api_name="/check_result")
+    verdict, status = out[0], out[14]  # outputs: the 14 shown views (the run's State is not sent), status, case
+    assert "identical to HuggingFace" in verdict and "✅ agrees" in status
+    out = client.predict([handle_file(str(upload_files["bad"]))], api_name="/check_result")
+    assert "first diverging layer" in out[0] and "lm_head" in out[0] and "❌ differs" in out[14]
+    with pytest.raises(Exception, match="not a safetensors file"):
+        client.predict([handle_file(str(upload_files["text"]))], api_name="/check_result")
+    with pytest.raises(Exception, match="upload a result file"):
+        client.predict([], api_name="/check_result")
+    zipped = client.predict("tiny-random-gpt2", api_name="/get_reference")  # the server kept serving
+    names = set(zipfile.ZipFile(zipped).namelist())
+    assert {"manifest.json", "reference.safetensors", "result_template.json"} <= names
+    assert app_server.alive()
+
+
+@pytest.mark.browser
+def test_upload_in_browser(app_server, upload_files):
+    from playwright import sync_api
+    from playwright.sync_api import expect
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(15_000)
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(app_server.url)
+            page.get_by_text("Check a result file (any language)").click()
+            page.locator("#result-upload input[type=file]").set_input_files(str(upload_files["bad"]))
+            page.locator("#check-result").click()
+            expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
+            expect(page.locator("#verdict")).to_contain_text("lm_head")
+            page.get_by_role("tab", name="Per layer").click()
+            expect(page.locator("#layers-fig .main-svg").first).to_be_visible()
+            assert not errors, errors
+        finally:
+            browser.close()
