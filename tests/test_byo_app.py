@@ -82,3 +82,29 @@ def test_bad_yours_stops_the_app_with_one_line(bpe_dir, args, message):
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2 and proc.stderr.strip() == f"app.py: error: {message}" or message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.browser
+def test_browser_shows_yours_and_its_per_layer_view(app):
+    """In Chromium: the --yours dashboard labels the text panel "Yours", says identical, and draws the per-layer
+    view from the user's own blocks (found by hooks on decoder.blocks)."""
+    from playwright import sync_api
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, expect_plot, generate, open_tab, wait_verdict
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+            page.set_default_timeout(15_000)
+            page.goto(app.url)
+            generate(page)
+            wait_verdict(page, app, "identical to HuggingFace")
+            sync_api.expect(page.locator("#ours-text .pl-head")).to_contain_text("Yours")
+            sync_api.expect(page.locator("#ours-text .pl-row")).to_have_count(5)
+            open_tab(page, "Per layer")
+            expect_plot(page, "layers-fig")
+            names = page.locator("#layers-fig .xtick text").all_text_contents()
+            assert "embeddings" in names and "block 3" in names and "ln_f" in names, names
+        finally:
+            browser.close()
