@@ -207,11 +207,11 @@ def add_yours_args(ap: argparse.ArgumentParser) -> None:
 
 def load_yours(args) -> dict | None:
     """--yours/--yours-step/--yours-layers -> {"model", "step", "layers"} (None without --yours)."""
-    from .usercode import load_model, load_step, parse_layers
+    from .usercode import UserCodeError, load_model, load_step, parse_layers
 
     if args.yours is None:
         if args.yours_step or args.yours_layers:
-            raise CliError("--yours-step and --yours-layers go with --yours FILE.py:NAME")
+            raise UserCodeError("--yours-step and --yours-layers go with --yours FILE.py:NAME")
         return None
     layers = parse_layers(args.yours_layers)
     model = load_model(args.yours)

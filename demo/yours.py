@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from core.usercode import load_model, load_step, parse_layers
-
 LABEL = "Yours"
 
 
@@ -29,26 +27,18 @@ class Yours:
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--yours", default=None, metavar="FILE.py:NAME",
-                    help="compare YOUR GPT-2 instead of ours: a model object or zero-argument factory in a Python "
-                         "file; --model is then HuggingFace's checkpoint for it (the only one offered)")
-    ap.add_argument("--yours-step", default=None, metavar="FILE.py:FUNC",
-                    help="your own sampling step: (B, V) last-position logits -> (B,) ids")
-    ap.add_argument("--yours-layers", default=None, metavar="blocks=PATH,final_norm=PATH",
-                    help="your model's blocks and final norm, where they are not found by themselves")
+    """The CLI's own --yours / --yours-step / --yours-layers flags (one definition for both front ends)."""
+    from core.cli import add_yours_args
+
+    add_yours_args(ap)
 
 
 def from_args(args: argparse.Namespace) -> Yours | None:
     """Load the user's code named on the command line (None without --yours). Errors are core.ParityLabError."""
-    from core.usercode import UserCodeError
+    from core.cli import load_yours
 
-    if getattr(args, "yours", None) is None:
-        if getattr(args, "yours_step", None) or getattr(args, "yours_layers", None):
-            raise UserCodeError("--yours-step and --yours-layers go with --yours FILE.py:NAME")
-        return None
-    layers = parse_layers(args.yours_layers)
-    return Yours(args.yours, load_model(args.yours), load_step(args.yours_step) if args.yours_step else None,
-                 layers)
+    loaded = load_yours(args)
+    return None if loaded is None else Yours(args.yours, loaded["model"], loaded["step"], loaded["layers"])
 
 
 def attach(cache, yours: Yours | None, model: str) -> None:
