@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ParityLabError
-from .model import GPT, Block, CausalSelfAttention, KVCache, Linear
+from .model import GPT, Block, CausalSelfAttention, KVCache, Linear, attend
 
 
 class FaultError(ParityLabError, ValueError):
@@ -120,10 +120,7 @@ class FaultyAttention(CausalSelfAttention):
             cache.k[self.layer_idx, :, :, start:end] = k
             cache.v[self.layer_idx, :, :, start:end] = v
             k, v = cache.k[self.layer_idx, :, :, :end], cache.v[self.layer_idx, :, :, :end]
-        mask = None
-        if self.causal and T > 1:
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nh, T, hs)
+        y = attend(q, k, v, start, causal=self.causal, scale=self.scale)  # (B, nh, T, hs)
         if self.swap_heads:
             y = y[:, [1, 0, *range(2, self.n_head)]]
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))

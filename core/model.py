@@ -8,6 +8,9 @@ stored transposed (nn.Linear layout). Dropout is not implemented: this model nev
 from __future__ import annotations
 
 import math
+import os
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ParityLabError
+
+EPS32 = float(torch.finfo(torch.float32).eps)
 
 # HF activation names we implement, and how. gelu_new and gelu_pytorch_tanh are the same function (tanh
 # approximation); HF computes the first in Python ops, the second in C: they agree to float rounding.
@@ -107,18 +112,122 @@ class KVCache:
         self.max_len = max_len
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Kernels. The product's numbers must not depend on which BLAS runs them beyond float rounding, nor on the thread
+# count at all (the parity engine runs our side beside HF's on a share of the cores: same bits either way).
+#   - MKL (F.linear): at 2-16 rows it splits the dot products across threads, so its bits change with the thread
+#     count; on an AMD EPYC (Zen 4) it ran GPT-2's decode-sized products 2-5x slower than oneDNN.
+#   - oneDNN's fp32 matmul (torch.ops.mkldnn._linear_pointwise, the kernel torch.compile emits for CPU linears):
+#     reads the weight where it is (HF's (in, out) Conv1D storage seen transposed: no copy), fp32 accumulation,
+#     the same bits at any thread count (checked).
+# linear_kernel() picks one per process: oneDNN when it is available, accurate to fp32, thread-invariant and not
+# slower than F.linear on this CPU (a ~50 ms check at first use); $PARITY_LAB_LINEAR=onednn|aten forces one.
+
+KERNELS = ("onednn", "aten")
+_KERNEL: str | None = None
+_KERNEL_LOCK = threading.Lock()
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+
+
+def _median_ms(fn, reps: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[reps // 2] * 1e3
+
+
+def _check_onednn() -> str | None:
+    """Why oneDNN must not run our linears here (None: it may). Accuracy against float64, bits at 1 thread
+    against the current count, then speed against F.linear on decode-sized products in both weight layouts."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return "oneDNN is not available in this torch build"
+        g = torch.Generator().manual_seed(0)
+        w_in_out = torch.randn(768, 3072, generator=g)  # HF's Conv1D storage; the weight is its transposed view
+        w_out_in = torch.randn(3072, 768, generator=g)
+        bias = torch.randn(3072, generator=g)
+        cases = [(torch.randn(rows, 768, generator=g), w) for rows in (1, 5, 37) for w in (w_in_out.t(), w_out_in)]
+        n = torch.get_num_threads()
+        for x, w in cases:
+            got = _onednn(x, w, bias)
+            exact = torch.addmm(bias.double(), x.double(), w.double().t())
+            # fp32 accumulation of 768 products stays within ~eps * sqrt(K) of the scale; bf16 would be ~1e-3 off
+            if not (got - exact).abs().max() <= 4 * EPS32 * math.sqrt(768) * exact.abs().max():
+                return "oneDNN's fp32 matmul is not accurate to fp32 here"
+            if n > 1:
+                torch.set_num_threads(1)
+                try:
+                    single = _onednn(x, w, bias)
+                finally:
+                    torch.set_num_threads(n)
+                if not torch.equal(got, single):
+                    return "oneDNN's results change with the thread count here"
+        x5 = torch.randn(5, 768, generator=g)
+        ours = sum(_median_ms(lambda w=w: _onednn(x, w, bias)) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in))
+        aten = sum(_median_ms(lambda w=w: F.linear(x, w, bias)) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in))
+        if ours > 1.1 * aten:
+            return f"oneDNN is slower than F.linear here ({ours:.2f} ms vs {aten:.2f} ms)"
+        return None
+    except (RuntimeError, AttributeError) as exc:  # an op missing from this build, or refusing these inputs
+        return f"oneDNN's linear failed here: {exc}"
+
+
+def linear_kernel() -> str:
+    """The kernel our fp32 CPU linears use in this process: "onednn" or "aten" (F.linear); decided once."""
+    global _KERNEL
+    if _KERNEL is None:
+        with _KERNEL_LOCK:
+            if _KERNEL is None:
+                forced = os.environ.get("PARITY_LAB_LINEAR", "auto").strip().lower() or "auto"
+                if forced not in (*KERNELS, "auto"):
+                    raise ValueError(f"PARITY_LAB_LINEAR must be onednn, aten or auto, got {forced!r}")
+                if forced == "aten" or (forced == "auto" and _check_onednn() is not None):
+                    _KERNEL = "aten"
+                else:
+                    _KERNEL = "onednn"
+    return _KERNEL
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except for 2-16 rows of fp32 on the CPU with a contiguous (out, in) weight: there the product
-    is computed as W @ x^T, which MKL ran 1.5-3x faster than x @ W^T (its skinny-gemm path) for GPT-2's shapes on
-    the CPU of the first measurements (bench/bench_generate.py); on a Sapphire Rapids CPU both take the same time.
-    One row stays F.linear (MKL's gemv): the 2-column W @ x^T the first CPU preferred is 2x slower than the gemv
-    on Sapphire Rapids (B=1 decoding fell to 0.54x HF's speed). Same result to float rounding."""
-    rows = x.numel() // x.size(-1)
-    if 2 <= rows <= 16 and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous():
-        x2 = x.reshape(rows, x.size(-1))
-        y = torch.addmm(bias[:, None], weight, x2.t()) if bias is not None else weight @ x2.t()  # (out, rows)
-        return y.t().reshape(*x.shape[:-1], weight.size(0))
+    """F.linear, computed by linear_kernel()'s choice for fp32 on the CPU. Autocast and autograd need aten's op
+    (oneDNN's has no backward, and autocast does not see it), so they always get F.linear."""
+    if (weight.dtype == torch.float32 and x.dtype == torch.float32 and weight.device.type == "cpu"
+            and (weight.is_contiguous() or weight.t().is_contiguous())
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and linear_kernel() == "onednn"):
+        return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def thread_invariant() -> bool:
+    """Does our fp32 CPU forward give the same bits at any thread count? (oneDNN linears, and attention that
+    never splits a dot product across threads.) The parity engine runs us beside HF only when it does."""
+    return linear_kernel() == "onednn"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *, causal: bool = True,
+           scale: float | None = None) -> torch.Tensor:
+    """Attention of T queries at positions start.. over the keys 0 .. start+T-1: (B, nh, T, hs) -> (B, nh, T, hs).
+    One query (a decoding step) is q @ k^T, softmax, @ v: SDPA's one-query kernel splits the keys across threads,
+    which makes its bits depend on the thread count."""
+    T = q.size(2)
+    if T == 1 and start > 0:  # one new token sees every cached one
+        att = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.size(-1)))
+        return att.softmax(dim=-1) @ v  # (B, nh, 1, hs)
+    if not causal or T == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if start == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    # a chunk after a cached prefix: query i sees keys 0 .. start+i
+    mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def _bf16_prepack_available() -> bool:
@@ -165,13 +274,7 @@ class CausalSelfAttention(nn.Module):
             cache.v[self.layer_idx, :, :, start:end] = v
             k = cache.k[self.layer_idx, :, :, :end]  # (B, nh, start+T, hs)
             v = cache.v[self.layer_idx, :, :, :end]
-        if start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached one
-        else:  # a chunk after a cached prefix: query i sees keys 0 .. start+i
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attend(q, k, v, start)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 

@@ -293,23 +293,28 @@ def test_sharing_cores_leaves_other_threads_alone():
 
     n = torch.get_num_threads()
     running = Future()  # HF still sampling
-    with refmod.sharing_cores_with(running):
+    with refmod.sharing_cores_with(running) as cores:
         inside = torch.get_num_threads()
         new_inside = _threads_of_a_new_thread()
-    assert inside == max(1, n - refmod._reference_share(n))
+        cores.poll()  # HF still running: our share stays
+        still = torch.get_num_threads()
+        running.set_result(None)
+        cores.poll()  # HF done: every core is ours again, before the block ends
+        after_poll = torch.get_num_threads()
+    assert inside == still == refmod._subject_share(n) and after_poll == n
     assert new_inside == n and torch.get_num_threads() == n and _threads_of_a_new_thread() == n
-    running.set_result(None)
     with refmod.sharing_cores_with(running):  # HF done (or cached): all cores stay ours
         assert torch.get_num_threads() == n
 
 
-def test_compare_restores_thread_counts(pair, tokenizer):
+def test_compare_restores_thread_counts(pair, tokenizer, monkeypatch):
+    monkeypatch.setattr(refmod, "OVERLAP_REFERENCE", True)
     n = torch.get_num_threads()
     refmod.REFERENCE_CACHE.clear()
     compare(pair, PROMPT, tokenizer=tokenizer, **SEED_CASE)
     assert torch.get_num_threads() == n and _threads_of_a_new_thread() == n
     worker = refmod._pool().submit(torch.get_num_threads).result()
-    assert worker == refmod._reference_share(n)
+    assert worker == n, "HF's reference runs at the caller's thread count, as the user's own call would"
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["deferred", "overlapped"])

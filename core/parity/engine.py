@@ -1,11 +1,12 @@
 """compare(): a model under test (our GPT-2, optionally with a bug-lab fault, or any GPT-2) against HuggingFace's
 while generating.
 
-Ties the pieces together: the model under test generates (subject.py, foreign.py -> a SubjectRun); HF's model
-is run teacher-forced on the very same token streams (one forward each, so steps stay aligned after the two
-would have sampled differently); HF's own
-generate() (or the text-generation pipeline) is run as users call it; every divergent row gets one stated
-cause with its evidence. Knows nothing about the UI.
+Ties the pieces together: the model under test generates (subject.py, foreign.py -> a SubjectRun); HF's own
+generate() (or the text-generation pipeline) is run as users call it, beside our generation where that cannot
+change a bit of either; HF's side of the comparison is what its model computed on the very same token streams
+(from its own generate() where a stream is HF's, else one teacher-forced forward, so steps stay aligned after the
+two would have sampled differently); every divergent row gets one stated cause with its evidence. Knows nothing
+about the UI.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
 from .explain import _verdict, explain_rows, sampler_notes
-from .reference import (hf_reference_in_background, hf_teacher_forced, hf_teacher_forced_cached, model_key,
-                        settings_table, sharing_cores_with)
+from ..model import thread_invariant
+from .reference import (hf_on_streams, hf_reference_in_background, hf_teacher_forced, model_key,
+                        overlap_reference, settings_table, sharing_cores_with)
 from .report import LayerDiff, ParityError, ParityReport
 from .subject import SubjectRun, run_ours
 
@@ -75,9 +77,10 @@ def compare_run(
     pending=None,
     hf_key: tuple | None = None,
 ) -> ParityReport:
-    """Compare what a model under test generated (`run`) with HF: HF's model teacher-forced on the run's very
-    token streams (per step and, where the run has its residual stream, per layer), and with reference
-    "generate"/"pipeline" HF's own sampling, every divergent row explained. Never asks what made the run.
+    """Compare what a model under test generated (`run`) with HF: HF's model on the run's very token streams (per
+    step and, where the run has its residual stream, per layer: from HF's own generate() where a stream is HF's,
+    teacher-forced elsewhere), and with reference "generate"/"pipeline" HF's own sampling, every divergent row
+    explained. Never asks what made the run.
     `pending`: HF's reference already started by start_reference (else it starts here); `hf_key`: model_key(hf)."""
     if reference not in REFERENCES:
         raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
@@ -86,22 +89,28 @@ def compare_run(
     gen = run.generation
     notes = list(run.notes)
     n_layer = int(hf.config.n_layer)
-    # perf: HF's own sampling runs on a worker thread beside the teacher-forced pass (and, when compare() started
-    # it, beside the generation too); HF's results are cached (reference.py)
     hf_key = hf_key or model_key(hf)
     if pending is None and reference != "logits":
         pending = start_reference(hf, tokenizer, gen.prompt, gen.prompt_ids, s, reference, hf_key)
+    P = len(gen.prompt_ids)
+    ref, table, trace = None, [], None
+    if reference != "logits":
+        t = time.perf_counter()
+        ref, received, user, timings["hf_reference_s"], trace = pending.result()  # perf: 0 s when it was cached
+        timings["hf_reference_wait_s"] = time.perf_counter() - t
+        n_planned = s.new_tokens_for(P)
+        table, _ = settings_table(hf, s, P, n_planned, received, user, hf_eos_id(hf))
 
-    # HF teacher-forced on the run's streams, compared with what the run actually computed (logits of every
-    # step and the residual stream at every position fed to the model)
+    # HF's side on the run's very token streams (logits of every step, residual stream at every position fed to the
+    # model): taken from HF's own generate() where a row's stream is HF's, teacher-forced for the other rows
     t = time.perf_counter()
     hf_device = next(hf.parameters()).device
     seqs = torch.tensor(gen.sequences, device=hf_device)
     n_steps = len(gen.records)
-    with torch.inference_mode(), sharing_cores_with(pending):  # perf: HF may still be sampling beside us
+    with torch.inference_mode():
         ours_logits = run.step_logits[:, :n_steps].float().to(hf_device)
-        ref_hidden, ref_logits = hf_teacher_forced_cached(hf, seqs, keep=n_steps + 1, model=hf_key)  # perf: cached
-        hf_logits = ref_logits[:, :n_steps]  # positions P-1 .. L-2 predict steps 0 .. S-1
+        ref_hidden, hf_logits, recomputed = hf_on_streams(hf, seqs, P, n_steps, ref, trace, hf_key)
+        timings["teacher_forced_rows"] = float(recomputed)
         rtol = relative_tolerance(_mlp_width(hf))
         hidden = run.hidden
         if hidden is not None and len(hidden) != len(ref_hidden):
@@ -111,24 +120,16 @@ def compare_run(
         if hidden is not None:
             hidden = [h.to(hf_device) for h in hidden]
             layers = layer_diffs(n_layer, hidden + [ours_logits], _aligned(hidden, ref_hidden) + [hf_logits], rtol,
-                                 logits_start=len(gen.prompt_ids) - 1)
+                                 logits_start=P - 1)
         else:  # only the logits can be compared: HF's own stream stands in for the unknown layers, then dropped
             layers = layer_diffs(n_layer, ref_hidden + [ours_logits], ref_hidden + [hf_logits], rtol,
-                                 logits_start=len(gen.prompt_ids) - 1)[-1:]
+                                 logits_start=P - 1)[-1:]
         steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
     del hidden, ref_hidden
     timings["teacher_forced_s"] = time.perf_counter() - t
     per_layer = len(layers) > 1
     first_layer = next((l.name for l in layers if l.exceeds), None) if per_layer else None
-    P = len(gen.prompt_ids)
 
-    ref, table = None, []
-    if reference != "logits":
-        t = time.perf_counter()
-        ref, received, user, timings["hf_reference_s"] = pending.result()  # perf: 0 s when it was cached
-        timings["hf_reference_wait_s"] = time.perf_counter() - t
-        n_planned = s.new_tokens_for(P)
-        table, _ = settings_table(hf, s, P, n_planned, received, user, hf_eos_id(hf))
     rows = explain_rows(gen, s, ref, tokenizer, table, steps, ours_logits, hf_logits,
                         first_layer if per_layer else "not known (no per-layer comparison)", sampler=run.sampler)
     if reference == "logits":
@@ -149,9 +150,12 @@ def compare_run(
     )
 
 
-def start_reference(hf, tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str, hf_key: tuple):
-    """perf: HF's own sampling for this request, started on its worker thread (a finished Future when cached)."""
-    return hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference, model=hf_key)
+def start_reference(hf, tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str, hf_key: tuple,
+                    overlap: bool = False):
+    """perf: HF's own sampling for this request: started on its worker beside the caller with `overlap`, else
+    deferred to the caller's .result(); a finished Future when cached."""
+    return hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference, model=hf_key,
+                                      overlap=overlap)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,12 +241,19 @@ def compare(
     if ours and sampling_step is None and layers is None:
         prompt_text, prompt_ids, _ = prepare(subject, prompt, tokenizer, s)  # every input check before any work
         faulty = apply_fault(subject, fault)
-        # perf: HF's own sampling depends on nothing of ours: it starts first and runs beside our generation
+        # perf: HF's own sampling depends on nothing of ours: it starts first and, when our bits do not depend on
+        # our thread count, runs beside our generation (HF at the full thread count, ours on a share until HF is done)
         hf_key = model_key(hf)
         if reference != "logits":
-            pending = start_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, hf_key)
-        with sharing_cores_with(pending):
-            run = run_ours(faulty, prompt, s, tokenizer=tokenizer, on_step=on_step, label=label or "Ours")
+            pending = start_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, hf_key,
+                                      overlap=overlap_reference(thread_invariant()))
+        with sharing_cores_with(pending) as cores:
+            def step(event):
+                cores.poll()  # HF done: every core is ours again
+                if on_step is not None:
+                    on_step(event)
+
+            run = run_ours(faulty, prompt, s, tokenizer=tokenizer, on_step=step, label=label or "Ours")
     else:
         if fault not in (None, "", "none"):
             raise ParityError("bug-lab faults are injected into our GPT only, not into your model")

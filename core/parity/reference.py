@@ -1,5 +1,7 @@
-"""HuggingFace's side: its teacher-forced residual stream, its own generate()/pipeline as users call them (cached,
-and run beside the model under test on a worker thread), and the effective settings transformers resolved.
+"""HuggingFace's side: its own generate()/pipeline as users call them, with what its model computed on the way (the
+logits of every step and the residual stream), a teacher-forced pass over any other streams, the effective settings
+transformers resolved, and a cache of all of it. HF runs at the caller's thread count, bit for bit as the user's
+own call would, on a worker thread beside the model under test when that side's bits do not depend on its threads.
 Knows transformers, the global RNGs and what determines HF's results; knows nothing about our model.
 """
 
@@ -14,6 +16,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
@@ -102,8 +105,93 @@ def _hf_tokenizer(tokenizer: Tokenizer):
     return GPT2TokenizerFast(vocab=str(files[0]), merges=str(files[1]))
 
 
+@dataclass
+class HFTrace:
+    """What HF's model computed while its generate() ran, on HF's own token streams: the logits each sampling step
+    chose from, (B, S, V) float32, and the residual stream [embeddings, each block, ln_f] at every position fed to
+    the model, each (B, L-1, C). Where a stream is also ours, this is HF's side of the comparison: the same
+    function of the same tokens as a teacher-forced pass, computed the way generate() computes it (KV cache)."""
+
+    logits: torch.Tensor
+    hidden: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return self.logits.nbytes + sum(h.nbytes for h in self.hidden)
+
+
+class _ForwardRecorder:
+    """Forward hooks on HF's GPT-2 that keep, for the calling thread only (hooks are shared by every thread),
+    each forward's residual stream (block 0's input, every block's output, ln_f's output) and last logits."""
+
+    def __init__(self, hf):
+        self.hf, self.me = hf, threading.get_ident()
+        self.forwards: list[list[torch.Tensor]] = []
+        self.logits: list[torch.Tensor] = []
+        self._current: list[torch.Tensor] | None = None
+        self._handles: list = []
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self.me
+
+    def __enter__(self) -> "_ForwardRecorder":
+        blocks, t = self.hf.transformer.h, self.hf.transformer
+
+        def embeddings(module, args, kwargs):  # block 0's input: wte + wpe
+            if self._mine():
+                self._current = [args[0] if args else kwargs["hidden_states"]]
+
+        def block(module, args, output):
+            if self._mine() and self._current is not None:
+                self._current.append(output[0] if isinstance(output, tuple) else output)
+
+        def ln_f(module, args, output):
+            if self._mine() and self._current is not None:
+                self.forwards.append(self._current + [output])
+                self._current = None
+
+        def head(module, args, output):
+            if self._mine():
+                self.logits.append(output[:, -1].float())
+
+        self._handles = [blocks[0].register_forward_pre_hook(embeddings, with_kwargs=True),
+                         *(b.register_forward_hook(block) for b in blocks),
+                         t.ln_f.register_forward_hook(ln_f), self.hf.lm_head.register_forward_hook(head)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def trace(self, sequences: list[list[int]], prompt_len: int) -> HFTrace | None:
+        """The trace of the generation that produced `sequences`, or None where the recorded forwards do not fit
+        it (then the engine falls back to a teacher-forced pass): forward k fed the tokens that step k sampled from."""
+        B, steps = len(sequences), len(sequences[0]) - prompt_len if sequences else 0
+        n_layers = len(self.hf.transformer.h) + 2
+        forwards, logits = self.forwards[:steps], self.logits[:steps]  # generate() may run (and undo) extra steps
+        if steps < 1 or len(forwards) != steps or len(logits) != steps:
+            return None
+        if any(len(f) != n_layers for f in forwards) or any(l.shape[0] != B for l in logits):
+            return None
+        hidden = []
+        for layer in zip(*forwards):
+            parts = [h.expand(B, -1, -1) if h.size(0) == 1 else h for h in layer]
+            if any(h.size(0) != B for h in parts):
+                return None
+            hidden.append(torch.cat(parts, dim=1).float())  # (B, L-1, C)
+        if hidden[0].size(1) != prompt_len + steps - 1:
+            return None
+        return HFTrace(torch.stack(logits, dim=1), hidden)  # (B, S, V)
+
+
 def run_hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str):
     """HF's own sampling, seeded the way users do it. Returns (sequences, kwargs HF received, user kwargs)."""
+    return _run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, trace=False)[:3]
+
+
+def _run_hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str, *,
+                      trace: bool):
+    """run_hf_reference, and with `trace` what HF's model computed while generating (an HFTrace, or None)."""
     captured: dict = {}
     original = type(hf).generate.__get__(hf)  # the class's method: never another request's spy
 
@@ -111,29 +199,34 @@ def run_hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: Sampl
         captured.update({k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")})
         return original(*args, **kwargs)
 
+    recorder = _ForwardRecorder(hf) if trace else contextlib.nullcontext()
     with global_rng_section():
         hf.generate = spy  # only while we hold the lock: every HF sampling call goes through this section
         try:
-            if reference == "generate":
-                user = _user_hf_kwargs(s, explicit_only=False)
-                x = torch.tensor([prompt_ids], device=hf.device)
-                torch.manual_seed(s.seed)
-                out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), **user).tolist()
-            else:
-                from transformers import pipeline, set_seed
+            with recorder:
+                if reference == "generate":
+                    user = _user_hf_kwargs(s, explicit_only=False)
+                    x = torch.tensor([prompt_ids], device=hf.device)
+                    torch.manual_seed(s.seed)
+                    out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), **user).tolist()
+                else:
+                    from transformers import pipeline, set_seed
 
-                if prompt_text is None:
-                    raise ParityError("the pipeline reference needs a text prompt")
-                user = _user_hf_kwargs(s, explicit_only=True)
-                pipe = pipeline("text-generation", model=hf, tokenizer=_hf_tokenizer(tokenizer),
-                                device=hf.device)
-                set_seed(s.seed)
-                res = pipe(prompt_text, return_tensors=True, **user)
-                out = [r["generated_token_ids"] for r in res]
-                out = [list(map(int, row.tolist() if hasattr(row, "tolist") else row)) for row in out]
+                    if prompt_text is None:
+                        raise ParityError("the pipeline reference needs a text prompt")
+                    user = _user_hf_kwargs(s, explicit_only=True)
+                    pipe = pipeline("text-generation", model=hf, tokenizer=_hf_tokenizer(tokenizer),
+                                    device=hf.device)
+                    set_seed(s.seed)
+                    res = pipe(prompt_text, return_tensors=True, **user)
+                    out = [r["generated_token_ids"] for r in res]
+                    out = [list(map(int, row.tolist() if hasattr(row, "tolist") else row)) for row in out]
         finally:
             del hf.generate  # back to the class's method
-    return out, captured, user
+    traced = None
+    if trace and out and len({len(row) for row in out}) == 1 and out[0][: len(prompt_ids)] == list(prompt_ids):
+        traced = recorder.trace(out, len(prompt_ids))
+    return out, captured, user, traced
 
 
 _SHOWN_SETTINGS = (
@@ -322,11 +415,17 @@ def hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingS
                  cache: ResultCache = REFERENCE_CACHE, model: tuple | None = None):
     """run_hf_reference, cached by reference_key: (sequences, kwargs HF received, user kwargs), the caller's copy."""
     key = reference_key(hf, tokenizer, prompt_text, prompt_ids, s, reference, model)
-    result = cache.get(hf, key)
-    if result is None:
-        result = run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference)
-        cache.put(hf, key, copy.deepcopy(result))
-    return copy.deepcopy(result)
+    entry = cache.get(hf, key)
+    if entry is None:
+        entry = _run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, trace=True)
+        _keep(cache, hf, key, entry)
+    return copy.deepcopy(entry[:3])
+
+
+def _keep(cache: ResultCache, hf, key, entry) -> None:
+    """Cache a reference run: its lists and dicts as a private copy, its trace's tensors shared (read-only)."""
+    trace = entry[3]
+    cache.put(hf, key, (*copy.deepcopy(entry[:3]), trace), nbytes=trace.nbytes if trace is not None else 0)
 
 
 def hf_teacher_forced_cached(hf, sequences: torch.Tensor, keep: int = 0, cache: ResultCache = REFERENCE_CACHE,
@@ -340,21 +439,57 @@ def hf_teacher_forced_cached(hf, sequences: torch.Tensor, keep: int = 0, cache: 
     return list(result[0]), result[1]
 
 
-# HF's own sampling does not depend on the model under test. With OVERLAP_REFERENCE it runs on one long-lived
-# worker thread (a fresh thread per request costs torch ~25%; HF's sampling is serialised by HF_RNG_LOCK anyway)
-# while the model under test generates on the caller's thread, each on its share of the cores (two OpenMP teams
-# on the same cores wait on each other's preempted threads). Off by default: on the 2-core Sapphire Rapids box
-# both generations run 1.9x slower on 1 thread than on 2, so side by side they took 3% longer than one after the
-# other (bench/bench_compare.py). Without it, HF's reference runs on the caller's thread when it is asked for.
-OVERLAP_REFERENCE = False
-REFERENCE_THREADS: int | None = None  # the worker's torch threads (None: half the caller's)
+def hf_on_streams(hf, sequences: torch.Tensor, prompt_len: int, n_steps: int, ref_sequences, trace: HFTrace | None,
+                  model: tuple | None = None) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+    """HF's side of a comparison on the token streams `sequences` (B, prompt_len + n_steps): its residual stream
+    at every fed position, each (B, prompt_len + n_steps - 1, C), and its logits for the n_steps sampling steps,
+    (B, n_steps, V). A row whose fed tokens are those of HF's own row (`ref_sequences`) takes what HF's generate()
+    computed for it (`trace`); the other rows get one teacher-forced pass (cached by their streams).
+    Returns (hidden, logits, number of rows teacher-forced)."""
+    B = sequences.size(0)
+    fed = prompt_len + n_steps - 1  # the last sampled token is never fed to the model
+    reuse = [False] * B
+    if (trace is not None and ref_sequences is not None and len(ref_sequences) == B and n_steps >= 1
+            and trace.logits.size(1) >= n_steps and trace.hidden[0].size(1) >= fed):
+        ours = sequences[:, :fed].tolist()
+        reuse = [len(theirs) >= fed and list(theirs[:fed]) == mine for theirs, mine in zip(ref_sequences, ours)]
+    redo = [r for r in range(B) if not reuse[r]]
+    if not redo:
+        return [h[:, :fed] for h in trace.hidden], trace.logits[:, :n_steps], 0
+    tf_hidden, tf_logits = hf_teacher_forced_cached(hf, sequences[redo], keep=n_steps + 1, model=model)
+    tf_hidden, tf_logits = [h[:, :fed] for h in tf_hidden], tf_logits[:, :n_steps]
+    if len(redo) == B:
+        return tf_hidden, tf_logits, B
+    rows = torch.tensor(redo, device=tf_logits.device)
+    hidden = [h[:, :fed].to(t.dtype).index_copy(0, rows, t) for h, t in zip(trace.hidden, tf_hidden)]
+    return hidden, trace.logits[:, :n_steps].index_copy(0, rows, tf_logits), len(redo)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HF's own sampling does not depend on the model under test, so it can run beside it: on one long-lived worker
+# thread (a fresh thread per request costs torch ~25%; HF's sampling is serialised by HF_RNG_LOCK anyway) while the
+# model under test generates on the caller's thread. HF keeps the caller's full thread count there: MKL splits a
+# decode step's 2-16-row products across threads, so HF's bits (and, at a near-tie, its tokens) depend on the
+# thread count, and the reference must be what the user's own call gives. The model under test gets a share of the
+# cores beside it (the cores are oversubscribed for a while) and all of them once HF is done: allowed only when its
+# bits do not depend on its thread count (core.model.thread_invariant()), so the report is the serial one exactly.
+# On the 2-core AMD EPYC box: HF 1.2x faster on 2 threads than on 1, ours 1.5x; side by side the pair took
+# 2.13-2.17 s against 2.45-2.59 s one after the other (bench/bench_compare.py). OVERLAP_REFERENCE = False turns it
+# off; no setting turns it on for a subject whose bits depend on its thread count.
+OVERLAP_REFERENCE = True
+SUBJECT_THREADS: int | None = None  # the subject's torch threads while HF runs beside it (None: half the caller's)
 _POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 _KEEPER: ThreadPoolExecutor | None = None
 
 
-def _reference_share(n: int) -> int:
-    return min(n, REFERENCE_THREADS or max(1, n // 2))
+def overlap_reference(subject_thread_invariant: bool) -> bool:
+    """Run HF's reference beside a model under test whose bits do (or do not) depend on its thread count?"""
+    return OVERLAP_REFERENCE and subject_thread_invariant and torch.get_num_threads() > 1
+
+
+def _subject_share(n: int) -> int:
+    return min(n, SUBJECT_THREADS or max(1, n // 2))
 
 
 def _keep_default(n: int) -> None:
@@ -367,46 +502,56 @@ def _keep_default(n: int) -> None:
     _KEEPER.submit(torch.set_num_threads, n).result()
 
 
-def _set_own_threads(n: int) -> None:
+def _use_threads(n: int) -> None:
     torch.get_num_threads()  # a thread takes the default count at its first torch call: take it before setting
-    torch.set_num_threads(n)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
-        if _POOL is not None:
-            return _POOL
-        caller = torch.get_num_threads()
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-reference",
-                                   initializer=_set_own_threads, initargs=(_reference_share(caller),))
-        _POOL.submit(lambda: None).result()  # the worker exists and has its share of the cores
-    _keep_default(caller)
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-reference")
     return _POOL
 
 
-@contextlib.contextmanager
-def sharing_cores_with(pending: Future | None):
-    """While HF's reference runs on its worker (`pending` not done), the calling thread uses the other cores."""
-    n = torch.get_num_threads()
-    mine = max(1, n - _reference_share(n))
-    if pending is None or isinstance(pending, _Deferred) or pending.done() or mine == n:
-        yield
-        return
-    torch.set_num_threads(mine)
-    _keep_default(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+class sharing_cores_with(contextlib.AbstractContextManager):
+    """While HF's reference runs on its worker (`pending` not done), the calling thread uses its share of the
+    cores; poll() hands all of them back as soon as HF is done (call it between steps)."""
+
+    def __init__(self, pending: Future | None):
+        self.pending = pending
+        self.n = torch.get_num_threads()
+        self.shared = False
+
+    def __enter__(self) -> "sharing_cores_with":
+        p = self.pending
+        mine = _subject_share(self.n)
+        if p is not None and not isinstance(p, _Deferred) and not p.done() and mine < self.n:
+            torch.set_num_threads(mine)
+            _keep_default(self.n)
+            self.shared = True
+        return self
+
+    def poll(self) -> None:
+        if self.shared and self.pending.done():
+            torch.set_num_threads(self.n)
+            self.shared = False
+
+    def __exit__(self, *exc) -> None:
+        if self.shared:
+            torch.set_num_threads(self.n)
+            self.shared = False
 
 
 def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings,
                                reference: str, cache: ResultCache = REFERENCE_CACHE,
-                               model: tuple | None = None) -> Future:
-    """hf_reference as a Future of (sequences, received, user, seconds on HF's side): with OVERLAP_REFERENCE
-    started now beside the caller's work, else run on the caller's thread at .result(). A cache hit is answered
-    here, as a finished Future (seconds 0)."""
+                               model: tuple | None = None, overlap: bool = False) -> Future:
+    """hf_reference (with its HFTrace) as a Future of (sequences, received, user, seconds on HF's side, trace):
+    with `overlap` started now on the worker beside the caller's work, else run on the caller's thread at
+    .result(); either way at the caller's thread count. A cache hit is answered here, as a finished Future
+    (seconds 0). The trace's tensors are shared with the cache: read-only."""
     import time
 
     model = model or model_key(hf)
@@ -414,16 +559,20 @@ def hf_reference_in_background(hf, tokenizer: Tokenizer, prompt_text, prompt_ids
     done: Future = Future()
     hit = cache.get(hf, key)
     if hit is not None:
-        done.set_result((*copy.deepcopy(hit), 0.0))
+        done.set_result((*copy.deepcopy(hit[:3]), 0.0, hit[3]))
         return done
+    threads = torch.get_num_threads()
 
     def work():
+        _use_threads(threads)  # the worker runs HF as the caller would: at the caller's thread count
         t = time.perf_counter()
-        result = run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference)
-        cache.put(hf, key, copy.deepcopy(result))
-        return (*result, time.perf_counter() - t)
+        entry = _run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, trace=True)
+        _keep(cache, hf, key, entry)
+        return (*entry[:3], time.perf_counter() - t, entry[3])
 
-    return _pool().submit(work) if OVERLAP_REFERENCE else _Deferred(work)
+    if not overlap:
+        return _Deferred(work)
+    return _pool().submit(work)
 
 
 class _Deferred:
