@@ -183,6 +183,17 @@ def sample_nanogpt(
     return tokens, top_idx, top_probs / top_probs.sum(dim=-1, keepdim=True)
 
 
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """x.sum(dim=-1) of a (rows, V) tensor, in an order that does not depend on the thread count: sums of blocks of
+    1024 entries, then of those. (torch splits a one-row sum over more than 32768 entries across threads, so its
+    bits would change with the thread count; every output of a many-output sum is summed by one thread.)"""
+    rows, V = x.shape
+    pad = (-V) % 1024
+    if pad:
+        x = F.pad(x, (0, pad))
+    return x.reshape(rows, -1, 1024).sum(dim=-1).sum(dim=-1)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Records: plain data for the dashboard
 
@@ -228,8 +239,8 @@ def step_records(
         "prob": sample_probs.gather(1, chosen)[:, 0],
         "raw_prob": raw_logp.gather(1, chosen)[:, 0].exp(),
         "rank": (raw_logits > raw_logits.gather(1, chosen)).sum(dim=-1) + 1,
-        "entropy": torch.special.entr(sample_probs).sum(dim=-1),
-        "raw_entropy": -(raw_logp.exp() * raw_logp).sum(dim=-1),
+        "entropy": row_sum(torch.special.entr(sample_probs)),
+        "raw_entropy": -row_sum(raw_logp.exp() * raw_logp),
         "n_kept": torch.count_nonzero(sample_probs, dim=-1),
         "top_ids": top_ids,
         "top_logits": top_logits,
