@@ -121,9 +121,11 @@ class KVCache:
 #     reads the weight where it is (HF's (in, out) Conv1D storage seen transposed: no copy), fp32 accumulation,
 #     the same bits at any thread count (checked).
 # linear_kernel() picks one per process: oneDNN when it is available, accurate to fp32, thread-invariant and not
-# slower than F.linear on this CPU (a ~50 ms check at first use); $PARITY_LAB_LINEAR=onednn|aten forces one.
+# clearly slower than F.linear on this CPU (a check of ~40 ms at first use, best of interleaved runs so that a busy
+# machine cannot tip it); $PARITY_LAB_LINEAR=onednn|aten forces one.
 
 KERNELS = ("onednn", "aten")
+ONEDNN_SLOWER_OK = 1.25  # oneDNN is chosen unless it is more than this much slower than F.linear
 _KERNEL: str | None = None
 _KERNEL_LOCK = threading.Lock()
 
@@ -132,14 +134,17 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
-def _median_ms(fn, reps: int = 15) -> float:
-    fn()
-    times = []
+def _best_ms(fns: list, reps: int = 9) -> list[float]:
+    """Each function's best time of `reps`, interleaved: a busy machine slows some runs, never speeds one up."""
+    for fn in fns:
+        fn()  # oneDNN builds its kernel for a shape at first use
+    best = [math.inf] * len(fns)
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[reps // 2] * 1e3
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return [b * 1e3 for b in best]
 
 
 def _check_onednn() -> str | None:
@@ -169,9 +174,15 @@ def _check_onednn() -> str | None:
                 if not torch.equal(got, single):
                     return "oneDNN's results change with the thread count here"
         x5 = torch.randn(5, 768, generator=g)
-        ours = sum(_median_ms(lambda w=w: _onednn(x, w, bias)) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in))
-        aten = sum(_median_ms(lambda w=w: F.linear(x, w, bias)) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in))
-        if ours > 1.1 * aten:
+        products = [(x, w) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in)]
+        torch.set_num_threads(1)  # each kernel's own speed: on a busy machine a thread team waits for its slowest
+        try:
+            times = _best_ms([lambda x=x, w=w: _onednn(x, w, bias) for x, w in products]
+                             + [lambda x=x, w=w: F.linear(x, w, bias) for x, w in products])
+        finally:
+            torch.set_num_threads(n)
+        ours, aten = sum(times[: len(products)]), sum(times[len(products):])
+        if ours > ONEDNN_SLOWER_OK * aten:  # a little slower still wins: its bits let us run beside HF
             return f"oneDNN is slower than F.linear here ({ours:.2f} ms vs {aten:.2f} ms)"
         return None
     except (RuntimeError, AttributeError) as exc:  # an op missing from this build, or refusing these inputs

@@ -317,13 +317,36 @@ def test_compare_restores_thread_counts(pair, tokenizer, monkeypatch):
     assert worker == n, "HF's reference runs at the caller's thread count, as the user's own call would"
 
 
+@pytest.mark.parametrize("width", ["odd", "gpt2-width"])
 @pytest.mark.parametrize("overlap", [False, True], ids=["deferred", "overlapped"])
-def test_reference_beside_our_generation_gives_the_serial_report(pair, tokenizer, monkeypatch, overlap):
+def test_reference_beside_our_generation_gives_the_serial_report(tokenizer, monkeypatch, overlap, width):
+    """HF at the full thread count on its worker, ours on a share of the cores: not one bit of the report moves
+    (at GPT-2's width MKL's decode products, and SDPA's one-query kernel, change bits with the thread count)."""
+    from core import model as model_mod
+
+    shape = ODD if width == "odd" else dict(n_layer=2, n_head=12, n_embd=768, n_positions=64)
+    hf = make_hf(seed=21, sharpen=2.5, **shape)
+    pair = (port_from_hf(hf), hf)
+    monkeypatch.setattr(model_mod, "_KERNEL", "onednn")  # thread-invariant on any CPU that has oneDNN
+    monkeypatch.setattr(refmod, "OVERLAP_REFERENCE", False)
     refmod.REFERENCE_CACHE.clear()
-    serial = without_timings(compare(pair, PROMPT, tokenizer=tokenizer, fault="qk_swapped", **SEED_CASE))
+    case = dict(fault="qk_swapped", **SEED_CASE)
+    serial = [without_timings(compare(pair, PROMPT, tokenizer=tokenizer, **c)) for c in (case, SEED_CASE)]
     refmod.REFERENCE_CACHE.clear()
     monkeypatch.setattr(refmod, "OVERLAP_REFERENCE", overlap)
     n = torch.get_num_threads()
-    report = compare(pair, PROMPT, tokenizer=tokenizer, fault="qk_swapped", **SEED_CASE)
-    assert without_timings(report) == serial and report.timings["hf_reference_s"] > 0
+    reports = [compare(pair, PROMPT, tokenizer=tokenizer, **c) for c in (case, SEED_CASE)]
+    assert [without_timings(r) for r in reports] == serial
+    assert reports[0].timings["hf_reference_s"] > 0 and reports[0].timings["overlapped"] == float(overlap and n > 1)
     assert torch.get_num_threads() == n
+
+
+def test_no_overlap_for_a_subject_whose_bits_follow_its_thread_count(pair, tokenizer, monkeypatch):
+    from core import model as model_mod
+
+    monkeypatch.setattr(model_mod, "_KERNEL", "aten")  # MKL: its decode products change bits with the thread count
+    refmod.REFERENCE_CACHE.clear()
+    report = compare(pair, PROMPT, tokenizer=tokenizer, **SEED_CASE)
+    assert report.timings["overlapped"] == 0.0 and not refmod.overlap_reference(model_mod.thread_invariant())
+    monkeypatch.setattr(model_mod, "_KERNEL", "onednn")
+    assert refmod.overlap_reference(True) == (torch.get_num_threads() > 1)

@@ -248,6 +248,7 @@ def compare(
             pending = start_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, hf_key,
                                       overlap=overlap_reference(thread_invariant()))
         with sharing_cores_with(pending) as cores:
+            timings["overlapped"] = float(cores.shared)  # 1: HF's reference ran beside our generation
             def step(event):
                 cores.poll()  # HF done: every core is ours again
                 if on_step is not None:
