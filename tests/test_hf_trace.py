@@ -77,9 +77,9 @@ def test_rows_not_on_hfs_streams_are_teacher_forced_and_only_those(wide_pair, to
     mine[1, P + 3] = (mine[1, P + 3] + 1) % 50257  # row 1 leaves HF's stream at step 3
     hidden, logits, redone = hf_on_streams(hf, mine, P, S, seqs, trace)
     assert redone == 1
-    tf_hidden, tf_logits = hf_teacher_forced(hf, mine[[1]], keep=S + 1)
-    assert torch.equal(logits[1], tf_logits[0, :S])
-    assert all(torch.equal(h[1], t[0, : P + S - 1]) for h, t in zip(hidden, tf_hidden))
+    tf_hidden, tf_logits = hf_teacher_forced(hf, mine[[1], : P + S - 1], keep=S)  # the fed tokens
+    assert torch.equal(logits[1], tf_logits[0])
+    assert all(torch.equal(h[1], t[0]) for h, t in zip(hidden, tf_hidden))
     keep = [0, 2, 3, 4]
     assert torch.equal(logits[keep], trace.logits[keep])
     assert all(torch.equal(h[keep], t[keep]) for h, t in zip(hidden, trace.hidden))

@@ -52,11 +52,11 @@ def sampling_log_probs(logits: torch.Tensor, s: SamplingSettings) -> torch.Tenso
 
 
 def _kl(logp_ref: torch.Tensor, logp_ours: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(ref || ours) per row over ref's support, and whether ours gives 0 where ref does not."""
+    """KL(ref || ours) per row over ref's support, and whether ours gives 0 where ref does not (then KL is +inf).
+    Terms where ref's probability is 0 are 0 (0 * inf or 0 * nan there is no evidence of anything)."""
     p = logp_ref.exp()
-    mismatch = ((p > 0) & torch.isinf(logp_ours)).any(dim=-1)
-    terms = torch.where(p > 0, p * (logp_ref - logp_ours.clamp_min(-1e30)), torch.zeros_like(p))
-    return terms.sum(dim=-1).clamp_min(0.0), mismatch
+    kl = (p * (logp_ref - logp_ours)).masked_fill_(p == 0, 0.0).sum(dim=-1)
+    return kl.clamp_min(0.0), torch.isposinf(kl)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -120,24 +120,63 @@ def layer_diffs(n_layer: int, ours: list[torch.Tensor], ref: list[torch.Tensor],
 ROWS_PER_CHUNK = 4
 
 
+def _topk_support(x: torch.Tensor, k: int, values: torch.Tensor) -> torch.Tensor | None:
+    """log p of the top-k filter's distribution at its k kept entries (values: x's top values, descending), or
+    None where some row ties its k-th value (the filter then keeps more than k entries)."""
+    if bool(((x >= values[:, k - 1 : k]).sum(dim=-1) != k).any()):
+        return None
+    return values[:, :k] - torch.logsumexp(values[:, :k], dim=-1, keepdim=True)
+
+
+def _fast_stats(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor, top_ids: torch.Tensor,
+                k: int) -> dict[str, torch.Tensor] | None:
+    """The sampling-distribution numbers of _row_stats for HF's plain top-k filter (temperature 1, no top-p), from
+    the k kept entries of each side: no full-vocabulary log-softmax, exp or KL pass. None if some row has a tie at
+    its k-th value (then the general path decides)."""
+    b_values, b_idx = torch.topk(b, max(k, TOP_N), dim=-1)
+    a_values, a_idx = torch.topk(a, k, dim=-1)
+    lb_kept, la_kept = _topk_support(b, k, b_values), _topk_support(a, k, a_values)
+    if lb_kept is None or la_kept is None:
+        return None
+    b_idx_k = b_idx[:, :k]
+    # ours' log p at HF's kept entries: -inf where ours did not keep them
+    match = b_idx_k[:, :, None] == a_idx[:, None, :]  # (n, k, k)
+    la_at_b = torch.where(match, la_kept[:, None, :], torch.zeros_like(la_kept[:, None, :])).sum(dim=-1)
+    la_at_b = la_at_b.masked_fill(~match.any(dim=-1), -float("inf"))
+    p = lb_kept.exp()
+    kl = (p * (lb_kept - la_at_b)).masked_fill_(p == 0, 0.0).sum(dim=-1)
+
+    def hf_log_p(ids: torch.Tensor) -> torch.Tensor:  # HF's sampling log p at ids (n, m)
+        hit = ids[:, :, None] == b_idx_k[:, None, :]
+        out = torch.where(hit, lb_kept[:, None, :], torch.zeros_like(lb_kept[:, None, :])).sum(dim=-1)
+        return out.masked_fill(~hit.any(dim=-1), -float("inf"))
+
+    return {"kl": kl.clamp_min(0.0), "mismatch": torch.isposinf(kl), "top_b": b_idx[:, :TOP_N],
+            "hf_prob": hf_log_p(tokens)[:, 0].exp(), "hf_top_sample": hf_log_p(top_ids).exp()}
+
+
 def _row_stats(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor, top_ids: torch.Tensor,
                s: SamplingSettings) -> dict[str, torch.Tensor]:
     """Per row of ours' and HF's logits (n, V): the numbers of a StepDiff, as (n,) or (n, TOP_N) tensors."""
-    la, lb = sampling_log_probs(a, s), sampling_log_probs(b, s)
-    kl, mismatch = _kl(lb, la)
-    raw_b = F.log_softmax(b, dim=-1)
-    top_b = torch.topk(b, TOP_N, dim=-1).indices  # ours' top-50 is already in the records (top_ids)
+    k = s.top_k and min(s.top_k, b.size(-1))
+    fast = None
+    if s.effective_method == "hf" and k and s.temperature == 1.0 and s.top_p >= 1.0:
+        fast = _fast_stats(a, b, tokens, top_ids, k)
+    if fast is None:
+        la, lb = sampling_log_probs(a, s), sampling_log_probs(b, s)
+        kl, mismatch = _kl(lb, la)
+        fast = {"kl": kl, "mismatch": mismatch, "top_b": torch.topk(b, TOP_N, dim=-1).indices,
+                "hf_prob": lb.gather(1, tokens)[:, 0].exp(), "hf_top_sample": lb.gather(1, top_ids).exp()}
+    top_b = fast.pop("top_b")
+    lse_b = torch.logsumexp(b, dim=-1, keepdim=True)  # HF's model distribution at the top-50: b - logsumexp(b)
     return {
+        **fast,
         "dmax": (a - b).abs().amax(dim=-1),
         "scale": b.abs().amax(dim=-1),
-        "kl": kl,
-        "mismatch": mismatch,
         "top1": a.argmax(dim=-1) == b.argmax(dim=-1),
         "overlap": (top_ids[:, :, None] == top_b[:, None, :]).any(dim=-1).sum(dim=-1),
-        "hf_prob": lb.gather(1, tokens)[:, 0].exp(),
         "hf_rank": (b > b.gather(1, tokens)).sum(dim=-1) + 1,
-        "hf_top": raw_b.gather(1, top_ids).exp(),
-        "hf_top_sample": lb.gather(1, top_ids).exp(),
+        "hf_top": (b.gather(1, top_ids) - lse_b).exp(),
     }
 
 

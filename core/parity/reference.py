@@ -456,8 +456,8 @@ def hf_on_streams(hf, sequences: torch.Tensor, prompt_len: int, n_steps: int, re
     redo = [r for r in range(B) if not reuse[r]]
     if not redo:
         return [h[:, :fed] for h in trace.hidden], trace.logits[:, :n_steps], 0
-    tf_hidden, tf_logits = hf_teacher_forced_cached(hf, sequences[redo], keep=n_steps + 1, model=model)
-    tf_hidden, tf_logits = [h[:, :fed] for h in tf_hidden], tf_logits[:, :n_steps]
+    # the fed tokens only: their last n_steps positions predicted the steps (the last sampled token is never fed)
+    tf_hidden, tf_logits = hf_teacher_forced_cached(hf, sequences[redo, :fed], keep=n_steps, model=model)
     if len(redo) == B:
         return tf_hidden, tf_logits, B
     rows = torch.tensor(redo, device=tf_logits.device)
