@@ -5,7 +5,6 @@ judged against them; the numpy example never imports torch.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from core import compare, port_from_hf
 from core.faults import apply_fault
 from core.parity.dump import (
     FORMAT, METADATA_KEY, DumpError, compare_dump, export_reference, load_reference, load_result, make_cases,
-    result_from_gpt, result_manifest, save_reference, save_result,
+    result_from_gpt, save_reference, save_result,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
