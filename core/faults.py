@@ -176,6 +176,7 @@ def apply_fault(model: GPT, name: str | None) -> GPT:
     # deep-copy the modules but not the parameters: the copy shares every weight until a fault replaces one
     faulty = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     h = faulty.transformer.h
+    faulty.uses_autocast = base == "bf16_autocast"  # aten's bf16 kernels: not known to be thread-invariant
     if k is not None:
         _inject(faulty, base, [h[k]])
     elif base == "bf16_autocast":

@@ -217,10 +217,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def thread_invariant() -> bool:
-    """Does our fp32 CPU forward give the same bits at any thread count? (oneDNN linears, and attention that
-    never splits a dot product across threads.) The parity engine runs us beside HF only when it does."""
-    return linear_kernel() == "onednn"
+def thread_invariant(model: "GPT | None" = None) -> bool:
+    """Does our forward (of `model`, if given) give the same bits at any thread count? Yes for an fp32 CPU model
+    whose linears run on oneDNN (attention never splits a dot product across threads), unless any of it runs under
+    autocast (aten's bf16 kernels are not checked). The parity engine runs us beside HF only when it does."""
+    if linear_kernel() != "onednn":
+        return False
+    if model is None:
+        return True
+    return model.dtype == torch.float32 and model.device.type == "cpu" and not getattr(model, "uses_autocast", False)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *, causal: bool = True,

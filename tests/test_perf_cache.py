@@ -10,6 +10,7 @@ import torch
 from conftest import ODD, hf_generate, make_hf
 
 from core import compare, port_from_hf
+from core.faults import apply_fault
 from core.parity import reference as refmod
 from core.parity.reference import (
     ResultCache,
@@ -350,3 +351,12 @@ def test_no_overlap_for_a_subject_whose_bits_follow_its_thread_count(pair, token
     assert report.timings["overlapped"] == 0.0 and not refmod.overlap_reference(model_mod.thread_invariant())
     monkeypatch.setattr(model_mod, "_KERNEL", "onednn")
     assert refmod.overlap_reference(True) == (torch.get_num_threads() > 1)
+    ours, hf = pair
+    assert model_mod.thread_invariant(ours) and not model_mod.thread_invariant(apply_fault(ours, "bf16_autocast"))
+    assert not model_mod.thread_invariant(port_from_hf(hf).to(torch.bfloat16))
+    for fault in ("bf16_autocast", "bf16_autocast@1"):  # aten's bf16 kernels run: one after the other
+        refmod.REFERENCE_CACHE.clear()  # HF not cached: it would otherwise run beside us
+        assert compare(pair, PROMPT, tokenizer=tokenizer, fault=fault, **SEED_CASE).timings["overlapped"] == 0.0
+    refmod.REFERENCE_CACHE.clear()
+    assert compare(pair, PROMPT, tokenizer=tokenizer, fault="erf_gelu", **SEED_CASE).timings["overlapped"] == float(
+        torch.get_num_threads() > 1)

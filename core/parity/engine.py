@@ -246,7 +246,7 @@ def compare(
         hf_key = model_key(hf)
         if reference != "logits":
             pending = start_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, hf_key,
-                                      overlap=overlap_reference(thread_invariant()))
+                                      overlap=overlap_reference(thread_invariant(faulty)))
         with sharing_cores_with(pending) as cores:
             timings["overlapped"] = float(cores.shared)  # 1: HF's reference ran beside our generation
             def step(event):
