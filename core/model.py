@@ -121,8 +121,8 @@ class KVCache:
 #     reads the weight where it is (HF's (in, out) Conv1D storage seen transposed: no copy), fp32 accumulation,
 #     the same bits at any thread count (checked).
 # linear_kernel() picks one per process: oneDNN when it is available, accurate to fp32, thread-invariant and not
-# clearly slower than F.linear on this CPU (a check of ~40 ms at first use, best of interleaved runs so that a busy
-# machine cannot tip it); $PARITY_LAB_LINEAR=onednn|aten forces one.
+# clearly slower than F.linear on this CPU (a check of ~130 ms at first use, timed on one thread, best of
+# interleaved runs, so that a busy machine cannot tip it); $PARITY_LAB_LINEAR=onednn|aten forces one.
 
 KERNELS = ("onednn", "aten")
 ONEDNN_SLOWER_OK = 1.25  # oneDNN is chosen unless it is more than this much slower than F.linear
@@ -225,7 +225,7 @@ def thread_invariant(model: "GPT | None" = None) -> bool:
         return False
     if model is None:
         return True
-    return model.dtype == torch.float32 and model.device.type == "cpu" and not getattr(model, "uses_autocast", False)
+    return model.dtype == torch.float32 and model.device.type == "cpu" and not model.uses_autocast
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *, causal: bool = True,
@@ -328,6 +328,8 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
+    uses_autocast = False  # the bug lab's bf16_autocast fault sets it on its copy (see thread_invariant)
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config

@@ -28,6 +28,9 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=128)
 ODD = dict(n_layer=3, n_head=5, n_embd=80, n_positions=96)
 DISTIL = dict(n_layer=6, n_head=12, n_embd=768, n_positions=1024)
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+# GPT-2's width in two blocks: the decode-sized products at their real shapes (MKL threads them; SDPA's one-query
+# kernel splits the keys across threads), without the cost of twelve blocks.
+WIDE = dict(n_layer=2, n_head=12, n_embd=768, n_positions=160)
 
 
 def make_hf(seed: int = 0, sharpen: float = 3.0, attn: str = "sdpa", wte_scale: float = 1.0, **shape) -> GPT2LMHeadModel:

@@ -6,7 +6,7 @@ output_hidden_states=True) and a fresh teacher-forced forward are the independen
 
 import pytest
 import torch
-from conftest import make_hf
+from conftest import WIDE, make_hf
 
 from core import compare, port_from_hf
 from core.parity import reference as refmod
@@ -16,12 +16,11 @@ from core.sampling import SamplingSettings
 
 PROMPT = "Hello, I'm a language model,"
 SEED_CASE = dict(num_return_sequences=5, max_length=24, top_k=50, seed=42)
-WIDE = dict(n_layer=2, n_head=12, n_embd=768, n_positions=128)  # GPT-2's width: MKL threads its decode products
 
 
 @pytest.fixture(scope="module")
 def wide_pair():
-    hf = make_hf(seed=41, sharpen=3.0, **WIDE)
+    hf = make_hf(seed=42, sharpen=3.0, **WIDE)  # a model whose pipeline run leaves some rows on our streams
     return port_from_hf(hf), hf
 
 

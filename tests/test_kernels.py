@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_hf
+from conftest import WIDE, make_hf
 
 from core import generate, port_from_hf
 from core import model as model_mod
@@ -16,7 +16,6 @@ from core.faults import apply_fault
 from core.sampling import Capture
 
 EPS32 = torch.finfo(torch.float32).eps
-WIDE = dict(n_layer=2, n_head=12, n_embd=768, n_positions=160)  # GPT-2's width: the kernels' real shapes
 
 
 @pytest.fixture()

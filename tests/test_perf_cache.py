@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import ODD, hf_generate, make_hf
+from conftest import ODD, WIDE, hf_generate, make_hf
 
 from core import compare, port_from_hf
 from core.faults import apply_fault
@@ -325,7 +325,7 @@ def test_reference_beside_our_generation_gives_the_serial_report(tokenizer, monk
     (at GPT-2's width MKL's decode products, and SDPA's one-query kernel, change bits with the thread count)."""
     from core import model as model_mod
 
-    shape = ODD if width == "odd" else dict(n_layer=2, n_head=12, n_embd=768, n_positions=64)
+    shape = ODD if width == "odd" else WIDE
     hf = make_hf(seed=21, sharpen=2.5, **shape)
     pair = (port_from_hf(hf), hf)
     monkeypatch.setattr(model_mod, "_KERNEL", "onednn")  # thread-invariant on any CPU that has oneDNN

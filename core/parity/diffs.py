@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..model import EPS32
 from ..sampling import TOP_N, Generation, SamplingSettings, process_logits_hf
 from .report import LayerDiff, StepDiff
 
@@ -28,7 +29,6 @@ from .report import LayerDiff, StepDiff
 # the exact port's worst max_c|Δ| / max_c|HF| was 0.33 and the smallest fault's, at its first layer, 3.3 (erf GELU
 # in one block); NOISE_FACTOR = 1 sits between. Faults flagged first at another layer: 0 of 1010 (global max: 185).
 NOISE_FACTOR = 1.0
-EPS32 = float(torch.finfo(torch.float32).eps)
 ATOL = 1e-12  # only so that an all-zero layer compares cleanly
 
 
@@ -115,8 +115,8 @@ def layer_diffs(n_layer: int, ours: list[torch.Tensor], ref: list[torch.Tensor],
 
 
 # perf: step_diffs makes ~30 full-vocabulary passes over every (row, step); taken a few rows at a time, each chunk's
-# intermediates stay in the L2 cache between passes (4 x 50257 floats = 0.8 MB): 130 -> 82 ms (nanogpt) and
-# 110 -> 64 ms (hf) for the seed's case at the 124M shape.
+# intermediates stay in the L2 cache between passes (4 x 50257 floats = 0.8 MB): 130 -> 82 ms (nanogpt) for the
+# seed's case at the 124M shape; HF's plain top-k filter (_fast_stats) 110 -> 45 ms.
 ROWS_PER_CHUNK = 4
 
 
@@ -126,6 +126,13 @@ def _topk_support(x: torch.Tensor, k: int, values: torch.Tensor) -> torch.Tensor
     if bool(((x >= values[:, k - 1 : k]).sum(dim=-1) != k).any()):
         return None
     return values[:, :k] - torch.logsumexp(values[:, :k], dim=-1, keepdim=True)
+
+
+def _log_p_at(ids: torch.Tensor, kept: torch.Tensor, kept_logp: torch.Tensor) -> torch.Tensor:
+    """A top-k distribution's log p at ids (n, m), from its kept entries (ids and log p, (n, k)): -inf elsewhere."""
+    hit = ids[:, :, None] == kept[:, None, :]  # (n, m, k)
+    out = torch.where(hit, kept_logp[:, None, :], torch.zeros_like(kept_logp[:, None, :])).sum(dim=-1)
+    return out.masked_fill(~hit.any(dim=-1), -float("inf"))
 
 
 def _fast_stats(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor, top_ids: torch.Tensor,
@@ -139,20 +146,10 @@ def _fast_stats(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor, top_ids:
     if lb_kept is None or la_kept is None:
         return None
     b_idx_k = b_idx[:, :k]
-    # ours' log p at HF's kept entries: -inf where ours did not keep them
-    match = b_idx_k[:, :, None] == a_idx[:, None, :]  # (n, k, k)
-    la_at_b = torch.where(match, la_kept[:, None, :], torch.zeros_like(la_kept[:, None, :])).sum(dim=-1)
-    la_at_b = la_at_b.masked_fill(~match.any(dim=-1), -float("inf"))
-    p = lb_kept.exp()
-    kl = (p * (lb_kept - la_at_b)).masked_fill_(p == 0, 0.0).sum(dim=-1)
-
-    def hf_log_p(ids: torch.Tensor) -> torch.Tensor:  # HF's sampling log p at ids (n, m)
-        hit = ids[:, :, None] == b_idx_k[:, None, :]
-        out = torch.where(hit, lb_kept[:, None, :], torch.zeros_like(lb_kept[:, None, :])).sum(dim=-1)
-        return out.masked_fill(~hit.any(dim=-1), -float("inf"))
-
-    return {"kl": kl.clamp_min(0.0), "mismatch": torch.isposinf(kl), "top_b": b_idx[:, :TOP_N],
-            "hf_prob": hf_log_p(tokens)[:, 0].exp(), "hf_top_sample": hf_log_p(top_ids).exp()}
+    kl, mismatch = _kl(lb_kept, _log_p_at(b_idx_k, a_idx, la_kept))  # over HF's kept entries
+    return {"kl": kl, "mismatch": mismatch, "top_b": b_idx[:, :TOP_N],
+            "hf_prob": _log_p_at(tokens, b_idx_k, lb_kept)[:, 0].exp(),
+            "hf_top_sample": _log_p_at(top_ids, b_idx_k, lb_kept).exp()}
 
 
 def _row_stats(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor, top_ids: torch.Tensor,

@@ -17,12 +17,11 @@ import time
 import torch
 
 from ..faults import FaultError, apply_fault, get_fault
-from ..model import GPT
+from ..model import GPT, thread_invariant
 from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
 from .explain import _verdict, explain_rows, sampler_notes
-from ..model import thread_invariant
 from .reference import (hf_on_streams, hf_reference_in_background, hf_teacher_forced, model_key,
                         overlap_reference, settings_table, sharing_cores_with)
 from .report import LayerDiff, ParityError, ParityReport
@@ -81,7 +80,8 @@ def compare_run(
     step and, where the run has its residual stream, per layer: from HF's own generate() where a stream is HF's,
     teacher-forced elsewhere), and with reference "generate"/"pipeline" HF's own sampling, every divergent row
     explained. Never asks what made the run.
-    `pending`: HF's reference already started by start_reference (else it starts here); `hf_key`: model_key(hf)."""
+    `pending`: HF's reference already started (hf_reference_in_background; else it starts here); `hf_key`:
+    model_key(hf)."""
     if reference not in REFERENCES:
         raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     s = settings
@@ -91,7 +91,7 @@ def compare_run(
     n_layer = int(hf.config.n_layer)
     hf_key = hf_key or model_key(hf)
     if pending is None and reference != "logits":
-        pending = start_reference(hf, tokenizer, gen.prompt, gen.prompt_ids, s, reference, hf_key)
+        pending = hf_reference_in_background(hf, tokenizer, gen.prompt, gen.prompt_ids, s, reference, model=hf_key)
     P = len(gen.prompt_ids)
     ref, table, trace = None, [], None
     if reference != "logits":
@@ -148,14 +148,6 @@ def compare_run(
         steps=steps, rows=rows, settings_table=table, generation=gen, ref_sequences=ref, timings=timings,
         subject=run.label, sampler=run.sampler, notes=notes,
     )
-
-
-def start_reference(hf, tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str, hf_key: tuple,
-                    overlap: bool = False):
-    """perf: HF's own sampling for this request: started on its worker beside the caller with `overlap`, else
-    deferred to the caller's .result(); a finished Future when cached."""
-    return hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference, model=hf_key,
-                                      overlap=overlap)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -245,8 +237,8 @@ def compare(
         # our thread count, runs beside our generation (HF at the full thread count, ours on a share until HF is done)
         hf_key = model_key(hf)
         if reference != "logits":
-            pending = start_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, hf_key,
-                                      overlap=overlap_reference(thread_invariant(faulty)))
+            pending = hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference, model=hf_key,
+                                                 overlap=overlap_reference(thread_invariant(faulty)))
         with sharing_cores_with(pending) as cores:
             timings["overlapped"] = float(cores.shared)  # 1: HF's reference ran beside our generation
             def step(event):

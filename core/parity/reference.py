@@ -361,8 +361,8 @@ class ResultCache:
         return self._bytes
 
 
-# One cache for the process: HF reference runs (tiny: token ids and kwargs) and teacher-forced passes (residual
-# stream + logits: ~30 MB for the seed's case at 124M, ~70 MB at 1.5B; bigger ones are not kept).
+# One cache for the process: HF reference runs (token ids, kwargs and HF's trace) and teacher-forced passes (residual
+# stream + logits: each ~30 MB for the seed's case at 124M, ~70 MB at 1.5B; bigger ones are not kept).
 REFERENCE_CACHE = ResultCache()
 
 
@@ -413,12 +413,7 @@ def reference_key(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: Sampling
 def hf_reference(hf, tokenizer: Tokenizer, prompt_text, prompt_ids, s: SamplingSettings, reference: str,
                  cache: ResultCache = REFERENCE_CACHE, model: tuple | None = None):
     """run_hf_reference, cached by reference_key: (sequences, kwargs HF received, user kwargs), the caller's copy."""
-    key = reference_key(hf, tokenizer, prompt_text, prompt_ids, s, reference, model)
-    entry = cache.get(hf, key)
-    if entry is None:
-        entry = _run_hf_reference(hf, tokenizer, prompt_text, prompt_ids, s, reference, trace=True)
-        _keep(cache, hf, key, entry)
-    return copy.deepcopy(entry[:3])
+    return hf_reference_in_background(hf, tokenizer, prompt_text, prompt_ids, s, reference, cache, model).result()[:3]
 
 
 def _keep(cache: ResultCache, hf, key, entry) -> None:
