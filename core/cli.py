@@ -13,7 +13,9 @@ import sys
 
 import torch
 
-from .sampling import SamplingSettings
+from .parity.judge import REFERENCES
+from .precision import CHOICES as PRECISION_CHOICES
+from .sampling import METHODS, SamplingSettings
 
 SEED_PROMPT = "Hello, I'm a language model,"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -39,7 +41,7 @@ def add_sampling_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per row (wins over --max-length)")
     ap.add_argument("--max-length", type=int, default=d.max_length,
                     help=f"prompt + new tokens, as HF's max_length (default {d.max_length}, as the seed)")
-    ap.add_argument("--method", default=d.method, choices=["hf", "nanogpt", "greedy"],
+    ap.add_argument("--method", default=d.method, choices=list(METHODS),
                     help="hf: HF generate() token for token; nanogpt: the seed's top-k loop; greedy: argmax")
     ap.add_argument("--top-k", type=int, default=d.top_k, help="top-k filter (0 = off; default 50 as HF)")
     ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus filter in (0, 1]")
@@ -144,10 +146,14 @@ def main_parity(argv=None) -> int:
                       "`python -m core.parity export --help` and docs/dump-format.md.")
     add_model_args(ap)
     add_sampling_args(ap)
-    ap.add_argument("--reference", default="generate", choices=["generate", "pipeline", "logits"],
+    ap.add_argument("--reference", default="generate", choices=list(REFERENCES),
                     help="HF side: generate() with the same settings, the text-generation pipeline, or logits only")
     ap.add_argument("--fault", default=None, help="bug-lab fault to inject into our model (see --list-faults)")
     ap.add_argument("--list-faults", action="store_true", help="list the bug-lab faults and exit")
+    ap.add_argument("--precision", default=None, choices=list(PRECISION_CHOICES),
+                    help="the regime the model runs and is judged in: float32, bfloat16/float16 (weights and "
+                         "activations), bfloat16-autocast/float16-autocast, tf32 (CUDA); auto (default) detects "
+                         "what --yours does; --dtype bfloat16 means --precision bfloat16")
     add_yours_args(ap)
     args = ap.parse_args(argv)
 
@@ -180,12 +186,17 @@ def main_parity(argv=None) -> int:
         else:
             ours, hf = load_pair(args.model)
             ours, hf = ours.to(device), hf.to(device)
-            if dtype != torch.float32:
-                ours = ours.to(dtype)
             subject, extra = ours, {}
+        precision = args.precision
+        if dtype != torch.float32:  # --dtype is --precision for our model (kept for existing scripts)
+            if precision not in (None, "auto", args.dtype):
+                raise CliError(f"--dtype {args.dtype} and --precision {precision} disagree: give one of them")
+            precision = args.dtype
+        if precision is None:  # our model, loaded by the lab: float32 unless asked; yours: detected
+            precision = "auto" if yours is not None else "float32"
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
-                         **extra, **settings)
+                         precision=precision, **extra, **settings)
         if args.json:
             print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
         else:
@@ -228,8 +239,17 @@ def format_report(report) -> str:
         f"max |Δlogit| over all steps: {report.max_abs_dlogit:.3g}   (tolerance: {report.rtol:g} x max|logit| + "
         f"{report.atol:g})",
         f"first diverging layer: {report.first_diverging_layer or 'none'}",
-        "layers (max |Δ| / tolerance, both at the place that decides: tolerance = rtol x max|HF| there):",
     ]
+    prec = getattr(report, "precision", None) or {}
+    if prec.get("factor"):
+        lines.append(f"precision: {prec['label']} ({prec['how']}); tolerance adds {prec['factor']:g} x HF's own "
+                     f"error at {prec['label']} (HF's own max |Δlogit|: {prec['hf_own_error']:.3g})")
+        check = report.float32_check or {}
+        lines.append("float32 re-check: " + (check["verdict"] if check.get("possible") else
+                                             f"not possible: {check.get('why_not')}"))
+    elif prec.get("how", "asked") != "asked":
+        lines.append(f"precision: {prec['label']} ({prec['how']})")
+    lines.append("layers (max |Δ| / tolerance, both at the place that decides: tolerance = rtol x max|HF| there):")
     for layer in report.layers:
         mark = "  <-- first" if layer.name == report.first_diverging_layer else ""
         where = f"(row {layer.worst_row}, position {layer.worst_position})"

@@ -183,6 +183,58 @@ def sample_nanogpt(
     return tokens, top_idx, top_probs / top_probs.sum(dim=-1, keepdim=True)
 
 
+def sampling_distribution(logits: torch.Tensor, s: "SamplingSettings", *, log: bool = False) -> torch.Tensor:
+    """The distribution the settings' method samples from, (B, V) float logits -> (B, V): the one definition
+    every part of the lab uses (the sampler's records, foreign models, the diffs, the row explanations).
+
+    log=False: probabilities, computed exactly as the sampler draws from them (hf: HF's warpers then softmax;
+    nanogpt: the seed's top-k of the softmax, renormalised; greedy: all mass on the argmax).
+    log=True: log-probabilities (-inf where a filter removed a token), computed in log space so that two models'
+    distributions can be compared without underflow; greedy has no spread, so its log form is the model's own
+    distribution (log_softmax of the logits)."""
+    method = s.effective_method
+    if method == "greedy":
+        if log:
+            return F.log_softmax(logits, dim=-1)
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
+    if method == "hf":
+        processed = process_logits_hf(logits, s.temperature, s.top_k, s.top_p)
+        return F.log_softmax(processed, dim=-1) if log else logits_to_probs(processed)
+    scaled = logits / s.temperature if s.temperature != 1.0 else logits
+    if log:
+        logp = F.log_softmax(scaled, dim=-1)
+        if s.top_k:
+            kth = torch.topk(logp, min(s.top_k, logp.size(-1)))[0][..., -1, None]
+            logp = logp.masked_fill(logp < kth, -float("inf"))
+            logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
+        return logp
+    probs = F.softmax(scaled, dim=-1)
+    if not s.top_k:
+        return probs
+    top_probs, top_idx = torch.topk(probs, min(s.top_k, probs.size(-1)), dim=-1)
+    return torch.zeros_like(probs).scatter_(1, top_idx, top_probs / top_probs.sum(dim=-1, keepdim=True))
+
+
+def choose_tokens(logits: torch.Tensor, s: "SamplingSettings", generator: torch.Generator,
+                  want_probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One sampling step of the settings' method: logits (B, V) float32 -> (token ids (B,), the distribution they
+    were drawn from (B, V), or None when `want_probs` is False and computing it would cost extra)."""
+    method = s.effective_method
+    if method == "greedy":
+        tokens = torch.argmax(logits, dim=-1)
+        return tokens, (F.one_hot(tokens, logits.size(-1)).to(logits.dtype) if want_probs else None)
+    if method == "hf":
+        probs = sampling_distribution(logits, s)
+        return sample(probs, generator), probs
+    tokens, cand_idx, cand_probs = sample_nanogpt(logits, s.top_k, s.temperature, generator)
+    return tokens, (torch.zeros_like(logits).scatter_(1, cand_idx, cand_probs) if want_probs else None)
+
+
+def stops_at_eos(s: "SamplingSettings") -> bool:
+    """HF's generate() (and our hf/greedy methods) stop a row at eos; the seed's loop always grows to length."""
+    return s.effective_method != "nanogpt"
+
+
 def row_sum(x: torch.Tensor) -> torch.Tensor:
     """x.sum(dim=-1) of a (rows, V) tensor, in an order that does not depend on the thread count: sums of blocks of
     1024 entries, then of those. (torch splits a one-row sum over more than 32768 entries across threads, so its
@@ -412,33 +464,22 @@ def _prefill(model: GPT, x: torch.Tensor, B: int, cache: KVCache, capture: Captu
 def _decode(model: GPT, ids: list[int], n_new: int, s: SamplingSettings, tokenizer, record: bool,
             capture: Capture | None = None):
     device = model.device
-    method = s.effective_method
     B = s.num_return_sequences
     eos = model.config.eos_token_id
     generator = torch.Generator(device=device).manual_seed(s.seed)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T): every row starts from the same prompt
     cache = model.new_cache(B, len(ids) + n_new)
     unfinished = torch.ones(B, dtype=torch.long, device=device)
-    stops_at_eos = method != "nanogpt"  # the seed's loop has no notion of eos: it always grows rows to length
+    stops = stops_at_eos(s)  # the seed's loop has no notion of eos: it always grows rows to length
     logits = _prefill(model, x, B, cache, capture)  # (B, V)
     for step in range(n_new):
         if capture is not None:
             capture.logits.append(logits)
-        if method == "greedy":
-            sample_probs = None
-            tokens = torch.argmax(logits, dim=-1)
-        elif method == "hf":
-            sample_probs = logits_to_probs(process_logits_hf(logits, s.temperature, s.top_k, s.top_p))
-            tokens = sample(sample_probs, generator)
-        else:
-            tokens, cand_idx, cand_probs = sample_nanogpt(logits, s.top_k, s.temperature, generator)
-            sample_probs = torch.zeros_like(logits).scatter_(1, cand_idx, cand_probs) if record else None
+        tokens, sample_probs = choose_tokens(logits, s, generator, want_probs=record)
         active = unfinished.bool().tolist()
-        tokens = tokens * unfinished + eos * (1 - unfinished)  # finished rows are padded with eos
-        if record and sample_probs is None:  # greedy: all mass on the argmax
-            sample_probs = F.one_hot(tokens, logits.size(-1)).to(logits.dtype)
+        tokens = tokens * unfinished + eos * (1 - unfinished)  # finished rows are padded with eos (no record)
         records = step_records(step, logits, sample_probs, tokens, active, tokenizer) if record else []
-        if stops_at_eos:
+        if stops:
             unfinished = unfinished & (tokens != eos).long()
         yield StreamEvent(step, tokens.tolist(), [not a for a in unfinished.bool().tolist()], records)
         if not unfinished.any() or step == n_new - 1:
@@ -470,29 +511,35 @@ def generate(
         if on_step is not None:
             on_step(event)
     sequences = [list(ids) + [ev.tokens[r] for ev in steps] for r in range(B)]
+    return assemble_generation(s, text, ids, sequences, [ev.records for ev in steps], tokenizer,
+                               model.config.eos_token_id, time.perf_counter() - t0)
+
+
+def assemble_generation(s: SamplingSettings, prompt_text: str | None, prompt_ids: Sequence[int],
+                        sequences: list[list[int]], records: list[list[StepRecord | None]],
+                        tokenizer: Tokenizer | None, eos_id: int, seconds: float = 0.0) -> Generation:
+    """The one Generation assembler: HF-shaped token streams (B, prompt + steps; rows finished at eos padded with
+    eos) -> per-row new tokens up to and including eos (when the method stops there), decoded texts."""
+    P = len(prompt_ids)
     new_ids, done = [], []
-    for r in range(B):
+    for seq in sequences:
         row = []
-        for ev in steps:
-            row.append(ev.tokens[r])
-            if ev.finished[r]:
+        for t in seq[P:]:
+            row.append(t)
+            if t == eos_id and stops_at_eos(s):
                 break
         new_ids.append(row)
-        done.append(steps[len(row) - 1].finished[r])
+        done.append(bool(row) and row[-1] == eos_id and stops_at_eos(s))
     decode = tokenizer.decode if tokenizer is not None else (lambda t: "")
-    completions = [decode(row) for row in new_ids]
-    texts = [decode(list(ids) + row) for row in new_ids]
     return Generation(
         settings=s.to_dict(),
-        prompt=text,
-        prompt_ids=list(ids),
-        sequences=sequences,
+        prompt=prompt_text,
+        prompt_ids=list(prompt_ids),
+        sequences=[list(seq) for seq in sequences],
         new_token_ids=new_ids,
-        texts=texts,
-        completions=completions,
+        texts=[decode(list(prompt_ids) + row) for row in new_ids],
+        completions=[decode(row) for row in new_ids],
         finished_by_eos=done,
-        records=[ev.records for ev in steps],
-        seconds=time.perf_counter() - t0,
+        records=records,
+        seconds=seconds,
     )
-
-

@@ -22,18 +22,20 @@ def assert_matches_hf(
     tokenizer=None,
     sampling_step=None,
     layers=None,
+    precision: str = "auto",
     **settings,
 ) -> list:
     """Compare `model` (any GPT-2: a torch.nn.Module or a function ids (B, T) -> logits) with `hf` (HF's
     GPT2LMHeadModel, a Hub id or a checkpoint directory) on every prompt and seed; raise AssertionError naming the
     verdict, the first diverging layer, the first divergent step and its cause for each failing case.
     Settings as for compare() (method="hf" by default: the rows must then be HF's own, token for token).
+    `precision` as for compare(): "auto" detects a bfloat16/float16/autocast model and judges it at that precision.
     Returns the ParityReports when everything agrees."""
     reports, failures = [], []
     for prompt in prompts:
         for seed in seeds:
             r = compare(model, prompt, hf_model=hf, tokenizer=tokenizer, reference=reference, seed=seed,
-                        sampling_step=sampling_step, layers=layers, **settings)
+                        sampling_step=sampling_step, layers=layers, precision=precision, **settings)
             reports.append(r)
             if not r.agree:
                 failures.append(describe_failure(r, prompt, seed))
@@ -62,5 +64,10 @@ def describe_failure(r, prompt, seed) -> str:
                      f"{first.explanation}")
     elif r.reference != "logits":
         lines.append("  first divergent step: none (every sampled row is HuggingFace's, token for token)")
+    prec = getattr(r, "precision", None) or {}
+    if prec.get("factor"):
+        check = r.float32_check or {}
+        lines.append(f"  precision: {prec['label']} ({prec['how']}); float32 re-check: "
+                     + (check["verdict"] if check.get("possible") else f"not possible: {check.get('why_not')}"))
     lines += [f"  note: {n}" for n in r.notes]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """Parity by data exchange: HF's reference dumped to files, a result computed by any implementation read back and
-judged with the same diffs, causes and verdicts as compare().
+judged by the same judge as compare() (judge.py): a SubjectRun and an HFRun built from the files.
 
 Knows the dump format (docs/dump-format.md: safetensors tensors + a JSON manifest), how to validate an untrusted
 result before loading a byte of tensor data, and how to export HF's side; knows nothing about the UI or the CLI.
@@ -13,16 +13,18 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import ParityLabError
-from ..sampling import Generation, SamplingSettings
-from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
-from .explain import _verdict, explain_rows
+from ..sampling import SamplingSettings, assemble_generation
+from .diffs import ATOL, relative_tolerance
+from .judge import judge
+from .reference import HFRun, hf_eos_id
 from .report import ParityReport, SettingRow
+from .subject import SubjectRun
 
 FORMAT = "gpt2-parity-dump"
 VERSION = 1
@@ -126,7 +128,7 @@ def model_config(hf_config) -> dict:
         "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "n_positions": c.n_positions,
         "vocab_size": c.vocab_size, "mlp_width": c.n_inner or 4 * c.n_embd,
         "layer_norm_epsilon": c.layer_norm_epsilon, "activation_function": c.activation_function,
-        "eos_token_id": c.eos_token_id,
+        "eos_token_id": hf_eos_id(c),
     }
 
 
@@ -512,7 +514,7 @@ class DumpCheck:
 
 def compare_dump(reference, result, *, tokenizer=None, manifest=None, max_bytes: int = MAX_RESULT_BYTES) -> DumpCheck:
     """Judge a result file against a reference: `reference` a directory or a Reference, `result` a path or a Result
-    (`manifest`: an optional separate manifest JSON file). Same verdicts, causes and views as compare()."""
+    (`manifest`: an optional separate manifest JSON file). The same judge as compare(): same verdicts and causes."""
     ref = reference if isinstance(reference, Reference) else load_reference(reference)
     res = result if isinstance(result, Result) else load_result(result, ref, manifest_path=manifest,
                                                                   max_bytes=max_bytes)
@@ -533,111 +535,64 @@ def _default_tokenizer():
         return None  # texts stay empty; every number is still compared
 
 
-def _with_sampled_rows(gen: Generation, sampled: list[list[int]], eos: int, tokenizer) -> Generation:
-    """The result's own sampled rows as the subject's texts and sequences; the records stay on the reference's
-    streams, where the result's logits were computed."""
-    P = len(gen.prompt_ids)
-    new_ids = []
-    for seq in sampled:
-        row = []
-        for t in seq[P:]:
-            row.append(t)
-            if t == eos:
-                break
-        new_ids.append(row)
-    decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
-    gen.sequences = sampled
-    gen.new_token_ids = new_ids
-    gen.finished_by_eos = [bool(row) and row[-1] == eos for row in new_ids]
-    gen.completions = [decode(row) for row in new_ids]
-    gen.texts = [decode(gen.prompt_ids + row) for row in new_ids]
-    return gen
-
-
-def _outside_support(s: SamplingSettings, logits_k: torch.Tensor, token: int) -> bool:
-    """Does the settings' distribution (from the result's own logits at that step) give `token` zero probability?"""
-    from .subject import sampling_probs
-
-    return bool(sampling_probs(logits_k[None].float(), s)[0, token] <= 0)
-
-
-def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityReport:
-    """One case: per-layer and per-step diffs on the reference's streams (the result's model teacher-forced on
-    HF's tokens), then, where the result has its own sampled ids, each row's first divergence and its cause."""
-    import time
-
+def subject_run(ref: Reference, res: Result, case: Case, tokenizer) -> SubjectRun:
+    """The result's side of one case: its logits (and residual stream) on the reference's token streams, and its
+    own sampled rows where it has them (their texts; the records stay on the streams its logits were computed on)."""
     from .subject import build_generation
 
-    t0 = time.perf_counter()
-    config = ref.config
-    name, P, eos = case.name, len(case.prompt_ids), config["eos_token_id"]
+    config, name, P = ref.config, case.name, len(case.prompt_ids)
+    eos = config["eos_token_id"]
     s = SamplingSettings(**case.settings)
     tokens = ref.tensors[f"{name}.tokens"]
-    hf_logits = ref.tensors[f"{name}.logits"].float()
-    ours_logits = res.tensors[f"{name}.logits"].float()
-    rtol = relative_tolerance(config["mlp_width"])
-    gen = build_generation(s, case.prompt, case.prompt_ids, tokens[:, P:], ours_logits, eos_id=eos,
-                           tokenizer=tokenizer)
+    logits = res.tensors[f"{name}.logits"].float()
+    gen = build_generation(s, case.prompt, case.prompt_ids, tokens[:, P:], logits, eos_id=eos, tokenizer=tokenizer)
     impl = res.manifest.get("implementation") if isinstance(res.manifest.get("implementation"), dict) else {}
     described = ", ".join(str(impl[k]) for k in ("name", "framework", "dtype", "notes") if impl.get(k))
     notes = [f"result file: {described or 'no implementation named'}; per-step views are on the reference's "
              "token streams (your model teacher-forced on HF's tokens)"]
-
-    ours_h, ref_h = res.tensors.get(f"{name}.hidden"), ref.tensors.get(f"{name}.hidden")
-    per_layer = ours_h is not None and ref_h is not None
-    if per_layer:
-        layers = layer_diffs(config["n_layer"], [h.float() for h in ours_h.unbind(0)] + [ours_logits],
-                             list(ref_h.unbind(0)) + [hf_logits], rtol)
-    else:
-        only = layer_diffs(0, [ours_logits], [hf_logits], rtol)[0]
-        layers = [replace(only, index=config["n_layer"] + 2, name="lm_head")]  # its deciding place too
-        notes.append("per-layer comparison not possible: " + ("the result has no hidden states" if ours_h is None
-                                                             else "the reference was exported without --layers"))
-    steps = step_diffs(gen, s, ours_logits, hf_logits, rtol)
-    first_layer = next((l.name for l in layers if l.exceeds), None)
-
+    hidden = res.tensors.get(f"{name}.hidden")
+    if hidden is None:
+        notes.append("per-layer comparison not possible: the result has no hidden states")
     sampled = res.tensors.get(f"{name}.sampled")
-    own_draws = res.manifest.get("sampler", "other") != "torch"
-    sampler = "yours" if own_draws and sampled is not None else s.effective_method
-    reference, ref_seqs, table = "logits", None, []
+    sampler, streams = s.effective_method, None
     if sampled is not None:
-        reference, ref_seqs = "generate", tokens.tolist()
-        gen = _with_sampled_rows(gen, sampled.long().tolist(), eos, tokenizer)
-        table = _settings_table(s, res.manifest)
-    # Draws that are not torch's cannot be replayed (no near-tie check): explained as the user's own sampler's.
-    # Greedy needs no draws: a flipped argmax is judged as a near tie, whoever computed it.
-    greedy = s.effective_method == "greedy"
-    rows = explain_rows(gen, s, ref_seqs, tokenizer, table, steps, ours_logits, hf_logits, first_layer,
-                        sampler="yours" if own_draws and not greedy else s.effective_method)
-    for row in rows:
-        if reference == "logits":
-            row.identical, row.first_divergent_step, row.cause = True, None, None
-            row.explanation = "not compared (the result has no sampled ids)"
-        elif row.cause in ("sampling_order", "unexplained") and own_draws and not greedy:
-            k = row.first_divergent_step
-            token = row.ours_new_ids[k] if k < len(row.ours_new_ids) else None
-            if token is not None and k < ours_logits.size(1) and _outside_support(s, ours_logits[row.row, k], token):
-                row.cause = "sampler"
-                row.explanation = (f"your sampler chose token {token} at step {k}, which the settings (top-k "
-                                   f"{s.top_k or 'off'}, top-p {s.top_p:g}) never sample: a forgotten filter?")
-                row.evidence = {"kind": "support", "step": k, "token_id": token}
-            else:
-                row.cause = "sampling_order"
-                row.explanation = ("same model, different random draws: your sampler does not draw torch's random "
-                                   "numbers under the case's seed (sampler 'other'), so sampled rows differ "
-                                   "from HF's")
-                row.evidence = {"ours_method": "yours", "hf_draws_per_step": "B x vocab"}
-    if reference == "logits":
+        streams = tokens.tolist()
+        if res.manifest.get("sampler", "other") != "torch":
+            sampler = "yours"  # draws that are not torch's cannot be replayed: judged as the user's own sampler's
+        gen = assemble_generation(s, case.prompt, case.prompt_ids, sampled.long().tolist(), gen.records, tokenizer,
+                                  eos)
+    else:
         notes.append("no sampled ids in the result: the models are compared, the sampling is not")
-    agree, kind, verdict = _verdict(rows, layers, steps, reference, per_layer=per_layer)
-    max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
-    return ParityReport(
-        model=ref.manifest["model"]["id"], prompt=case.prompt, prompt_ids=list(case.prompt_ids),
-        settings=s.to_dict(), reference=reference, fault=None, agree=agree, verdict=verdict, verdict_kind=kind,
-        rtol=rtol, atol=ATOL, max_abs_dlogit=max_dlogit, first_diverging_layer=first_layer, layers=layers,
-        steps=steps, rows=rows, settings_table=table, generation=gen, ref_sequences=ref_seqs,
-        timings={"total_s": time.perf_counter() - t0}, subject=SUBJECT, sampler=sampler, notes=notes,
-    )
+    return SubjectRun(generation=gen, step_logits=logits, hidden=list(hidden.float().unbind(0)) if hidden is not None
+                      else None, label=SUBJECT, sampler=sampler, notes=notes, streams=streams)
+
+
+def hf_run(ref: Reference, res: Result, case: Case) -> HFRun:
+    """HF's side of one case, from the reference: its token streams, logits and (if exported) residual stream."""
+    config, name = ref.config, case.name
+    hidden = ref.tensors.get(f"{name}.hidden")
+    sampled = res.tensors.get(f"{name}.sampled") is not None
+    notes = []
+    if hidden is None and res.tensors.get(f"{name}.hidden") is not None:
+        notes.append("per-layer comparison not possible: the reference was exported without --layers")
+    return HFRun(sequences=ref.tensors[f"{name}.tokens"].tolist() if sampled else None,
+                 settings_table=_settings_table(SamplingSettings(**case.settings), res.manifest) if sampled else [],
+                 logits=ref.tensors[f"{name}.logits"].float(),
+                 hidden=list(hidden.float().unbind(0)) if hidden is not None else None,
+                 n_layer=config["n_layer"], mlp_width=config["mlp_width"], notes=notes)
+
+
+def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityReport:
+    """One case: the result's run and HF's, from the files, through the one judge."""
+    import time
+
+    t0 = time.perf_counter()
+    subject, hf = subject_run(ref, res, case, tokenizer), hf_run(ref, res, case)
+    reference = "generate" if hf.sequences is not None else "logits"
+    report = judge(subject, hf, SamplingSettings(**case.settings), reference, tokenizer=tokenizer,
+                   model=ref.manifest["model"]["id"])
+    report.timings["total_s"] = time.perf_counter() - t0
+    return report
 
 
 def _settings_table(s: SamplingSettings, manifest: dict) -> list[SettingRow]:

@@ -1,4 +1,5 @@
-"""Why a row diverged (model, settings, sampling order, near tie) and the one-line verdict.
+"""Why a row diverged (model, settings, sampling order, near tie, your sampler) and the one-line verdict, for the
+judge (judge.py), which alone calls these.
 
 Knows our sampling methods' random draws; works on diffs and token streams only, not on models.
 """
@@ -7,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling import Generation, SamplingSettings
-from .diffs import sampling_log_probs
+from ..sampling import Generation, SamplingSettings, sampling_distribution
 from .report import RowComparison
 
 # ---------------------------------------------------------------------------------------------------------
@@ -36,8 +36,8 @@ def _near_tie(s: SamplingSettings, row: int, step: int, ours_logits_s, hf_logits
     # HF-exact sampling picks argmax(log p - log q) with q = -log1p(-u): replay the step's draws
     u = _uniforms_at(s.seed, step, (B, a.numel()))[row]
     logq = torch.log(-torch.log1p(-u)).float()
-    score_a = sampling_log_probs(a[None], s)[0] - logq
-    score_b = sampling_log_probs(b[None], s)[0] - logq
+    score_a = sampling_distribution(a[None], s, log=True)[0] - logq
+    score_b = sampling_distribution(b[None], s, log=True)[0] - logq
     best = torch.topk(score_b, 2).values
     margin = (best[0] - best[1]).item()
     scaled = 2 * dlogit / (s.temperature or 1.0)
@@ -53,22 +53,48 @@ TEMPERATURE_LLR = 15.0
 _TEMPERATURES = torch.exp(torch.linspace(-3.0, 1.5, 91))  # 0.05 .. 4.5
 
 
-def _temperature_fit(s: SamplingSettings, gen: Generation, ours_logits: torch.Tensor) -> dict | None:
-    """Do the chosen tokens contradict the settings' temperature? The log-likelihood of every chosen token
-    under the settings' filter (top-k/top-p support fixed) at temperatures on a grid, against the settings' own;
-    evidence if another temperature is more likely by more than TEMPERATURE_LLR nats, else None."""
-    from .diffs import sampling_log_probs
+def own_draws(gen: Generation, streams: list[list[int]], logits: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(row, step, token) of every choice the subject made on logits computed on that row's own prefix: every live
+    step of a run that generated its own streams; for a result file (logits on HF's streams, its own sampled rows
+    beside them) the steps up to and including the row's first divergence from HF's stream."""
+    P = len(gen.prompt_ids)
+    S = logits.size(1)
+    out = []
+    for r, seq in enumerate(gen.sequences):
+        live = min(len(gen.new_token_ids[r]), S)
+        for t in range(live):
+            if gen.records[t][r] is None or seq[: P + t] != streams[r][: P + t]:
+                break
+            out.append((r, t, seq[P + t]))
+    return out
 
-    if s.effective_method == "greedy" or not gen.records:
+
+def _support_violations(s: SamplingSettings, draws: list[tuple[int, int, int]], logits: torch.Tensor) -> dict:
+    """Per row, the first own choice the settings give zero probability: {row: evidence}."""
+    if not draws:
+        return {}
+    rows, steps, tokens = (torch.tensor(c) for c in zip(*draws))
+    z = logits[rows, steps].float()  # (N, V)
+    tok = tokens[:, None]
+    outside = ~torch.isfinite(sampling_distribution(z, s, log=True).gather(1, tok))[:, 0]
+    rank = (z > z.gather(1, tok)).sum(dim=-1) + 1
+    found = {}
+    for i in outside.nonzero()[:, 0].tolist():
+        r, t, token = draws[i]
+        found.setdefault(r, {"kind": "support", "step": t, "token_id": token, "rank": int(rank[i])})
+    return found
+
+
+def _temperature_fit(s: SamplingSettings, draws: list[tuple[int, int, int]], logits: torch.Tensor) -> dict | None:
+    """Do the chosen tokens contradict the settings' temperature? The log-likelihood of every own choice under the
+    settings' filter (top-k/top-p support fixed) at temperatures on a grid, against the settings' own;
+    evidence if another temperature is more likely by more than TEMPERATURE_LLR nats, else None."""
+    if s.effective_method == "greedy" or len(draws) < 10:
         return None
-    B, S, V = ours_logits.shape
-    tokens = torch.tensor([[rec.token_id if rec is not None else -1 for rec in step] for step in gen.records]).t()
-    live = tokens >= 0  # (B, S)
-    if live.sum() < 10:
-        return None
-    z = ours_logits[live]  # (N, V)
-    tok = tokens[live][:, None]
-    support = torch.isfinite(sampling_log_probs(z, s))
+    rows, steps, tokens = (torch.tensor(c) for c in zip(*draws))
+    z = logits[rows, steps].float()  # (N, V)
+    tok = tokens[:, None]
+    support = torch.isfinite(sampling_distribution(z, s, log=True))
     if not support.gather(1, tok).all():
         return None  # a support violation is reported on its own
     chosen = z.gather(1, tok)[:, 0]
@@ -85,16 +111,7 @@ def _temperature_fit(s: SamplingSettings, gen: Generation, ours_logits: torch.Te
         return None
     return {"kind": "temperature", "settings_temperature": float(s.temperature),
             "fitted_temperature": round(float(_TEMPERATURES[best]), 3), "log_likelihood_ratio": gain,
-            "tokens": int(live.sum())}
-
-
-def _support_violation(row: int, steps) -> dict | None:
-    """The first step where a user's sampling step chose a token the settings give zero probability."""
-    for st in steps:
-        d = st[row] if row < len(st) else None
-        if d is not None and d.ours_prob <= 0.0:
-            return {"kind": "support", "step": d.step, "token_id": d.token_id, "rank": d.ours_rank}
-    return None
+            "tokens": len(draws)}
 
 
 def _sampler_why(ev: dict, s: SamplingSettings) -> str:
@@ -116,15 +133,27 @@ def _sampler_why(ev: dict, s: SamplingSettings) -> str:
 
 
 def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, steps,
-                 ours_logits, hf_logits, first_layer, *,
-                 sampler: str | None = None) -> list[RowComparison]:
+                 ours_logits, hf_logits, first_layer, *, sampler: str | None = None,
+                 streams: list[list[int]] | None = None, model_differs: str | None = None,
+                 precision: str | None = None) -> list[RowComparison]:
     """One RowComparison per row. `sampler` says what chose the run's tokens (default: the settings' method);
-    "yours" (a user's own sampling step) is checked for being a valid draw from the settings' distribution."""
+    "yours" (a user's own sampling step) is checked for being a valid draw from the settings' distribution.
+    `streams`: the token streams the logits were computed on, where they are not the run's own (a result file's
+    logits are on HF's streams). `model_differs`: where the models differ (the verdict says so) although a row's
+    divergence has another cause: the row's explanation then never calls the models the same. `precision`: the
+    regime's name below float32 (a near tie flipped there is the precision's doing)."""
     P = len(gen.prompt_ids)
     rows = []
     diff_settings = [r for r in table if r.differs]
     sampler = sampler or s.effective_method
-    temperature_fit = _temperature_fit(s, gen, ours_logits.cpu()) if sampler == "yours" else None
+    streams = streams if streams is not None else gen.sequences
+    violations, temperature_fit = {}, None
+    if sampler == "yours":
+        draws = own_draws(gen, streams, ours_logits.cpu())
+        violations = _support_violations(s, draws, ours_logits.cpu())
+        temperature_fit = _temperature_fit(s, draws, ours_logits.cpu())
+    decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
+    same = "same model, " if model_differs is None else ""
     for r in range(len(gen.sequences)):
         ours_new = gen.sequences[r][P:]
         ref_new = ref[r][P:] if ref is not None and r < len(ref) else []
@@ -135,9 +164,8 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
                 first = i
                 break
         identical = prompt_same and first is None
-        decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
         cause, why, evidence = None, "identical to HuggingFace", {}
-        sampler_ev = (_support_violation(r, steps) or temperature_fit) if sampler == "yours" else None
+        sampler_ev = (violations.get(r) or temperature_fit) if sampler == "yours" else None
         if not identical:
             s_idx = first if first is not None else 0
             bad = [d for st in steps[: s_idx + 1] for d in [st[r]] if d is not None and d.exceeds]
@@ -155,18 +183,18 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
             elif diff_settings:
                 cause = "settings"
                 parts = [f"{d.name}: ours {d.ours!r} vs HF {d.hf!r} ({d.source})" for d in diff_settings]
-                why = "same model, different effective settings: " + "; ".join(parts)
+                why = same + "different effective settings: " + "; ".join(parts)
                 evidence = {d.name: {"ours": d.ours, "hf": d.hf, "source": d.source} for d in diff_settings}
             elif sampler == "nanogpt":
                 cause = "sampling_order"
-                why = ("same model, different random draws: the seed's loop draws one number per row over the "
+                why = (same + "different random draws: the seed's loop draws one number per row over the "
                        f"{s.top_k or 'full'} sorted top-k probabilities; HF draws over the full vocabulary in id order")
                 evidence = {"ours_method": "nanogpt", "hf_draws_per_step": "B x vocab"}
             elif sampler == "yours" and s.effective_method != "greedy":
                 cause = "sampling_order"
-                why = ("same model, different random draws: your sampling step's choices are valid draws from the "
-                       "settings' distribution, but it consumes the global RNG differently from HF, which draws "
-                       "one number per vocabulary entry in id order (one multinomial over B x vocab per step)")
+                why = (same + "different random draws: your sampler's choices are valid draws from the settings' "
+                       "distribution, but not made with HF's random numbers (HF draws one number per vocabulary "
+                       "entry in id order: one multinomial over B x vocab per step, from the seed)")
                 evidence = {"ours_method": "yours", "hf_draws_per_step": "B x vocab"}
             else:
                 st = steps[s_idx][r] if s_idx < len(steps) else None
@@ -174,7 +202,13 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
                 if st is not None:
                     tie = _near_tie(s, r, s_idx, ours_logits[:, s_idx], hf_logits[:, s_idx],
                                     st.max_abs_dlogit, len(gen.sequences))
-                if tie is not None:
+                if tie is not None and precision is not None:
+                    cause = "precision"
+                    why = (f"a near tie flipped by {precision} rounding at step {s_idx}: the winning margin "
+                           f"{tie['margin']:.2g} is within the logit difference {tie['max_abs_dlogit']:.2g}, which "
+                           f"{precision} precision allows")
+                    evidence = {**tie, "precision": precision}
+                elif tie is not None:
                     cause = "near_tie"
                     why = (f"a near-tie flipped by float noise at step {s_idx}: the winning margin {tie['margin']:.2g} "
                            f"is within the logit difference {tie['max_abs_dlogit']:.2g}")
@@ -182,6 +216,10 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
                 else:
                     cause = "unexplained"
                     why = f"diverges at step {s_idx} with logits within tolerance and no tie: please report this"
+            if cause != "model" and model_differs is not None:
+                why += (f"; the models also differ ({model_differs}), though not by enough to change this row's "
+                        "choice here")
+                evidence = {**evidence, "model_differs": model_differs}
         rows.append(RowComparison(
             row=r, ours_new_ids=ours_new, ref_new_ids=ref_new, ours_text=decode(gen.sequences[r]),
             ref_text=decode(ref[r]) if ref is not None and r < len(ref) else "",
@@ -197,6 +235,7 @@ _HEADLINES = {
     "sampling_order": "same model, different random draws: sampling order",
     "settings": "same model, different effective settings",
     "near_tie": "same model; a near-tie flipped by float noise",
+    "precision": "a near tie flipped by low-precision rounding",
     "unexplained": "rows diverge with agreeing logits and no known cause",
     "sampler": "same model, but your sampling step does not sample what the settings say",
 }
@@ -206,43 +245,50 @@ def sampler_notes(rows: list[RowComparison], sampler: str | None) -> list[str]:
     """Report notes about a user's sampling step that no row's cause carries (e.g. hidden behind a model bug)."""
     if sampler != "yours":
         return []
-    notes = ["tokens chosen by your own sampling step (global RNG seeded once with the seed, restored afterwards)"]
     for row in rows:
         ev = row.evidence.get("sampler") if row.cause == "model" else None
         if ev is not None:
-            notes.append(f"also (row {row.row}): " + (
+            return [f"also (row {row.row}): " + (
                 f"your sampling step chose token {ev['token_id']} at step {ev['step']}, outside the settings' "
                 "support" if ev["kind"] == "support" else
                 f"your sampling step's choices fit temperature {ev['fitted_temperature']:g}, not "
-                f"{ev['settings_temperature']:g}"))
-            break
-    return notes
+                f"{ev['settings_temperature']:g}")]
+    return []
 
 
-def _verdict(rows: list[RowComparison], layers, step_list, reference, per_layer: bool = True) -> tuple[bool, str, str]:
+def models_verdict(layers, step_list, per_layer: bool = True) -> tuple[str, str] | None:
+    """(where the models differ, the verdict's words), or None when every layer and step agrees within
+    tolerance. Decided before the rows are explained: a row must not call the models the same when they differ."""
     first_layer = next((l for l in layers if l.exceeds), None)
     any_step = any(d.exceeds for st in step_list for d in st if d is not None)
-    if first_layer is not None or any_step:
-        if first_layer is not None and not any_step and first_layer.name != "lm_head":
-            return False, "model", (f"hidden states differ from HuggingFace from {first_layer.name} on, although every "
-                                    "sampled step's logits agree (a mistake that only earlier positions see, such as "
-                                    "a missing causal mask when each step recomputes the whole sequence)")
-        if first_layer is not None and (per_layer or first_layer.name != "lm_head"):
-            return False, "model", f"logits differ from HuggingFace: first diverging layer {first_layer.name}"
-        if not per_layer:
-            return False, "model", "logits differ from HuggingFace (per-layer comparison not available)"
-        return False, "model", "logits differ from HuggingFace: first diverging layer lm_head"
+    if first_layer is None and not any_step:
+        return None
+    if first_layer is not None and not any_step and first_layer.name != "lm_head":
+        return (f"from {first_layer.name} on",
+                f"hidden states differ from HuggingFace from {first_layer.name} on, although every sampled step's "
+                "logits agree (a mistake that only earlier positions see, such as a missing causal mask when each "
+                "step recomputes the whole sequence)")
+    if first_layer is not None and (per_layer or first_layer.name != "lm_head"):
+        return (f"first diverging layer {first_layer.name}",
+                f"logits differ from HuggingFace: first diverging layer {first_layer.name}")
+    if not per_layer:
+        return "logits", "logits differ from HuggingFace (per-layer comparison not available)"
+    return "first diverging layer lm_head", "logits differ from HuggingFace: first diverging layer lm_head"
+
+
+def verdict(rows: list[RowComparison], models: tuple[str, str] | None, reference: str) -> tuple[bool, str, str]:
+    """(agree, verdict_kind, the one-line verdict) from the models' verdict and the rows' causes."""
+    if models is not None:
+        return False, "model", models[1]
     if reference == "logits":
         return True, "logits_agree", _HEADLINES["logits_agree"]
     causes = [r.cause for r in rows if not r.identical]
     if not causes:
         return True, "identical", _HEADLINES["identical"]
-    for kind in ("unexplained", "sampler", "settings", "sampling_order", "near_tie"):
+    for kind in ("unexplained", "sampler", "settings", "sampling_order", "near_tie", "precision"):
         if kind in causes:
             head = _HEADLINES[kind]
             if kind == "settings":
                 head += ": " + next(r.explanation.split(": ", 1)[1] for r in rows if r.cause == "settings")
             return kind not in ("unexplained", "sampler"), kind, f"{head} ({len(causes)} of {len(rows)} rows differ)"
     raise AssertionError(causes)  # pragma: no cover
-
-

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..sampling import SamplingSettings, logits_to_probs, prepare, process_logits_hf, sample, sample_nanogpt
+from ..sampling import SamplingSettings, choose_tokens, prepare
 from ..tokenizer import Tokenizer
-from .reference import global_rng_section
+from .reference import global_rng_section, hf_eos_id
 from .report import ParityError
-from .subject import StepTracker, SubjectRun, assemble_generation
+from .subject import StepTracker, SubjectRun
 
 
 class ForeignModelError(ParityError):
@@ -336,10 +336,12 @@ def run_foreign(
                           f"{type(sampling_step).__name__}")
     cfg = hf.config
     vocab, n_layer, width = int(cfg.vocab_size), int(cfg.n_layer), int(cfg.n_embd)
-    eos = cfg.eos_token_id if cfg.eos_token_id is not None else 50256
-    eos = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+    eos = hf_eos_id(cfg)
     text, ids, n_new = prepare(hf, prompt, tokenizer, s)  # every input check before any work
     notes = _Notes()
+    if sampling_step is not None:
+        notes.add("tokens chosen by your own sampling step (global RNG seeded once with the seed, restored "
+                  "afterwards)")
     taps = find_layers(model, n_layer, layers)
     recorder = None
     if isinstance(taps, str):
@@ -370,13 +372,8 @@ def run_foreign(
             if sampling_step is not None:
                 tokens = _their_ids(_call(sampling_step, full, what=f"your sampling step (step {step})"),
                                     B, vocab, step, full.size(-1)).to(device)
-            elif method == "greedy":
-                tokens = logits.argmax(dim=-1)
-            elif method == "hf":
-                tokens = sample(logits_to_probs(process_logits_hf(logits, s.temperature, s.top_k, s.top_p)),
-                                generator)
             else:
-                tokens = sample_nanogpt(logits, s.top_k, s.temperature, generator)[0]
+                tokens = choose_tokens(logits, s, generator, want_probs=False)[0]
             step_logits.append(logits)
             event, tokens = tracker.step(logits, tokens)
             if on_step is not None:
@@ -386,7 +383,7 @@ def run_foreign(
             x = torch.cat([x, tokens[:, None].to(device)], dim=1)
     if was_training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         notes.add("your model was in training mode: it ran in eval mode (dropout off) and was switched back")
-    gen = assemble_generation(s, text, ids, tracker.events, tokenizer, time.perf_counter() - t0)
+    gen = tracker.generation(text, ids, time.perf_counter() - t0)
     hidden = None
     if recorder is not None:
         hidden, why = recorder.hidden(B, x.size(1), width)
@@ -395,3 +392,49 @@ def run_foreign(
                       "holds.")
     return SubjectRun(generation=gen, step_logits=torch.stack(step_logits, dim=1), hidden=hidden, label=label,
                       sampler="yours" if sampling_step is not None else method, notes=notes.items)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Teacher-forced replay: the same model on given token streams (the float32 re-check of a low-precision run)
+
+
+def _full_logits(out, batch: int, length: int, vocab: int) -> torch.Tensor | None:
+    """Every position's logits (B, T, V') when the model returned them all, else None (it returns the last only)."""
+    if not isinstance(out, torch.Tensor):
+        out = out["logits"] if isinstance(out, Mapping) and "logits" in out else getattr(out, "logits", None) \
+            if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) and out else None
+    if isinstance(out, torch.Tensor) and out.dim() == 3 and out.size(0) == batch and out.size(1) == length \
+            and out.size(-1) >= vocab and out.is_floating_point():
+        return out
+    return None
+
+
+def replay(model, hf, streams: list[list[int]], prompt_len: int, n_steps: int,
+           layers: Mapping[str, str] | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The model on fixed token streams (B, prompt_len + n_steps), teacher-forced: its logits at each of the
+    n_steps positions that chose a token, (B, n_steps, V) float32, and its residual stream over the fed positions
+    where its layout is discoverable (else None). One forward over the whole streams when the model returns every
+    position's logits; otherwise one per step, as its own decoding loop would."""
+    cfg = hf.config
+    vocab, n_layer, width = int(cfg.vocab_size), int(cfg.n_layer), int(cfg.n_embd)
+    taps = find_layers(model, n_layer, layers)
+    recorder = None if isinstance(taps, str) else HiddenRecorder(taps)
+    device = _device_of(model)
+    fed = torch.tensor(streams, dtype=torch.long, device=device)[:, : prompt_len + n_steps - 1]
+    B, T = fed.shape
+    hooks = recorder.recording() if recorder is not None else contextlib.nullcontext()
+    with _eval_mode(model), torch.no_grad(), hooks:
+        out = _call(model, fed, what=f"your model (input of shape {tuple(fed.shape)})")
+        full = _full_logits(out, B, T, vocab)
+        if full is not None:
+            logits = full[:, prompt_len - 1 :, :vocab].float()
+            hidden = recorder.hidden(B, T, width)[0] if recorder is not None else None
+        else:  # last-position logits only: one call per step
+            steps = []
+            for t in range(n_steps):
+                x = fed[:, : prompt_len + t]
+                steps.append(logits_from_output(_call(model, x, what=f"your model (step {t})"), B, x.size(1),
+                                                vocab)[:, :vocab].float())
+            logits = torch.stack(steps, dim=1)
+            hidden = recorder.hidden(B, T, width)[0] if recorder is not None else None
+    return logits, hidden

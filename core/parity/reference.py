@@ -15,10 +15,11 @@ import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from ..precision import FLOAT32, Precision, cast_copy, regime
 from ..sampling import SamplingSettings
 from ..tokenizer import Tokenizer
 from .report import ParityError, SettingRow
@@ -582,3 +583,122 @@ class _Deferred:
         if self._result is None:
             self._result = self._work()
         return self._result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HF's half of one comparison, as one object: what the judge receives (HFRun) and how it is obtained (HFSide)
+
+
+def hf_eos_id(config) -> int:
+    """The eos id of an HF config (an int, a list of them, or None), as every part of the lab reads it."""
+    eos = config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return int(eos) if isinstance(eos, int) else 50256
+
+
+def mlp_width(config) -> int:
+    return int(config.n_inner or 4 * config.n_embd)
+
+
+@dataclass
+class HFRun:
+    """What HF did, for the judge: its own generation (None when its sampling is not compared), the settings it
+    resolved, and what its model computed on the *subject's* token streams.
+
+    logits: (B, S, V) float32, the logits of each of the subject's sampling steps.
+    hidden: the residual stream over every fed position, [embeddings, block 0 .. n-1, ln_f], each (B, T, C);
+        None when it is not known (a reference exported without layers).
+    """
+
+    sequences: list[list[int]] | None
+    settings_table: list[SettingRow]
+    logits: torch.Tensor
+    hidden: list[torch.Tensor] | None
+    n_layer: int
+    mlp_width: int
+    timings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # below float32: HF's own error at the subject's precision (HF in that regime against HF in float32 on the same
+    # streams), max over channels at each place: per layer (B, T) like `hidden`, and per step (B, S) like `logits`
+    own_error_hidden: list[torch.Tensor] | None = None
+    own_error_logits: torch.Tensor | None = None
+
+
+_LOW_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def hf_in_regime(hf, p: Precision):
+    """HF's model for regime `p`: a cast copy (kept while `hf` lives) for bfloat16/float16 weights, else itself."""
+    if not p.weights_cast:
+        return hf
+    copies = _LOW_COPIES.setdefault(hf, {})
+    if p.dtype not in copies:
+        copies.clear()  # one low-precision copy per model at a time
+        copies[p.dtype] = cast_copy(hf, p.dtype).eval()
+    return copies[p.dtype]
+
+
+def hf_own_error(hf, fed: torch.Tensor, keep: int, p: Precision, hidden32: list[torch.Tensor],
+                 logits32: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """HF's own error at precision `p` on the token streams `fed` (B, T): HF run in that regime against HF in float32
+    (`hidden32`, `logits32` for the last `keep` positions), max over channels at each place."""
+    from .diffs import own_error
+
+    device = next(hf.parameters()).device
+    with regime(p, device.type):
+        hidden, logits = hf_teacher_forced(hf_in_regime(hf, p), fed, keep=keep)
+    return [own_error(a, b) for a, b in zip(hidden, hidden32)], own_error(logits, logits32)
+
+
+class HFSide:
+    """HF's half of one comparison. Started before the subject runs (its sampling depends on nothing of the
+    subject's): from the cache, deferred to the caller's thread, or, with `beside`, on the worker beside the
+    subject's generation (see sharing_cores()). on_streams() then gives the judge an HFRun for the subject's streams.
+    All thread and cache plumbing of HF's side stays behind this object."""
+
+    def __init__(self, hf, tokenizer: Tokenizer | None, prompt_text, prompt_ids, s: SamplingSettings,
+                 reference: str, *, beside: bool = False, cache: ResultCache | None = None):
+        self.hf, self.tokenizer, self.s, self.reference = hf, tokenizer, s, reference
+        self.prompt_ids = list(prompt_ids)
+        self.key = model_key(hf)
+        self.cache = cache if cache is not None else REFERENCE_CACHE
+        self.pending = None
+        if reference != "logits":
+            self.pending = hf_reference_in_background(hf, tokenizer, prompt_text, self.prompt_ids, s, reference,
+                                                      self.cache, self.key, overlap=beside)
+
+    def sharing_cores(self) -> "sharing_cores_with":
+        """While HF runs beside the caller, the caller works on its share of the cores; poll() between steps."""
+        return sharing_cores_with(self.pending)
+
+    def on_streams(self, streams: list[list[int]], n_steps: int, precision: Precision = FLOAT32) -> HFRun:
+        """HF's own sampling (waited for) and its model on the subject's token streams (B, prompt + n_steps); below
+        float32 also HF's own error at that precision on the same streams."""
+        import time
+
+        timings, ref, table, trace = {}, None, [], None
+        P = len(self.prompt_ids)
+        if self.pending is not None:
+            t = time.perf_counter()
+            ref, received, user, timings["hf_reference_s"], trace = self.pending.result()  # 0 s when cached
+            timings["hf_reference_wait_s"] = time.perf_counter() - t
+            table, _ = settings_table(self.hf, self.s, P, self.s.new_tokens_for(P), received, user,
+                                      hf_eos_id(self.hf.config))
+        # from HF's own generate() where a row's stream is HF's, teacher-forced for the other rows
+        t = time.perf_counter()
+        device = next(self.hf.parameters()).device
+        with torch.inference_mode():
+            hidden, logits, recomputed = hf_on_streams(self.hf, torch.tensor(streams, device=device), P, n_steps,
+                                                       ref, trace, self.key)
+        timings["teacher_forced_rows"] = float(recomputed)
+        timings["teacher_forced_s"] = time.perf_counter() - t
+        cfg = self.hf.config
+        run = HFRun(sequences=ref, settings_table=table, logits=logits, hidden=hidden, n_layer=int(cfg.n_layer),
+                    mlp_width=mlp_width(cfg), timings=timings)
+        if precision.low:
+            t = time.perf_counter()
+            fed = torch.tensor(streams, device=device)[:, : P + n_steps - 1]
+            run.own_error_hidden, run.own_error_logits = hf_own_error(self.hf, fed, n_steps, precision, hidden,
+                                                                      logits)
+            timings["hf_own_error_s"] = time.perf_counter() - t
+        return run

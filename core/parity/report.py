@@ -29,6 +29,7 @@ class LayerDiff:
     worst_position: int = 0  # sequence position of the worst place (for lm_head too)
     worst_abs_diff: float = 0.0  # max_c |Δ| at the worst place
     worst_scale: float = 0.0  # max_c |HF value| at the worst place
+    hf_own_error: float | None = None  # below float32: HF's own max_c |Δ| at that precision at the worst place
 
 
 @dataclass
@@ -49,7 +50,8 @@ class StepDiff:
     hf_rank: int
     hf_top_probs: list[float]  # HF's model probabilities of our record's top-50 tokens (same order)
     hf_top_sample_probs: list[float]
-    scale: float = 0.0  # max |HF logit| at this step and row; tolerance = rtol * scale + atol
+    scale: float = 0.0  # max |HF logit| at this step and row; tolerance = rtol * scale + atol (+ precision's)
+    hf_own_error: float | None = None  # below float32: HF's own max |Δlogit| at that precision here
 
 
 @dataclass
@@ -61,7 +63,7 @@ class RowComparison:
     ref_text: str
     identical: bool
     first_divergent_step: int | None
-    cause: str | None  # None | "model" | "sampler" | "settings" | "sampling_order" | "near_tie" | "unexplained"
+    cause: str | None  # None | model | sampler | settings | sampling_order | near_tie | precision | unexplained
     explanation: str
     evidence: dict = field(default_factory=dict)
 
@@ -85,7 +87,8 @@ class ParityReport:
     fault: str | None
     agree: bool  # the implementations agree: models within tolerance and every divergence explained
     verdict: str  # one line in plain words
-    verdict_kind: str  # identical | logits_agree | sampling_order | settings | near_tie | model | sampler | unexplained
+    verdict_kind: str  # identical | logits_agree | precision | sampling_order | settings | near_tie | model | sampler
+    #                    | unexplained
     rtol: float  # max|Δ| tolerated per unit of max|HF value|, at each place (NOISE_FACTOR*eps32*sqrt(mlp_width))
     atol: float
     max_abs_dlogit: float
@@ -100,6 +103,12 @@ class ParityReport:
     subject: str = "Ours"  # how the model under test is named ("Ours", "Yours", "Result file")
     sampler: str | None = None  # what chose its tokens: "hf" | "nanogpt" | "greedy" | "yours" (their own step)
     notes: list[str] = field(default_factory=list)  # e.g. why per-layer comparison was not possible
+    # the regime the run was judged in: name ("float32", "bfloat16", "bfloat16-autocast", ...), label, how it was known
+    # ("asked" / "detected: ..."), and below float32 the factor on HF's own error and HF's own max |Δlogit|
+    precision: dict = field(default_factory=lambda: {"name": "float32", "how": "asked", "label": "float32",
+                                                     "factor": None, "hf_own_error": None})
+    # below float32: the model re-run in float32 on the same streams, judged by the float32 rule (or why it could not)
+    float32_check: dict | None = None
 
     def to_dict(self) -> dict:
         return _plain(self)

@@ -2,7 +2,7 @@
 and how to build one from our GPT, from token ids + logits (a foreign sampling step, a dumped result), or
 (foreign.py) from any module or callable. Knows our sampler's pure steps; knows nothing about HuggingFace.
 
-The engine (engine.compare_run) compares a SubjectRun with HF and never asks which kind of model made it.
+The judge (judge.py) compares a SubjectRun with HF's run and never asks which kind of model made it.
 """
 
 from __future__ import annotations
@@ -11,22 +11,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..sampling import (
+    METHODS,
     Capture,
     Generation,
     SamplingSettings,
     StepRecord,
     StreamEvent,
+    assemble_generation,
     generate,
+    sampling_distribution,
     step_records,
+    stops_at_eos,
 )
+from ..precision import FLOAT32, Precision
 from ..tokenizer import Tokenizer
 
 # What made the tokens of a run (SubjectRun.sampler): one of our methods (explicit torch.Generator), or
 # "yours": a sampling step the user wrote, on the global RNG, whose draws nobody can replay.
-SAMPLERS = ("hf", "nanogpt", "greedy", "yours")
+SAMPLERS = (*METHODS, "yours")
 
 
 @dataclass
@@ -40,6 +44,12 @@ class SubjectRun:
     label: how the UI and messages name this side ("Ours", "Yours", "Result file").
     sampler: which sampler chose the tokens (SAMPLERS).
     notes: plain sentences for the report (why per-layer comparison was not possible, a padded vocabulary...).
+    streams: the token streams step_logits and hidden were computed on, when they are not the generation's own
+        sequences (a result file's model is run on HF's streams, its own sampled rows beside them); None: its own.
+        The generation's records are on these streams.
+    precision: the regime the run is judged in (asked, or detected); float32 keeps the float32 rule.
+    ran_in: what the model was observed to run in, where that contradicts an explicitly asked float32.
+    float32: below float32, the same model re-run in float32 on the same streams (or why it could not be).
     """
 
     generation: Generation
@@ -48,33 +58,34 @@ class SubjectRun:
     label: str = "Ours"
     sampler: str = "hf"
     notes: list[str] = field(default_factory=list)
+    streams: list[list[int]] | None = None
+    precision: Precision = FLOAT32
+    ran_in: Precision | None = None
+    float32: "Recheck | None" = None
+
+    @property
+    def fed_streams(self) -> list[list[int]]:
+        """The token streams the model under test was run on."""
+        return self.streams if self.streams is not None else self.generation.sequences
+
+
+@dataclass
+class Recheck:
+    """A model under test that ran below float32, re-run in float32 (a float32 copy, autocast and TF32 off) on the
+    same token streams: its residual stream and step logits as in a SubjectRun; or `why_not`, why it could not be."""
+
+    step_logits: torch.Tensor | None = None
+    hidden: list[torch.Tensor] | None = None
+    why_not: str | None = None
+    # where the model's weights came in rounded (bfloat16/float16): HF with the same rounded weights, in float32, as
+    # the re-check's reference, and a sentence saying so
+    ref_hidden: list[torch.Tensor] | None = None
+    ref_logits: torch.Tensor | None = None
+    note: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Step records from logits + chosen ids (a foreign sampling step or a dump gives ids only)
-
-
-def sampling_probs(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
-    """The distribution `s` says to sample from, (B, V) float logits -> (B, V) probabilities, exactly as our
-    sampler's methods build it: hf = HF's warpers; nanogpt = the seed's top-k of the softmax, renormalised;
-    greedy = all mass on the argmax."""
-    from ..sampling import logits_to_probs, process_logits_hf
-
-    method = s.effective_method
-    if method == "greedy":
-        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
-    if method == "hf":
-        return logits_to_probs(process_logits_hf(logits, s.temperature, s.top_k, s.top_p))
-    probs = F.softmax(logits / s.temperature if s.temperature != 1.0 else logits, dim=-1)
-    if not s.top_k:
-        return probs
-    top_probs, top_idx = torch.topk(probs, min(s.top_k, probs.size(-1)), dim=-1)
-    return torch.zeros_like(probs).scatter_(1, top_idx, top_probs / top_probs.sum(dim=-1, keepdim=True))
-
-
-def stops_at_eos(s: SamplingSettings) -> bool:
-    """HF's generate() (and our hf/greedy methods) stop a row at eos; the seed's loop always grows to length."""
-    return s.effective_method != "nanogpt"
 
 
 class StepTracker:
@@ -98,7 +109,8 @@ class StepTracker:
         tokens = torch.where(mask, tokens, torch.full_like(tokens, self.eos))
         records: list[StepRecord | None] = []
         if self.record:
-            records = step_records(step, logits, sampling_probs(logits, self.s), tokens, active, self.tokenizer)
+            records = step_records(step, logits, sampling_distribution(logits, self.s), tokens, active,
+                                   self.tokenizer)
         ids = tokens.tolist()
         if stops_at_eos(self.s):
             self.unfinished = [u and t != self.eos for u, t in zip(self.unfinished, ids)]
@@ -106,28 +118,12 @@ class StepTracker:
         self.events.append(event)
         return event, tokens
 
-
-def assemble_generation(s: SamplingSettings, prompt_text: str | None, prompt_ids: Sequence[int],
-                        events: list[StreamEvent], tokenizer: Tokenizer | None, seconds: float = 0.0) -> Generation:
-    """StreamEvents -> a Generation shaped exactly as core.sampling.generate() returns it."""
-    B = len(events[0].tokens) if events else s.num_return_sequences
-    sequences = [list(prompt_ids) + [ev.tokens[r] for ev in events] for r in range(B)]
-    new_ids, done = [], []
-    for r in range(B):
-        row = []
-        for ev in events:
-            row.append(ev.tokens[r])
-            if ev.finished[r]:
-                break
-        new_ids.append(row)
-        done.append(bool(events) and events[len(row) - 1].finished[r])
-    decode = tokenizer.decode if tokenizer is not None else (lambda t: "")
-    return Generation(
-        settings=s.to_dict(), prompt=prompt_text, prompt_ids=list(prompt_ids), sequences=sequences,
-        new_token_ids=new_ids, texts=[decode(list(prompt_ids) + row) for row in new_ids],
-        completions=[decode(row) for row in new_ids], finished_by_eos=done,
-        records=[ev.records for ev in events], seconds=seconds,
-    )
+    def generation(self, prompt_text: str | None, prompt_ids: Sequence[int], seconds: float = 0.0) -> Generation:
+        """The steps so far as a Generation, shaped exactly as core.sampling.generate() returns it."""
+        B = len(self.unfinished)
+        sequences = [list(prompt_ids) + [ev.tokens[r] for ev in self.events] for r in range(B)]
+        return assemble_generation(self.s, prompt_text, prompt_ids, sequences, [ev.records for ev in self.events],
+                                   self.tokenizer, self.eos, seconds)
 
 
 def build_generation(s: SamplingSettings, prompt_text: str | None, prompt_ids: Sequence[int],
@@ -144,7 +140,7 @@ def build_generation(s: SamplingSettings, prompt_text: str | None, prompt_ids: S
         tracker.step(step_logits[:, t].float(), new_tokens[:, t].long())
         if tracker.done:
             break
-    return assemble_generation(s, prompt_text, prompt_ids, tracker.events, tokenizer, seconds)
+    return tracker.generation(prompt_text, prompt_ids, seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""The judge: the one place where a comparison becomes a verdict.
+
+judge(subject, hf, settings, reference) takes what the model under test did (a SubjectRun: our GPT, your model, a
+result file) and what HF did (an HFRun: its own generation, its model on the subject's token streams) and computes
+every difference (diffs.py), explains every divergent row (explain.py), decides the verdict and builds the
+ParityReport. Nothing else in the lab does any of these. Knows tensors and records only: never which model, file or
+thread produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..sampling import SamplingSettings
+from ..tokenizer import Tokenizer
+from ..precision import Precision
+from .diffs import ATOL, PRECISION_FACTOR, layer_diffs, logits_layer_diff, relative_tolerance, step_diffs
+from .explain import explain_rows, models_verdict, sampler_notes, verdict
+from .reference import HFRun
+from .report import ParityError, ParityReport
+from .subject import SubjectRun
+
+REFERENCES = ("generate", "pipeline", "logits")
+
+
+def check_reference(reference: str) -> None:
+    if reference not in REFERENCES:
+        raise ParityError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+
+
+def _aligned(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> list[torch.Tensor]:
+    """HF's layers matched to the positions ours recorded: a layer kept for the last fed position only
+    ((B, 1, C), e.g. a final norm applied after slicing) is compared with HF's same position."""
+    fed = max(h.size(1) for h in ours)
+    return [b[:, fed - 1 : fed] if a.size(1) == 1 and fed > 1 else b for a, b in zip(ours, ref)]
+
+
+def _compared(subject_hidden, subject_logits, hf: HFRun, gen, s: SamplingSettings, P: int, noise: bool):
+    """(layers, steps, per_layer) of one run of the model under test against HF in float32; with `noise`, each place
+    also tolerates HF's own error at the run's precision."""
+    device = hf.logits.device
+    n_steps = len(gen.records)
+    ours_logits = subject_logits[:, :n_steps].float().to(device)
+    hf_logits = hf.logits[:, :n_steps]
+    rtol = relative_tolerance(hf.mlp_width)
+    noise_h = hf.own_error_hidden if noise else None
+    noise_l = hf.own_error_logits[:, :n_steps] if noise and hf.own_error_logits is not None else None
+    with torch.inference_mode():
+        if subject_hidden is not None:
+            hidden = [h.float().to(device) for h in subject_hidden]
+            noise_layers = None
+            if noise_h is not None:
+                noise_layers = _aligned(hidden, [n[..., None] for n in noise_h])
+                noise_layers = [n[..., 0] for n in noise_layers] + [noise_l]
+            layers = layer_diffs(hf.n_layer, hidden + [ours_logits], _aligned(hidden, hf.hidden) + [hf_logits], rtol,
+                                 logits_start=P - 1, noise=noise_layers)
+        else:
+            layers = [logits_layer_diff(hf.n_layer, ours_logits, hf_logits, rtol, logits_start=P - 1, noise=noise_l)]
+        steps = step_diffs(gen, s, ours_logits, hf_logits, rtol, noise=noise_l)
+    return layers, steps, subject_hidden is not None, ours_logits, hf_logits
+
+
+def _float32_check(subject: SubjectRun, hf: HFRun, s: SamplingSettings, P: int) -> dict:
+    """The float32 re-check of a run below float32: judged by the float32 rule against HF in float32."""
+    check = subject.float32
+    if check is None or check.step_logits is None:
+        why = check.why_not if check is not None else "the lab cannot re-run this model in float32"
+        return {"possible": False, "why_not": why, "agree": None, "first_diverging_layer": None, "verdict": None}
+    if check.ref_logits is not None:  # the model's own rounded weights: HF with the same rounding is the reference
+        hf = replace(hf, hidden=check.ref_hidden, logits=check.ref_logits)
+    hidden = check.hidden if hf.hidden is not None and check.hidden is not None and \
+        len(check.hidden) == len(hf.hidden) else None
+    layers, steps, per_layer, _, _ = _compared(hidden, check.step_logits, hf, subject.generation, s, P, noise=False)
+    models = models_verdict(layers, steps, per_layer)
+    first = next((l.name for l in layers if l.exceeds), None) if per_layer else None
+    return {"possible": True, "why_not": None, "agree": models is None, "first_diverging_layer": first,
+            "verdict": models[1] if models else "identical to HuggingFace within float32 tolerance",
+            "max_abs_dlogit": max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0),
+            "layers": [{"name": l.name, "ratio": l.ratio, "exceeds": l.exceeds} for l in layers], "note": check.note}
+
+
+def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference: str, *,
+          tokenizer: Tokenizer | None = None, model: str = "custom", fault: str | None = None,
+          timings: dict | None = None) -> ParityReport:
+    """Per layer (where both sides have the residual stream) and per step on the subject's streams, every
+    divergent row explained, one verdict. `reference` "logits" compares the models only (no HF sampling).
+    Below float32 (subject.precision) each place also tolerates PRECISION_FACTOR times HF's own error at that
+    precision (hf.own_error_*), and the float32 re-check (subject.float32) says what the precision would hide."""
+    check_reference(reference)
+    s, gen, p = settings, subject.generation, subject.precision
+    low = p.low and hf.own_error_logits is not None
+    notes = list(subject.notes) + list(hf.notes)
+    P = len(gen.prompt_ids)
+    hidden = subject.hidden if hf.hidden is not None else None
+    if hidden is not None and len(hidden) != len(hf.hidden):
+        notes.append(f"per-layer comparison not possible: the run has {len(hidden)} layers of residual stream, "
+                     f"HF's model {len(hf.hidden)} (embeddings, {hf.n_layer} blocks, ln_f)")
+        hidden = None
+    layers, steps, per_layer, ours_logits, hf_logits = _compared(hidden, subject.step_logits, hf, gen, s, P, low)
+    first_layer = next((l.name for l in layers if l.exceeds), None) if per_layer else None
+    models = models_verdict(layers, steps, per_layer)
+    recheck = _float32_check(subject, hf, s, P) if low else None
+    model_differs = models[0] if models else None
+    if recheck is not None and models is None and recheck["agree"] is False:
+        first_layer = recheck["first_diverging_layer"]
+        model_differs = f"in float32, first diverging layer {first_layer}" if first_layer else "in float32"
+
+    compared = reference != "logits" and hf.sequences is not None
+    rows = explain_rows(gen, s, hf.sequences, tokenizer, hf.settings_table, steps, ours_logits, hf_logits,
+                        first_layer if per_layer else "not known (no per-layer comparison)", sampler=subject.sampler,
+                        streams=subject.streams, model_differs=model_differs,
+                        precision=p.label if low else None)
+    if not compared:
+        for row in rows:  # no HF sampling to compare with: rows carry only the model comparison
+            row.identical, row.first_divergent_step, row.cause, row.evidence = True, None, None, {}
+            row.explanation = "not compared (reference: logits only)"
+        reference = "logits"
+    notes += sampler_notes(rows, subject.sampler)
+    agree, kind, text = verdict(rows, models, reference)
+    max_dlogit = max((d.max_abs_dlogit for st in steps for d in st if d is not None), default=0.0)
+    precision = {**p.to_dict(), "factor": PRECISION_FACTOR if low else None,
+                 "hf_own_error": float(hf.own_error_logits.max()) if low and hf.own_error_logits.numel() else None}
+    if low:
+        agree, kind, text = _precision_verdict(p, agree, kind, text, models, recheck, max_dlogit,
+                                               precision["hf_own_error"])
+    if subject.ran_in is not None:
+        text += f" (your model ran in {subject.ran_in.label} although float32 was asked: {subject.ran_in.how})"
+        notes.append(f"your model ran in {subject.ran_in.label} although float32 was asked; pass precision="
+                     f"{subject.ran_in.name!r} (or 'auto') to judge it at its own precision")
+    timings = {**(timings or {}), **hf.timings}
+    return ParityReport(
+        model=model, prompt=gen.prompt, prompt_ids=gen.prompt_ids, settings=gen.settings, reference=reference,
+        fault=fault if fault not in ("", "none") else None, agree=agree, verdict=text, verdict_kind=kind,
+        rtol=relative_tolerance(hf.mlp_width), atol=ATOL, max_abs_dlogit=max_dlogit,
+        first_diverging_layer=first_layer, layers=layers, steps=steps, rows=rows, settings_table=hf.settings_table,
+        generation=gen, ref_sequences=hf.sequences, timings=timings, subject=subject.label, sampler=subject.sampler,
+        notes=notes, precision=precision, float32_check=recheck,
+    )
+
+
+def _precision_verdict(p: Precision, agree: bool, kind: str, text: str, models, recheck: dict | None,
+                       max_dlogit: float, own: float | None) -> tuple[bool, str, str]:
+    """The verdict below float32, in the precision's words."""
+    name = p.label
+    if models is not None:
+        where = text.removeprefix("logits differ from HuggingFace").lstrip(": ")
+        return False, "model", f"differs beyond {name} precision" + (f": {where}" if where else "")
+    head = (f"consistent with {name} precision (max |Δlogit| {max_dlogit:.3g}; HF's own error at {name}: "
+            f"{own:.3g})")
+    if recheck is not None and not recheck["possible"]:
+        tail = f"; a fault smaller than {name}'s resolution cannot be excluded: {recheck['why_not']}"
+    elif recheck is not None and recheck["agree"] is False:
+        where = recheck["verdict"].removeprefix("logits differ from HuggingFace").lstrip(": ")
+        return False, "model", f"{head}; in float32 it differs from HuggingFace: {where}"
+    else:
+        tail = "; in float32 identical to HuggingFace within float32 tolerance"
+    if kind in ("identical", "near_tie", "precision", "logits_agree"):
+        return agree, "precision", head + tail + ("" if kind in ("identical", "logits_agree") else f"; {text}")
+    return agree, kind, f"{head}{tail}; {text}"
