@@ -476,6 +476,40 @@ def test_header_over_the_limit_is_named_as_such(ref, tmp_path):
     _expect(ref, junk, "not a safetensors file")
 
 
+def test_check_json_reports_bad_input_as_json(ref_dir, spec_tensors, tmp_path, capsys):
+    """Every exit-2 path of `check --json` prints one JSON object {"error", "kind"} on stdout."""
+    good = _hand_written(tmp_path / "good.safetensors", spec_tensors, _spec_manifest(ref_dir))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("these are not tensors, just text that happens to be long enough")
+    partial = _spec_manifest(ref_dir)
+    partial["cases"] = partial["cases"][:1]
+    one = _hand_written(tmp_path / "one.safetensors", {k: v for k, v in spec_tensors.items() if k.startswith(
+        "case0.")}, partial)
+    bad_tok = tmp_path / "bad-tokenizer"
+    bad_tok.mkdir()
+    (bad_tok / "vocab.json").write_text("{not json")
+    (bad_tok / "merges.txt").write_text("x")
+    paths = [
+        (["--reference", ref_dir], "usage", "--yours"),
+        (["--reference", ref_dir, "--yours", good, "--bogus"], "usage", "--bogus"),
+        (["--reference", tmp_path / "nowhere", "--yours", good], "reference", "no reference at"),
+        (["--reference", good, "--yours", good], "reference", "where a 'reference' was expected"),
+        (["--reference", ref_dir, "--yours", tmp_path / "missing.safetensors"], "result", "no result file"),
+        (["--reference", ref_dir, "--yours", text], "result", "not a safetensors file"),
+        (["--reference", ref_dir, "--yours", one], "result", "case1, case2 are missing"),
+        (["--reference", ref_dir, "--yours", good, "--manifest", tmp_path / "none.json"], "result", "manifest file"),
+        (["--reference", ref_dir, "--yours", good, "--tokenizer", bad_tok], "tokenizer", "not usable GPT-2 BPE"),
+    ]
+    for args, kind, match in paths:
+        rc, out, err = _cli(capsys, "check", "--json", *args)
+        assert rc == 2 and out.count("\n") == 1, (args, rc, out, err)
+        data = json.loads(out)
+        assert set(data) == {"error", "kind"} and data["kind"] == kind and match in data["error"], (args, data)
+        assert err.count("\n") == 1 and data["error"] in err  # the same one line on stderr, as without --json
+    rc, out, _ = _cli(capsys, "check", "--json", "--reference", ref_dir, "--yours", good)
+    assert rc == 0 and json.loads(out)["agree"] is True
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Rows that end early: HF pads them with eos, and a result is computed on those very streams
 
