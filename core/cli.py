@@ -94,7 +94,7 @@ def run_guarded(prog: str, body, *, json_errors: bool = False) -> int:
         return body()
     except (*USER_ERRORS, CliError) as exc:
         if json_errors:
-            print_json_error(str(exc), getattr(exc, "kind", None) if isinstance(exc, CliError) else "bad_input")
+            print_json_error(str(exc), exc.kind if isinstance(exc, CliError) else "bad_input")
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
