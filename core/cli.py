@@ -23,7 +23,12 @@ EXIT_BAD_INPUT = 2
 
 
 class CliError(Exception):
-    """Bad input from the command line: printed as one line, exit status 2."""
+    """Bad input from the command line: printed as one line, exit status 2. `kind` says which input was bad, for
+    the JSON error object of `--json` (see run_guarded)."""
+
+    def __init__(self, message: str, kind: str = "usage"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
@@ -63,21 +68,35 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 
 class _Parser(argparse.ArgumentParser):
+    json_errors = False  # also print argparse's errors as a JSON object on stdout (a command's --json)
+
     def error(self, message):  # argparse's own errors: same one-line form and exit status as ours
+        if self.json_errors:
+            print_json_error(f"{message} (see --help)", "usage")
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _Parser(prog=prog, description=description)
+def parser(prog: str, description: str, *, json_errors: bool = False) -> argparse.ArgumentParser:
+    ap = _Parser(prog=prog, description=description)
+    ap.json_errors = json_errors
+    return ap
 
 
-def run_guarded(prog: str, body) -> int:
-    """Run `body()`, turning every expected error into a one-line message and exit status 2."""
+def print_json_error(message: str, kind: str) -> None:
+    """What `--json` prints on stdout for bad input (exit status 2): {"error": message, "kind": kind}."""
+    print(json.dumps({"error": message, "kind": kind}, ensure_ascii=False), flush=True)
+
+
+def run_guarded(prog: str, body, *, json_errors: bool = False) -> int:
+    """Run `body()`, turning every expected error into a one-line message and exit status 2 (with `json_errors`,
+    also a JSON object on stdout, so that a --json reader always gets one)."""
     from .errors import USER_ERRORS
 
     try:
         return body()
     except (*USER_ERRORS, CliError) as exc:
+        if json_errors:
+            print_json_error(str(exc), exc.kind if isinstance(exc, CliError) else "bad_input")
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
@@ -346,8 +365,11 @@ def main_export(argv=None) -> int:
 
 def main_check(argv=None) -> int:
     prog = "python -m core.parity check"
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = parser(prog, "Judge a result written by any implementation against an exported reference: the same "
-                      "report as `python -m core.parity`; exit 0 if every case agrees, 1 if not, 2 on bad input.")
+                      "report as `python -m core.parity`; exit 0 if every case agrees, 1 if not, 2 on bad input "
+                      "(with --json: {\"error\", \"kind\"} on stdout, kind one of usage, reference, result, "
+                      "tokenizer).", json_errors="--json" in argv)
     ap.add_argument("--reference", required=True, help="directory written by `python -m core.parity export`")
     ap.add_argument("--yours", required=True, help="your result: a .safetensors file (manifest in its metadata)")
     ap.add_argument("--manifest", default=None, help="the result's manifest as a separate JSON file (optional)")
@@ -356,11 +378,21 @@ def main_check(argv=None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> int:
-        from .parity.dump import compare_dump
+        from .errors import USER_ERRORS
+        from .parity.dump import compare_dump, load_reference, load_result
         from .tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        result = compare_dump(args.reference, args.yours, manifest=args.manifest, tokenizer=tokenizer)
+        def stage(kind: str, fn, *a, **kw):
+            """fn(...), its bad-input errors tagged with the input they are about."""
+            try:
+                return fn(*a, **kw)
+            except USER_ERRORS as exc:
+                raise CliError(str(exc), kind) from None
+
+        tokenizer = stage("tokenizer", load_tokenizer, args.tokenizer) if args.tokenizer else None
+        ref = stage("reference", load_reference, args.reference)
+        res = stage("result", load_result, args.yours, ref, manifest_path=args.manifest)
+        result = compare_dump(ref, res, tokenizer=tokenizer)
         if args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
         else:
@@ -377,7 +409,7 @@ def main_check(argv=None) -> int:
             print("\n\n".join(blocks))
         return 0 if result.agree else 1
 
-    return run_guarded(prog, body)
+    return run_guarded(prog, body, json_errors=args.json)
 
 
 DUMP_COMMANDS = {"export": main_export, "check": main_check}

@@ -20,7 +20,8 @@ import gradio as gr
 
 from core.errors import ParityLabError
 from core.parity.dump import (
-    Case, DumpCheck, Reference, compare_dump, export_reference, load_result, peek_result_manifest, save_reference,
+    Case, DumpCheck, Reference, compare_dump, export_reference, load_result, peek_result_manifest, result_model_id,
+    save_reference,
 )
 
 from . import handlers
@@ -135,8 +136,8 @@ def check_upload(cache: ModelCache, refs: ReferenceCache, files) -> tuple[DumpCh
     """The one core call behind the Check button (tests call it directly)."""
     result_path, manifest_path = uploaded_paths(files)
     manifest = peek_result_manifest(result_path, manifest_path=manifest_path, max_bytes=MAX_UPLOAD_BYTES)
-    model = manifest.get("model")
-    if not isinstance(model, str) or model not in cache.allowed:
+    model = result_model_id(manifest)
+    if model not in cache.allowed:
         raise UploadError(f"this result is for model {model!r}, which this dashboard does not serve; it serves "
                           f"{', '.join(cache.allowed)}")
     loaded = cache.get(model)

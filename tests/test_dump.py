@@ -5,6 +5,7 @@ judged against them; the numpy example never imports torch.
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ from safetensors.torch import save_file
 from core import compare, port_from_hf
 from core.faults import apply_fault
 from core.parity.dump import (
-    FORMAT, METADATA_KEY, DumpError, compare_dump, export_reference, load_reference, load_result, make_cases,
-    result_from_gpt, save_reference, save_result,
+    FORMAT, METADATA_KEY, DumpError, Reference, compare_dump, export_reference, load_reference, load_result,
+    make_cases, result_from_gpt, save_reference, save_result,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,9 @@ def good_result(tmp_path_factory, ref, ours):
 def test_export_writes_what_the_spec_says(ref_dir, ref, tiny_hf):
     manifest = json.loads((ref_dir / "manifest.json").read_text())
     assert manifest["format"] == FORMAT and manifest["version"] == 1 and manifest["layers"] is True
+    # the tolerance as the spec states it: eps32 * sqrt(mlp_width), each row and position against its own scale
+    assert manifest["tolerance"]["rtol"] == pytest.approx(2**-23 * (4 * 32) ** 0.5, rel=1e-12)
+    assert "each (row, position) against its own scale" in manifest["tolerance"]["rule"]
     assert [c["name"] for c in manifest["cases"]] == ["case0", "case1", "case2"]
     template = json.loads((ref_dir / "result_template.json").read_text())
     assert template["manifest"]["reference_id"] == manifest["reference_id"]
@@ -317,6 +321,260 @@ def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
                               "--num-return-sequences", "1")
     assert rc == 0, stderr
     assert stdout.startswith("verdict: AGREE")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A result written from the spec alone: the file by hand (8-byte length, JSON header, raw bytes), the manifest
+# from the reference's manifest.json as docs/dump-format.md's table says, the logits from HF in float64
+
+
+def _hand_written(path, tensors: dict, manifest: dict | None, metadata: dict | None = None) -> Path:
+    """A safetensors file as the spec describes it, written without the safetensors library or core.parity."""
+    names = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.int32: "I32"}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        data = t.contiguous().numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    meta = dict(metadata or {})
+    if manifest is not None:
+        meta["gpt2_parity_dump"] = json.dumps(manifest)
+    if meta:
+        header["__metadata__"] = meta
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # the header may end in spaces; this keeps the data 8-byte aligned
+    Path(path).write_bytes(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
+    return Path(path)
+
+
+def _spec_manifest(ref_dir) -> dict:
+    """The result manifest of the spec's table: four keys copied from the reference, unchanged."""
+    m = json.loads((ref_dir / "manifest.json").read_text())
+    return {"format": "gpt2-parity-dump", "version": 1, "kind": "result", "reference_id": m["reference_id"],
+            "model": m["model"], "layers": m["layers"], "cases": m["cases"],
+            "implementation": {"name": "HF in float64", "framework": "torch", "dtype": "float64", "notes": ""},
+            "sampler": "other"}
+
+
+@pytest.fixture(scope="module")
+def spec_tensors(ref_dir, tiny_hf):
+    """Each case's tokens (read from reference.safetensors) and logits at positions P-1..T-2, from HF in float64."""
+    import copy
+
+    hf64 = copy.deepcopy(tiny_hf).double()
+    m = json.loads((ref_dir / "manifest.json").read_text())
+    tensors = {}
+    with safe_open(str(ref_dir / "reference.safetensors"), framework="pt") as f:
+        for case in m["cases"]:
+            tokens = f.get_tensor(case["name"] + ".tokens")
+            P = len(case["prompt_ids"])
+            with torch.no_grad():
+                logits = hf64(tokens[:, :-1]).logits[:, P - 1:]
+            tensors[case["name"] + ".tokens"] = tokens
+            tensors[case["name"] + ".logits"] = logits.float()
+    return tensors
+
+
+def test_result_written_from_the_spec_agrees(ref_dir, spec_tensors, tmp_path, capsys):
+    manifest = _spec_manifest(ref_dir)
+    assert isinstance(manifest["model"], dict) and set(manifest["model"]) == {"id", "config"}
+    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours",
+                        _hand_written(tmp_path / "spec.safetensors", spec_tensors, manifest))
+    assert rc == 0, err
+    assert "3 of 3 case(s) agree" in out
+    # the bare model id, which earlier writers wrote, is still read
+    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours", _hand_written(
+        tmp_path / "id.safetensors", spec_tensors, {**manifest, "model": manifest["model"]["id"]}))
+    assert rc == 0, err
+    # result_template.json holds what the spec says to copy, so a writer copying it writes the same manifest
+    template = json.loads((ref_dir / "result_template.json").read_text())["manifest"]
+    for key in ("reference_id", "model", "layers", "cases"):
+        assert template[key] == manifest[key], key
+
+
+def _changed(manifest: dict, path: str, value) -> dict:
+    """A deep copy of `manifest` with the key at a dotted path (list indices as numbers) set to `value`."""
+    out = json.loads(json.dumps(manifest))
+    *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    node = out
+    for k in parents:
+        node = node[k]
+    node[last] = value
+    return out
+
+
+@pytest.mark.parametrize("path,value,match", [
+    ("reference_id", "0123456789abcdef", "their reference_ids differ"),
+    ("cases.1.settings.seed", 8, "case1.settings.seed is 8, the reference's is 7"),
+    ("cases.0.settings.top_k", 40, "case0.settings.top_k is 40, the reference's is 50"),
+    ("cases.2.settings.max_new_tokens", 4, "case2.settings.max_new_tokens is 4, the reference's is 5"),
+    ("cases.0.prompt_ids.0", 17, r"case0.prompt_ids are \[17, "),
+    ("cases.2.prompt", "The slow brown fox", "case2.prompt is 'The slow brown fox'"),
+    ("model.id", "gpt2", "this result is for model 'gpt2'; the reference is for 'tiny'"),
+    ("model", "distilgpt2", "this result is for model 'distilgpt2'"),
+    ("model.config.n_layer", 12, "model.config.n_layer is 12, the reference's is 2"),
+    ("layers", False, "says layers: false; the reference's says true"),
+])
+def test_result_for_something_else_is_refused(ref_dir, spec_tensors, tmp_path, capsys, path, value, match):
+    """Made for another reference, model, prompt or settings: exit 2 naming what differs, whatever else matches."""
+    manifest = _changed(_spec_manifest(ref_dir), path, value)
+    res = _hand_written(tmp_path / "other.safetensors", spec_tensors, manifest)
+    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours", res)
+    assert rc == 2 and out == "" and err.count("\n") == 1, (rc, out, err)
+    assert re.search(match, err), err
+
+
+def test_result_missing_cases_is_refused(ref_dir, spec_tensors, tmp_path, capsys):
+    manifest = _spec_manifest(ref_dir)
+    manifest["cases"] = manifest["cases"][:2]
+    tensors = {k: v for k, v in spec_tensors.items() if not k.startswith("case2.")}
+    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours",
+                        _hand_written(tmp_path / "two.safetensors", tensors, manifest))
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "covers 2 case(s), the reference 3: case2 is missing" in err
+
+
+def test_result_must_name_itself_and_copy_layers(ref, ref_dir, spec_tensors, tmp_path, tokenizer):
+    """The spec's `implementation` ("fill in") and `layers` (copied; caseN.hidden only against a reference that
+    has it) are enforced."""
+    manifest = _spec_manifest(ref_dir)
+    for impl in (None, {}, {"name": ""}, {"name": "  ", "framework": "numpy"}, "my port"):
+        m = {**manifest, "implementation": impl} if impl is not None else {
+            k: v for k, v in manifest.items() if k != "implementation"}
+        _expect(ref, _hand_written(tmp_path / "anon.safetensors", spec_tensors, m), "'implementation' must name")
+    _expect(ref, _hand_written(tmp_path / "dtype.safetensors", spec_tensors, _changed(
+        manifest, "implementation.dtype", 32)), "implementation.dtype must be a string")
+    # result_template.json's manifest as it comes, before 'implementation' is filled in
+    template = json.loads((ref_dir / "result_template.json").read_text())["manifest"]
+    _expect(ref, _hand_written(tmp_path / "template.safetensors", spec_tensors, template), "'implementation' must")
+    for layers in (None, "yes", 1):
+        _expect(ref, _hand_written(tmp_path / "layers.safetensors", spec_tensors, {**manifest, "layers": layers}),
+                "'layers' must be true or false")
+    # a reference without layers: its result may not carry caseN.hidden (nothing to compare it with)
+    no_layers = Reference({**ref.manifest, "layers": False},
+                          {k: v for k, v in ref.tensors.items() if not k.endswith(".hidden")})
+    hidden = {**spec_tensors, "case0.hidden": ref.tensors["case0.hidden"]}
+    with pytest.raises(DumpError, match="holds case0.hidden, but its reference has no hidden states"):
+        load_result(_hand_written(tmp_path / "h.safetensors", hidden, {**manifest, "layers": False}), no_layers)
+    assert "case0.hidden" not in no_layers.result_template()["tensors"]
+    load_result(_hand_written(tmp_path / "ok.safetensors", spec_tensors, {**manifest, "layers": False}), no_layers)
+
+
+def test_header_over_the_limit_is_named_as_such(ref, tmp_path):
+    """A well-formed header over the 4 MiB limit is refused as too large, not as a broken file; garbage whose
+    first 8 bytes announce as much is not a safetensors file."""
+    big = _hand_written(tmp_path / "big.safetensors", {"x": torch.zeros(2)}, None, metadata={"pad": "x" * (5 << 20)})
+    from safetensors.torch import load_file
+
+    assert load_file(str(big))["x"].tolist() == [0.0, 0.0]  # a valid safetensors file
+    with pytest.raises(DumpError, match=r"header is 5\.0 MiB, over the limit of 4 MiB") as exc:
+        load_result(big, ref)
+    assert "truncated" not in str(exc.value) and "not a safetensors" not in str(exc.value)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes((5 << 20).to_bytes(8, "little") + b"\x00" * (6 << 20))
+    _expect(ref, junk, "not a safetensors file")
+
+
+def test_check_json_reports_bad_input_as_json(ref_dir, spec_tensors, tmp_path, capsys):
+    """Every exit-2 path of `check --json` prints one JSON object {"error", "kind"} on stdout."""
+    good = _hand_written(tmp_path / "good.safetensors", spec_tensors, _spec_manifest(ref_dir))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("these are not tensors, just text that happens to be long enough")
+    partial = _spec_manifest(ref_dir)
+    partial["cases"] = partial["cases"][:1]
+    one = _hand_written(tmp_path / "one.safetensors", {k: v for k, v in spec_tensors.items() if k.startswith(
+        "case0.")}, partial)
+    bad_tok = tmp_path / "bad-tokenizer"
+    bad_tok.mkdir()
+    (bad_tok / "vocab.json").write_text("{not json")
+    (bad_tok / "merges.txt").write_text("x")
+    paths = [
+        (["--reference", ref_dir], "usage", "--yours"),
+        (["--reference", ref_dir, "--yours", good, "--bogus"], "usage", "--bogus"),
+        (["--reference", tmp_path / "nowhere", "--yours", good], "reference", "no reference at"),
+        (["--reference", good, "--yours", good], "reference", "where a 'reference' was expected"),
+        (["--reference", ref_dir, "--yours", tmp_path / "missing.safetensors"], "result", "no result file"),
+        (["--reference", ref_dir, "--yours", text], "result", "not a safetensors file"),
+        (["--reference", ref_dir, "--yours", one], "result", "case1, case2 are missing"),
+        (["--reference", ref_dir, "--yours", good, "--manifest", tmp_path / "none.json"], "result", "manifest file"),
+        (["--reference", ref_dir, "--yours", good, "--tokenizer", bad_tok], "tokenizer", "not usable GPT-2 BPE"),
+    ]
+    for args, kind, match in paths:
+        rc, out, err = _cli(capsys, "check", "--json", *args)
+        assert rc == 2 and out.count("\n") == 1, (args, rc, out, err)
+        data = json.loads(out)
+        assert set(data) == {"error", "kind"} and data["kind"] == kind and match in data["error"], (args, data)
+        assert err.count("\n") == 1 and data["error"] in err  # the same one line on stderr, as without --json
+    rc, out, _ = _cli(capsys, "check", "--json", "--reference", ref_dir, "--yours", good)
+    assert rc == 0 and json.loads(out)["agree"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rows that end early: HF pads them with eos, and a result is computed on those very streams
+
+
+@pytest.fixture(scope="module")
+def eos_setup(tmp_path_factory, tokenizer):
+    """A tiny random GPT-2 whose final LayerNorm bias points at eos's embedding (tied head), so that eos is often
+    sampled: case0's rows end at different steps. Its checkpoint and HF's reference, without layers."""
+    from conftest import make_hf
+
+    hf = make_hf(seed=0)
+    with torch.no_grad():
+        e = hf.transformer.wte.weight[50256]
+        hf.transformer.ln_f.bias.add_(10.0 * e / e.dot(e))  # eos's logit +10
+    ckpt = tmp_path_factory.mktemp("eos-gpt2")
+    hf.save_pretrained(ckpt)
+    cases = make_cases([PROMPT], tokenizer, [0], num_return_sequences=3, max_new_tokens=8)
+    ref = export_reference(hf, cases, model="tiny-eos", layers=False, tokenizer=tokenizer)
+    out = tmp_path_factory.mktemp("eos-ref")
+    save_reference(ref, out)
+    return hf, ckpt, out
+
+
+def test_rows_ending_early_with_eos(eos_setup, tokenizer, tmp_path):
+    from conftest import hf_generate
+
+    hf, ckpt, ref_dir = eos_setup
+    ref = load_reference(ref_dir)
+    ids = ref.cases[0].prompt_ids
+    P, eos = len(ids), 50256
+    tokens = ref.tensors["case0.tokens"]
+    # the reference holds HF generate()'s rows, padded with eos after a row's first eos
+    assert tokens.tolist() == hf_generate(hf, ids, 0, do_sample=True, top_k=50, num_return_sequences=3,
+                                          max_new_tokens=8, pad_token_id=eos)
+    new = tokens[:, P:].tolist()
+    ends = [row.index(eos) if eos in row else None for row in new]
+    assert any(e is not None and e < len(row) - 1 for e, row in zip(ends, new)), new  # a row ends early...
+    assert None in ends, new  # ...while another runs to the end, so the stream is padded
+    for row, end in zip(new, ends):
+        if end is not None:
+            assert set(row[end:]) == {eos}
+    # HF's logits there are those of the eos-padded stream, fed as it is (no attention mask)
+    with torch.no_grad():
+        torch.testing.assert_close(ref.tensors["case0.logits"], hf(tokens[:, :-1]).logits[:, P - 1:],
+                                   rtol=0, atol=1e-5)
+    # an independent port run on the same padded streams agrees; its own sampled rows pad with eos too
+    out = tmp_path / "np.safetensors"
+    _numpy_example("--checkpoint", ckpt, "--reference", ref_dir, "--out", out)
+    check = compare_dump(ref_dir, out, tokenizer=tokenizer)
+    assert check.agree, check.reports[0].verdict
+    report = check.reports[0]
+    for r, end in enumerate(ends):  # per-step views stop at the step that chose eos
+        judged = [k for k, step in enumerate(report.steps) if step[r] is not None]
+        assert judged == list(range(len(new[r]) if end is None else end + 1)), (r, judged)
+    # the positions after eos still count in the logits' comparison: a result must write what its model
+    # computes there, not zeros or a copy of the eos step
+    with safe_open(str(out), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    r, end = next((r, e) for r, e in enumerate(ends) if e is not None and e < len(new[r]) - 1)
+    tensors["case0.logits"][r, end + 1:] = tensors["case0.logits"][r, end]
+    manifest = json.loads((ref_dir / "result_template.json").read_text())["manifest"]
+    manifest["implementation"] = {"name": "eos steps copied"}
+    check = compare_dump(ref_dir, _hand_written(tmp_path / "copied.safetensors", tensors, manifest),
+                         tokenizer=tokenizer)
+    assert not check.agree and check.reports[0].verdict_kind == "model"
 
 
 # ---------------------------------------------------------------------------------------------------------

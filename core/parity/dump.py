@@ -41,6 +41,10 @@ MAX_CASES = 64
 FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 INT_DTYPES = {"I64": torch.int64, "I32": torch.int32}
 SAMPLERS = ("torch", "other")  # "torch": sampled ids drawn as torch.multinomial under the case's seed (HF's draws)
+IMPLEMENTATION_KEYS = ("name", "framework", "dtype", "notes")  # a result's free-text description of itself
+TOLERANCE_RULE = ("each (row, position) against its own scale: a layer differs if, at some row and position, "
+                  "max over channels |yours - HF| > rtol * max over channels |HF| + atol there; the logits likewise "
+                  "per step and row (max over the vocabulary)")  # core/parity/diffs.py, as the reference states it
 
 
 class DumpError(ParityLabError, ValueError):
@@ -65,23 +69,26 @@ class Case:
 
 
 def tensor_specs(case: Case, rows: int, length: int, config: dict, layers: bool) -> dict[str, dict]:
-    """name -> {dtype, shape, required, what} for one case of a result (the reference has tokens/logits/hidden)."""
+    """name -> {dtype, shape, required, what} for one case of a result (the reference has tokens/logits/hidden).
+    caseN.hidden is listed only when the reference has it (`layers`): there is nothing to compare it with otherwise."""
     P, n, C, V = len(case.prompt_ids), config["n_layer"], config["n_embd"], config["vocab_size"]
     S = length - P
     max_len = P + SamplingSettings(**case.settings).new_tokens_for(P)
-    return {
+    specs = {
         f"{case.name}.tokens": dict(dtype="I64", shape=[rows, length], required=True,
                                     what="the token streams you ran your model on (copied from the reference)"),
         f"{case.name}.logits": dict(dtype="F32", shape=[rows, S, V], required=True,
                                     what=f"logits of tokens[:, :-1] at positions {P - 1}..{length - 2}"),
         f"{case.name}.hidden": dict(dtype="F32", shape=[n + 2, rows, length - 1, C], required=False,
                                     what="residual stream [embeddings, block 0..n-1 output, ln_f output] at "
-                                         "every position of tokens[:, :-1]" + (" (the reference has it)" if layers
-                                                                               else " (the reference lacks it)")),
+                                         "every position of tokens[:, :-1]"),
         f"{case.name}.sampled": dict(dtype="I64", shape=[rows, f"{P + 1}..{max_len}"], required=False,
                                      what="your own generation from prompt_ids under the case's settings and seed, "
                                           "rows padded with eos after they end"),
     }
+    if not layers:
+        del specs[f"{case.name}.hidden"]
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,8 +194,7 @@ def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False,
         "producer": _producer(),
         "layers": bool(layers),
         "cases": [c.to_dict() for c in cases],
-        "tolerance": {"rtol": relative_tolerance(config["mlp_width"]), "atol": ATOL,
-                      "rule": "differs if max|ours - HF| > rtol * max|HF| + atol, per layer and per step"},
+        "tolerance": {"rtol": relative_tolerance(config["mlp_width"]), "atol": ATOL, "rule": TOLERANCE_RULE},
         "tensors": {k: {"dtype": _dtype_name(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
     }
     manifest["reference_id"] = reference_id(model, config, cases, {k: v for k, v in tensors.items()
@@ -240,13 +246,15 @@ def load_reference(path: str | os.PathLike) -> Reference:
 
 
 def result_manifest(ref: Reference, implementation: dict | None = None, sampler: str = "other") -> dict:
+    """A result's manifest for `ref`: reference_id, model, layers and cases copied unchanged (docs/dump-format.md).
+    Without `implementation`, its fields are left empty for the writer to fill in (a result must name itself)."""
     return {
         "format": FORMAT, "version": VERSION, "kind": "result",
         "reference_id": ref.id,
-        "model": ref.manifest["model"]["id"],
+        "model": ref.manifest["model"],
         "layers": ref.manifest["layers"],
         "cases": ref.manifest["cases"],
-        "implementation": implementation or {"name": "", "framework": "", "dtype": "", "notes": ""},
+        "implementation": implementation or {k: "" for k in IMPLEMENTATION_KEYS},
         "sampler": sampler,
     }
 
@@ -273,9 +281,19 @@ def read_header(path: Path, max_bytes: int, what: str = "the file") -> dict:
         raise DumpError(f"{what} is not a safetensors file: shorter than its 8-byte header length")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(MAX_HEADER_BYTES, size - 8):
+        if n > size - 8:
             raise DumpError(f"{what} is not a safetensors file, or is truncated: its first 8 bytes announce a "
-                            f"{n:,}-byte header, but {size - 8:,} bytes follow (header limit {MAX_HEADER_BYTES >> 20} MiB)")
+                            f"{n:,}-byte header, but {size - 8:,} bytes follow")
+        if n > MAX_HEADER_BYTES:
+            # the length fits the file: a real header if it looks like one (JSON object), else garbage
+            first = f.read(1)
+            f.seek(8 + n - 1)
+            last = f.read(1)
+            if first == b"{" and last in b"} \t\r\n":
+                raise DumpError(f"{what}'s safetensors header is {n / 2**20:.1f} MiB, over the limit of "
+                                f"{MAX_HEADER_BYTES >> 20} MiB (the manifest and the tensor list must be smaller)")
+            raise DumpError(f"{what} is not a safetensors file: its first 8 bytes announce a {n:,}-byte header, "
+                            "which does not hold a JSON object")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -355,8 +373,40 @@ def _check_manifest(m: dict, kind: str, where: str) -> None:
             s.new_tokens_for(len(ids))
         except ParityLabError as exc:
             raise DumpError(f"{where}: {c['name']}.settings: {exc}") from None
-    if kind == "result" and m.get("sampler", "other") not in SAMPLERS:
+    if kind == "result":
+        _check_result_keys(m, where)
+
+
+def _check_result_keys(m: dict, where: str) -> None:
+    """The keys a result adds to (or copies from) the reference's manifest, by form: what they must equal is
+    check_result_against's business."""
+    if not isinstance(m.get("reference_id"), str) or not m["reference_id"]:
+        raise DumpError(f"{where}: 'reference_id' is missing: copy it from the reference's manifest")
+    model = m.get("model")
+    if not (isinstance(model, str) and model) and not (
+            isinstance(model, dict) and isinstance(model.get("id"), str) and model["id"]
+            and isinstance(model.get("config"), dict)):
+        raise DumpError(f"{where}: 'model' must be the reference's model, copied unchanged "
+                        f"({{\"id\": ..., \"config\": {{...}}}}, or its id alone as a string), got {model!r:.200}")
+    if not isinstance(m.get("layers"), bool):
+        raise DumpError(f"{where}: 'layers' must be true or false, copied unchanged from the reference's manifest, "
+                        f"got {m.get('layers')!r:.50}")
+    impl = m.get("implementation")
+    if not isinstance(impl, dict) or not isinstance(impl.get("name"), str) or not impl["name"].strip():
+        raise DumpError(f"{where}: 'implementation' must name your implementation: an object with a non-empty "
+                        f"\"name\" (and optionally \"framework\", \"dtype\", \"notes\"), got {impl!r:.200}")
+    bad = [k for k in IMPLEMENTATION_KEYS if impl.get(k) is not None and not isinstance(impl[k], str)]
+    if bad:
+        raise DumpError(f"{where}: implementation.{bad[0]} must be a string, got {impl[bad[0]]!r:.100}")
+    if m.get("sampler", "other") not in SAMPLERS:
         raise DumpError(f"{where}: 'sampler' must be one of {', '.join(SAMPLERS)}, got {m.get('sampler')!r}")
+
+
+def result_model_id(manifest: dict) -> str:
+    """The model a (checked) result manifest is for: `model` as the spec writes it ({"id", "config"}, copied from
+    the reference) or the bare id string that earlier writers wrote."""
+    model = manifest["model"]
+    return model["id"] if isinstance(model, dict) else model
 
 
 def _check_specs(manifest: dict, info: dict[str, tuple[str, list[int]]], kind: str) -> None:
@@ -458,16 +508,14 @@ def load_result(path: str | os.PathLike, reference: Reference, *, manifest_path:
 
 
 def check_result_against(manifest: dict, tensors: dict, ref: Reference) -> None:
-    """Is this result made for this reference: model, cases, shapes and the very same token streams?"""
-    ref_model, model = ref.manifest["model"]["id"], manifest.get("model")
-    if model != ref_model:
-        raise DumpError(f"this result is for model {model!r}; the reference is for {ref_model!r}")
-    if manifest.get("reference_id") != ref.id:
-        rcases = [(c["prompt_ids"], c["settings"]) for c in ref.manifest["cases"]]
-        ycases = [(c["prompt_ids"], c["settings"]) for c in manifest["cases"]]
-        if rcases != ycases:
-            raise DumpError("this result was made for other prompts or settings than this reference's "
-                            f"(reference {ref.id}, result made for {manifest.get('reference_id')!r})")
+    """Is this result made for this reference: the model, the cases (every one of them), shapes, the very same
+    token streams, and finally the same reference_id? Each refusal names what differs."""
+    _check_same_model(manifest, ref)
+    _check_same_cases(manifest, ref)
+    layers = ref.manifest["layers"]
+    if manifest["layers"] != layers:
+        raise DumpError(f"the result's manifest says layers: {json.dumps(manifest['layers'])}; the reference's says "
+                        f"{json.dumps(layers)}: copy it unchanged (your caseN.hidden is optional either way)")
     for case in ref.manifest["cases"]:
         name = case["name"]
         _check_case_tensors(manifest, case, tensors, "the result", config=ref.config)
@@ -481,8 +529,59 @@ def check_result_against(manifest: dict, tensors: dict, ref: Reference) -> None:
             raise DumpError(f"the result's {name}.tokens do not match the reference's: first at row {r}, position "
                             f"{t} ({int(ours[r, t])} vs {int(theirs[r, t])}); run your model on the reference's "
                             "token ids, do not re-tokenize the prompt")
-        if f"{name}.hidden" in tensors and f"{name}.hidden" not in ref.tensors:
-            pass  # compared without layers: the report says so
+        if f"{name}.hidden" in tensors and not layers:
+            raise DumpError(f"the result holds {name}.hidden, but its reference has no hidden states to compare it "
+                            "with (layers: false): leave caseN.hidden out, or check against a reference exported "
+                            "with --layers")
+    if manifest["reference_id"] != ref.id:
+        raise DumpError(f"this result was made for another reference: their reference_ids differ (the result's "
+                        f"{manifest['reference_id']!r:.40}, this reference's {ref.id!r}) though the model, cases and "
+                        "token streams match: check it against the reference it was made for, or copy this "
+                        "reference's reference_id unchanged")
+
+
+def _check_same_model(manifest: dict, ref: Reference) -> None:
+    """`model` as the spec writes it ({"id", "config"}, equal to the reference's) or as the bare id string."""
+    ref_model, model = ref.manifest["model"], manifest["model"]
+    model_id = result_model_id(manifest)
+    if model_id != ref_model["id"]:
+        raise DumpError(f"this result is for model {model_id!r}; the reference is for {ref_model['id']!r}")
+    if isinstance(model, dict):
+        config = model["config"]
+        for key in sorted(set(ref_model["config"]) | set(config)):
+            if config.get(key, "(missing)") != ref_model["config"].get(key, "(missing)"):
+                raise DumpError(f"this result is for another {model_id!r} than the reference's: its model.config."
+                                f"{key} is {config.get(key, '(missing)')!r:.40}, the reference's is "
+                                f"{ref_model['config'].get(key, '(missing)')!r:.40}")
+
+
+def _check_same_cases(manifest: dict, ref: Reference) -> None:
+    """Every case of the reference, in order, with the same prompt, prompt_ids and settings (copied unchanged)."""
+    ours, theirs = manifest["cases"], ref.manifest["cases"]
+    if len(ours) != len(theirs):
+        names = [c["name"] for c in (theirs[len(ours):] if len(ours) < len(theirs) else ours[len(theirs):])]
+        what = (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} missing" if len(ours) < len(theirs)
+                else f"the reference has no {', '.join(names)}")
+        raise DumpError(f"the result covers {len(ours)} case(s), the reference {len(theirs)}: {what}. A result holds "
+                        "every case of its reference, with the reference's cases copied unchanged into its manifest")
+    for y, r in zip(ours, theirs):
+        name, differs = r["name"], None
+        if y["prompt_ids"] != r["prompt_ids"]:
+            differs = f"{name}.prompt_ids are {_short(y['prompt_ids'])}, the reference's {_short(r['prompt_ids'])}"
+        else:
+            ys, rs = SamplingSettings(**y["settings"]).to_dict(), SamplingSettings(**r["settings"]).to_dict()
+            key = next((k for k in rs if ys[k] != rs[k]), None)
+            if key is not None:
+                differs = f"{name}.settings.{key} is {ys[key]!r}, the reference's is {rs[key]!r}"
+            elif y["prompt"] != r["prompt"]:
+                differs = f"{name}.prompt is {y['prompt']!r:.60}, the reference's is {r['prompt']!r:.60}"
+        if differs:
+            raise DumpError(f"this result was made for other prompts or settings than this reference's: {differs}. "
+                            "Copy the reference's cases unchanged, or check against the reference it was made for")
+
+
+def _short(ids: list) -> str:
+    return json.dumps(ids) if len(ids) <= 12 else json.dumps(ids[:12])[:-1] + f", ... ({len(ids)} ids)]"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -618,7 +717,8 @@ def _settings_table(s: SamplingSettings, manifest: dict) -> list[SettingRow]:
 @torch.inference_mode()
 def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool = True,
                     name: str = "GPT-2 Parity Lab core.GPT") -> tuple[dict, dict[str, torch.Tensor]]:
-    """Our GPT run on the reference's tokens, as any implementation would: (manifest, tensors)."""
+    """Our GPT run on the reference's tokens, as any implementation would: (manifest, tensors). The residual stream
+    is written when `layers` and the reference has it (a result's caseN.hidden needs the reference's)."""
     from ..sampling import generate
 
     tensors = {}
@@ -628,7 +728,7 @@ def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool
         out = model(tokens[:, :-1].to(model.device), return_hidden=True)
         tensors[f"{case.name}.tokens"] = tokens
         tensors[f"{case.name}.logits"] = out.logits[:, P - 1:].float().cpu().contiguous()
-        if layers:
+        if layers and ref.manifest["layers"]:
             tensors[f"{case.name}.hidden"] = torch.stack([h.float().cpu() for h in out.hidden]).contiguous()
         if sampled:
             gen = generate(model, case.prompt_ids, record=False, **case.settings)
