@@ -151,6 +151,12 @@ class ModelCache:
             raise ModelNotAllowedError(f"model {name!r} is not available here; choose one of: {', '.join(self.allowed)}")
         return name
 
+    def add(self, loaded: LoadedModel) -> None:
+        """Serve a model built elsewhere (e.g. a benchmark's pair) under its name, which must be allowed."""
+        self.check(loaded.name)
+        with self._lock:
+            self._models[loaded.name] = loaded
+
     def resident(self) -> list[str]:
         with self._lock:
             return list(self._models)

@@ -1,4 +1,8 @@
-"""Every piece of prose the dashboard shows, in one place (titles, help, banners, plot explanations)."""
+"""The dashboard's fixed prose, in one place: title, introduction, help, banners, status lines, plot explanations.
+
+Knows words only (constants, some with {placeholders}); no imports, no logic. The inputs' own labels and refusals
+are in inputs.py (next to their limits), and what is computed from a report in render.py.
+"""
 
 TITLE = "GPT-2 Parity Lab"
 
@@ -38,18 +42,6 @@ PROMPT_EXAMPLES = [
     "In a shocking finding, scientists discovered a herd of unicorns",
 ]
 
-METHODS = [
-    ("HF generate() exactly (hf)", "hf"),
-    ("the seed's top-k loop (nanogpt)", "nanogpt"),
-    ("greedy (argmax)", "greedy"),
-]
-
-REFERENCES = [
-    ("HF generate()", "generate"),
-    ("HF text-generation pipeline", "pipeline"),
-    ("logits only", "logits"),
-]
-
 HELP_METHOD = (
     "hf reproduces HF generate() token for token under the same seed; nanogpt is the build-nanogpt loop "
     "(softmax, top-k, multinomial over the k probabilities); greedy takes the argmax."
@@ -59,6 +51,12 @@ HELP_REFERENCE = (
     "seed's author did (set_seed + pipe(prompt, max_length, num_return_sequences)), or no HF sampling at all."
 )
 HELP_FAULT = "Inject a real porting mistake into OUR model only, and watch the comparison catch it."
+UPLOAD_HELP = (
+    "Run your own GPT-2 (C, CUDA, Rust, JAX, numpy...) on the reference's token ids and upload the "
+    "`.safetensors` file it writes (format: `docs/dump-format.md`; add the manifest `.json` if it is not in "
+    "the file's metadata). Nothing you upload is executed. **Get the reference** gives the seed's case for the "
+    "model chosen above; `python -m core.parity export` makes others."
+)
 
 VERDICT_STYLE = {
     True: ("#e8f7ee", "#1a7f37", "✔"),

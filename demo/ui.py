@@ -1,4 +1,9 @@
-"""build_demo(): the dashboard's layout and wiring. Building never loads a model and never launches."""
+"""build_demo(): the dashboard's layout and wiring. Building never loads a model and never launches.
+
+Knows Gradio components, the page's CSS and small scripts, and which handler each event calls; each input's
+label, default and limits come from inputs.py, prose from text.py, the panels' first contents from render.py.
+Knows nothing of how a comparison runs or how its results are drawn.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ import json
 
 import gradio as gr
 
-from core.faults import FAULTS
-
-from . import handlers, text, upload, yours
+from . import handlers, inputs, render, text, upload, yours
+from .inputs import INPUT_KEYS, INPUTS
 from .models import HUB_ALLOWLIST, TINY, ModelCache
 
 CSS = """
@@ -85,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def launch_kwargs() -> dict:
     # max_file_size: Gradio refuses bigger uploads before writing them (demo/upload.py checks again after)
-    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, max_file_size=upload.MAX_UPLOAD_BYTES)
+    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, max_file_size=inputs.MAX_UPLOAD_BYTES)
 
 
 def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int = 1,
@@ -117,41 +121,43 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
 
 
 def input_panel(cache: ModelCache, model: str) -> dict:
-    """The Generate button's inputs (keys as handlers.INPUT_KEYS) and the button itself."""
+    """The Generate button's inputs (keys as inputs.INPUT_KEYS) and the button itself."""
     i: dict = {}
     with gr.Column(elem_id="prompt-col"):  # on phones: this, then the verdict, then the results
-        i["prompt"] = gr.Textbox(value=text.PROMPT_EXAMPLES[0], label="Prompt", lines=3, max_lines=8, elem_id="prompt")
+        i["prompt"] = gr.Textbox(value=INPUTS["prompt"].default, label=INPUTS["prompt"].label, lines=3, max_lines=8,
+                                 elem_id="prompt")
         i["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
     gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[i["prompt"]], label="Examples")
-    i["model"] = gr.Dropdown(choices=cache.allowed, value=model, label="Model", elem_id="model")
+    i["model"] = gr.Dropdown(choices=cache.allowed, value=model, label=INPUTS["model"].label, elem_id="model")
     i["model_status"] = gr.Markdown(visible=False, elem_id="model-status")  # loading / failed, per choice
-    i["method"] = gr.Radio(choices=text.METHODS, value="hf", label="Our sampling method", info=text.HELP_METHOD,
-                           elem_id="method")
-    i["reference"] = gr.Radio(choices=text.REFERENCES, value="generate", label="HuggingFace reference",
-                              info=text.HELP_REFERENCE, elem_id="reference")
-    i["fault"] = gr.Dropdown(choices=[("none", handlers.NO_FAULT)] + [(f.title, f.name) for f in FAULTS.values()],
-                             value=handlers.NO_FAULT, label="Bug lab: inject a porting mistake", info=text.HELP_FAULT,
-                             elem_id="fault")
+    for key in ("method", "reference"):
+        i[key] = gr.Radio(**_choice_props(INPUTS[key]))
+    i["fault"] = gr.Dropdown(**_choice_props(INPUTS["fault"]))
     with gr.Accordion("Sampling settings", open=True):
-        i["top_k"] = gr.Slider(0, 200, value=50, step=1, label="top-k (0 = off)", elem_id="top_k")
-        i["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top-p", elem_id="top_p")
-        i["temperature"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="temperature (0 = greedy)",
-                                     elem_id="temperature")
-        i["seed"] = gr.Number(value=42, precision=0, label="random seed", elem_id="seed")
-        i["num_sequences"] = gr.Slider(1, handlers.MAX_SEQUENCES, value=5, step=1, label="number of sequences",
-                                       elem_id="num_sequences")
-        i["max_new_tokens"] = gr.Slider(1, handlers.MAX_NEW_TOKENS, value=22, step=1, label="max new tokens",
-                                        info="22: the seed's rows of 30 tokens", elem_id="max_new_tokens")
+        for key in ("top_k", "top_p", "temperature"):
+            i[key] = _slider(INPUTS[key])
+        i["seed"] = gr.Number(value=INPUTS["seed"].default, precision=0, label=INPUTS["seed"].label, elem_id="seed")
+        for key in ("num_sequences", "max_new_tokens"):
+            i[key] = _slider(INPUTS[key])
     return i
+
+
+def _choice_props(inp: inputs.Input) -> dict:
+    return dict(choices=list(inp.choices), value=inp.default, label=inp.label, info=inp.info, elem_id=inp.key)
+
+
+def _slider(inp: inputs.Input) -> gr.Slider:
+    lo, hi, step = inp.slider
+    return gr.Slider(lo, hi, value=inp.default, step=step, label=inp.label, info=inp.info, elem_id=inp.key)
 
 
 def output_panels(c: dict, ours_label: str | None = None) -> None:
     """The verdict, both texts and the tabs of views; components go into `c` (keys as handlers.OUTPUT_KEYS)."""
-    c["verdict"] = gr.HTML(handlers.status_html("Press <b>Generate</b> to compare with HuggingFace."),
+    c["verdict"] = gr.HTML(render.status_html("Press <b>Generate</b> to compare with HuggingFace."),
                            elem_id="verdict-box")
     with gr.Row(elem_id="texts-row"):
         for key, label in (("ours", ours_label or "Ours"), ("hf", "HuggingFace")):
-            c[key] = gr.HTML(handlers.text_head(key, label=label), label=label, container=True, padding=True,
+            c[key] = gr.HTML(render.text_head(key, label=label), label=label, container=True, padding=True,
                              max_height=TEXT_MAX_HEIGHT, min_width=280, js_on_load=TOKEN_CLICK_JS, elem_id=f"{key}-text",
                              elem_classes=["pl-text"])
     with gr.Tabs(elem_id="views") as c["tabs"]:
@@ -169,7 +175,7 @@ def output_panels(c: dict, ours_label: str | None = None) -> None:
         with gr.Tab("Per layer", id="perlayer"):
             c["layers_fig"] = gr.Plot(label="Per-layer differences", show_label=False, elem_id="layers-fig")
         with gr.Tab("Settings", id="settings"):
-            c["settings"] = gr.Dataframe(headers=handlers.SETTINGS_HEADERS, label="Effective generation settings",
+            c["settings"] = gr.Dataframe(headers=render.SETTINGS_HEADERS, label="Effective generation settings",
                                          elem_id="settings-table", wrap=True, interactive=False)
         with gr.Tab("Download", id="download"):
             with gr.Row():
@@ -182,15 +188,15 @@ def output_panels(c: dict, ours_label: str | None = None) -> None:
 
 def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> None:
     """Every event: Generate (the /run API), the views' own controls, token clicks, page load."""
-    inputs = [inp[k] for k in handlers.INPUT_KEYS]
+    run_in = [inp[k] for k in INPUT_KEYS]
     outputs = [c[k] for k in handlers.OUTPUT_KEYS]
     view_in = [c["state"], c["step"], c["row"], c["log"]]
     views = [c["top50_fig"], c["heat_fig"], c["entropy_fig"]]
     private = dict(api_visibility="private")
-    run = inp["run"].click(handlers.make_run_handler(cache, c), inputs, outputs, api_name="run",
+    run = inp["run"].click(handlers.make_run_handler(cache, c), run_in, outputs, api_name="run",
                            concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
     run.then(handlers.refresh_if_log, view_in, views, **private)
-    inp["run"].click(None, inputs, None, js=URL_JS % json.dumps(list(handlers.INPUT_KEYS)), **private)
+    inp["run"].click(None, run_in, None, js=URL_JS % json.dumps(list(INPUT_KEYS)), **private)
     # .input: the user moved them (a run or a token click sets them and draws the views itself, so no race)
     c["step"].input(handlers.show_step, view_in, views, **private)
     c["row"].input(handlers.show_row, view_in, views, **private)
@@ -203,5 +209,5 @@ def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> 
     loaded = demo.load(handlers.make_load_handler(cache, model), None, [c["banner"], inp["model"]], **private,
                        concurrency_limit=1, concurrency_id="load")
     from_query, model_from_query = handlers.make_query_handlers(cache)
-    demo.load(from_query, None, [inp[k] for k in handlers.INPUT_KEYS if k != "model"], **private)
+    demo.load(from_query, None, [inp[k] for k in INPUT_KEYS if k != "model"], **private)
     loaded.then(model_from_query, None, [inp["model"]], **private)

@@ -1,9 +1,10 @@
 """The dashboard's "Check a result file" panel: a result written by any implementation, uploaded, judged against
 HF's reference for an allowlisted model (computed on demand and cached), then shown in every existing view.
 
-Knows Gradio uploads and the dump format's entry points (core/parity/dump.py). An upload is only data: nothing
-in it is executed, no path typed by a visitor is ever opened, and its size, header, dtypes, shapes and values
-are checked before it is used.
+Knows Gradio uploads and the dump format's entry points (core/parity/dump.py): like handlers.py for the Generate
+button, this is the one place that calls core for the panel, and it shows the result through the same outputs.
+An upload is only data: nothing in it is executed, no path typed by a visitor is ever opened, and its size,
+header, dtypes, shapes and values are checked (against inputs.py's limits) before it is used.
 """
 
 from __future__ import annotations
@@ -24,19 +25,13 @@ from core.parity.dump import (
     save_reference,
 )
 
-from . import handlers
+from . import handlers, inputs, render, text
 from .models import LoadedModel, ModelCache
 
-MAX_UPLOAD_BYTES = 256 << 20  # the seed's case with layers is ~28 MiB at the 124M shape
-MAX_UPLOAD_CASES = 4
 REFERENCES_KEPT = 4
 SEED_PROMPT = "Hello, I'm a language model,"
 SEED_SETTINGS = dict(max_new_tokens=None, max_length=30, do_sample=True, temperature=1.0, top_k=50, top_p=1.0,
                      num_return_sequences=5, seed=42, method="hf")
-HELP = ("Run your own GPT-2 (C, CUDA, Rust, JAX, numpy...) on the reference's token ids and upload the "
-        "`.safetensors` file it writes (format: `docs/dump-format.md`; add the manifest `.json` if it is not in "
-        "the file's metadata). Nothing you upload is executed. **Get the reference** gives the seed's case for the "
-        "model chosen above; `python -m core.parity export` makes others.")
 
 
 class UploadError(ParityLabError, ValueError):
@@ -109,9 +104,9 @@ def cases_for_upload(manifest: dict, loaded: LoadedModel) -> list[Case]:
     """The result's cases, within the dashboard's per-request caps; prompt texts re-decoded from the token ids
     (the upload's own prompt text is never shown)."""
     cases = manifest["cases"]
-    if len(cases) > MAX_UPLOAD_CASES:
-        raise UploadError(f"the result has {len(cases)} cases; this dashboard checks at most {MAX_UPLOAD_CASES} "
-                          "(use `python -m core.parity check` locally for more)")
+    if len(cases) > inputs.MAX_UPLOAD_CASES:
+        raise UploadError(f"the result has {len(cases)} cases; this dashboard checks at most "
+                          f"{inputs.MAX_UPLOAD_CASES} (use `python -m core.parity check` locally for more)")
     vocab, n_pos = loaded.hf.config.vocab_size, loaded.hf.config.n_positions
     out = []
     for c in cases:
@@ -119,15 +114,15 @@ def cases_for_upload(manifest: dict, loaded: LoadedModel) -> list[Case]:
         ids = c["prompt_ids"]
         if max(ids) >= vocab:
             raise UploadError(f"{c['name']}: prompt token ids must be below {vocab}")
-        if s["num_return_sequences"] > handlers.MAX_SEQUENCES:
+        if s["num_return_sequences"] > inputs.MAX_SEQUENCES:
             raise UploadError(f"{c['name']}: {s['num_return_sequences']} rows; the dashboard allows at most "
-                              f"{handlers.MAX_SEQUENCES}")
+                              f"{inputs.MAX_SEQUENCES}")
         from core.sampling import SamplingSettings
 
         n_new = SamplingSettings(**s).new_tokens_for(len(ids))
-        if n_new > handlers.MAX_NEW_TOKENS or len(ids) + n_new > n_pos:
+        if n_new > inputs.MAX_NEW_TOKENS or len(ids) + n_new > n_pos:
             raise UploadError(f"{c['name']}: {n_new} new tokens after a {len(ids)}-token prompt; the dashboard "
-                              f"allows at most {handlers.MAX_NEW_TOKENS} within the model's {n_pos}-token context")
+                              f"allows at most {inputs.MAX_NEW_TOKENS} within the model's {n_pos}-token context")
         out.append(Case(c["name"], loaded.tokenizer.decode(ids), list(ids), dict(s)))
     return out
 
@@ -135,7 +130,7 @@ def cases_for_upload(manifest: dict, loaded: LoadedModel) -> list[Case]:
 def check_upload(cache: ModelCache, refs: ReferenceCache, files) -> tuple[DumpCheck, LoadedModel]:
     """The one core call behind the Check button (tests call it directly)."""
     result_path, manifest_path = uploaded_paths(files)
-    manifest = peek_result_manifest(result_path, manifest_path=manifest_path, max_bytes=MAX_UPLOAD_BYTES)
+    manifest = peek_result_manifest(result_path, manifest_path=manifest_path, max_bytes=inputs.MAX_UPLOAD_BYTES)
     model = result_model_id(manifest)
     if model not in cache.allowed:
         raise UploadError(f"this result is for model {model!r}, which this dashboard does not serve; it serves "
@@ -143,7 +138,7 @@ def check_upload(cache: ModelCache, refs: ReferenceCache, files) -> tuple[DumpCh
     loaded = cache.get(model)
     cases = cases_for_upload(manifest, loaded)
     ref = refs.get(loaded, cases, layers=bool(manifest.get("layers")))
-    result = load_result(result_path, ref, manifest_path=manifest_path, max_bytes=MAX_UPLOAD_BYTES)
+    result = load_result(result_path, ref, manifest_path=manifest_path, max_bytes=inputs.MAX_UPLOAD_BYTES)
     return compare_dump(ref, result, tokenizer=loaded.tokenizer), loaded
 
 
@@ -156,19 +151,7 @@ def seed_reference(cache: ModelCache, refs: ReferenceCache, model: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Displayed values (pure) and the handlers
-
-
-def cases_markdown(check: dict) -> str:
-    impl = check["implementation"]
-    name = " · ".join(str(impl[k]) for k in ("name", "framework", "dtype") if impl.get(k)) or "your result"
-    lines = [f"**{'✅ agrees' if check['agree'] else '❌ differs'}**: {name} against HF's reference "
-             f"`{check['reference_id']}`"]
-    for i, r in enumerate(check["cases"]):
-        mark = "✅" if r["agree"] else "❌"
-        layer = f" · first diverging layer **{r['first_diverging_layer']}**" if r["first_diverging_layer"] else ""
-        lines.append(f"- case {i} (seed {r['settings']['seed']}): {mark} {r['verdict']}{layer}")
-    return "\n".join(lines)
+# The handlers
 
 
 def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: dict):
@@ -181,7 +164,7 @@ def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: 
             progress(0, desc="reading the result, computing HF's reference")
             result, loaded = check_upload(cache, refs, files)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the server keeps serving
-            msg = handlers._message(exc)
+            msg = handlers.error_message(exc)
             yield {**handlers.error_outputs(c, msg), panel["status"]: f"❌ {msg}", panel["checked"]: None,
                    panel["case"]: gr.Dropdown(visible=False)}
             raise gr.Error(msg, print_exception=False) from None
@@ -189,7 +172,7 @@ def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: 
         first = next((i for i, r in enumerate(data["cases"]) if not r["agree"]), 0)
         token_text = lambda t: loaded.tokenizer.decode([t])  # noqa: E731
         out = handlers.outputs_for(data["cases"][first], token_text, c)
-        out[panel["status"]] = cases_markdown(data)
+        out[panel["status"]] = render.cases_markdown(data)
         out[panel["case"]] = gr.Dropdown(choices=[(f"case {i}", i) for i in range(len(data["cases"]))], value=first,
                                          visible=len(data["cases"]) > 1, interactive=True)
         out[panel["checked"]] = {"model": loaded.name, "cases": data["cases"]}
@@ -215,7 +198,7 @@ def make_reference_handler(cache: ModelCache, refs: ReferenceCache):
             progress(0, desc=f"HF's reference for {model}")
             return seed_reference(cache, refs, model)
         except Exception as exc:  # noqa: BLE001
-            raise gr.Error(handlers._message(exc), print_exception=False) from None
+            raise gr.Error(handlers.error_message(exc), print_exception=False) from None
 
     return get_reference
 
@@ -224,7 +207,7 @@ def build_panel() -> dict:
     """The panel's components, inside the current layout (an accordion under the inputs)."""
     p: dict = {}
     with gr.Accordion("Check a result file (any language)", open=False, elem_id="upload-panel"):
-        gr.Markdown(HELP)
+        gr.Markdown(text.UPLOAD_HELP)
         p["files"] = gr.File(label="Your result (.safetensors, optional manifest .json)", file_count="multiple",
                              file_types=[".safetensors", ".json"], type="filepath", elem_id="result-upload")
         with gr.Row():

@@ -16,7 +16,7 @@ from conftest import BPE_DIR
 
 from core import compare, generate, load_tokenizer
 from core.faults import FAULTS
-from demo import build_demo, figures, handlers
+from demo import build_demo, downloads, figures, handlers, inputs, render
 from demo.models import TINY, ModelCache, ModelNotAllowedError, build_tiny_pair
 
 PROMPT = "Hello, I'm a language model,"
@@ -31,14 +31,14 @@ def cache():
 
 @pytest.fixture(scope="module")
 def report(cache):
-    args = handlers.parse_inputs(cache, **GOOD)
+    args = inputs.parse_inputs(cache, **GOOD)
     rep, _ = handlers.run_compare(cache, args)
     return rep.to_dict()
 
 
 @pytest.fixture(scope="module")
 def faulty_report(cache):
-    args = handlers.parse_inputs(cache, **{**GOOD, "fault": "erf_gelu", "reference": "logits"})
+    args = inputs.parse_inputs(cache, **{**GOOD, "fault": "erf_gelu", "reference": "logits"})
     return handlers.run_compare(cache, args)[0].to_dict()
 
 
@@ -111,13 +111,13 @@ def _tokens_of(html_text: str, row: int) -> list[dict]:
 def test_texts_mark_the_first_difference_and_carry_each_tokens_numbers(report, cache):
     loaded = cache.get(TINY)
     tok = lambda t: loaded.tokenizer.decode([t])  # noqa: E731
-    same = handlers.texts_html(report, tok, "ours")
+    same = render.texts_html(report, tok, "ours")
     assert "first difference" not in same, "no legend chips when there is nothing to mark"
     r = dict(report)
     rows = [dict(row) for row in r["rows"]]
     rows[0] = {**rows[0], "first_divergent_step": 3, "identical": False}
     r["rows"] = rows
-    panel = handlers.texts_html(r, tok, "ours")
+    panel = render.texts_html(r, tok, "ours")
     assert "first difference" in panel  # the legend, now that something is marked
     spans = _tokens_of(panel, 0)
     assert [s["step"] for s in spans] == list(range(len(rows[0]["ours_new_ids"])))
@@ -192,7 +192,7 @@ def test_top50_chart_is_horizontal_and_labels_model_and_sampling_probabilities(r
 
 
 def test_top50_cutoff_is_drawn_where_the_filter_cuts(cache):
-    args = handlers.parse_inputs(cache, **{**GOOD, "top_k": 10, "num_sequences": 1, "max_new_tokens": 4})
+    args = inputs.parse_inputs(cache, **{**GOOD, "top_k": 10, "num_sequences": 1, "max_new_tokens": 4})
     rep = handlers.run_compare(cache, args)[0].to_dict()
     fig = figures.top50_figure(rep, 0, 0)
     rec = rep["generation"]["records"][0][0]
@@ -263,7 +263,7 @@ def test_every_bad_input_is_a_clear_gr_error_and_the_server_keeps_serving(cache,
     msg = str(info.value.message)
     assert match in msg, msg
     assert "Traceback" not in msg and "/work/" not in msg
-    assert not any(name in msg for name in handlers.UI_NAMES), msg  # the UI's words, not core's argument names
+    assert not any(name in msg for name in inputs.UI_NAMES), msg  # the UI's words, not core's argument names
     # before the error: the reason in the verdict panel (it stays; the toast fades) and the old run cleared
     last = updates[-1]
     assert html.escape(msg) in last["verdict"] and "Not run" in last["verdict"]
@@ -315,8 +315,8 @@ def _serial_and_concurrent(cache, arg_list, key):
 
 def test_concurrent_requests_equal_serial_ones(cache):
     """4 threads x different seeds/methods: exactly the serial results (per-request generators, shared model)."""
-    arg_list = [handlers.parse_inputs(cache, **{**GOOD, "seed": seed, "method": m, "max_new_tokens": 12,
-                                                "reference": "logits"})
+    arg_list = [inputs.parse_inputs(cache, **{**GOOD, "seed": seed, "method": m, "max_new_tokens": 12,
+                                              "reference": "logits"})
                 for seed, m in [(1, "hf"), (2, "nanogpt"), (3, "hf"), (4, "hf"), (5, "nanogpt"), (6, "hf")]]
     serial, concurrent = _serial_and_concurrent(cache, arg_list, lambda r: r.generation.sequences)
     assert serial == concurrent
@@ -325,8 +325,8 @@ def test_concurrent_requests_equal_serial_ones(cache):
 def test_hf_reference_lock_keeps_generate_reproducible_under_concurrency(cache):
     """HF's side seeds the global RNG and records what reaches generate(): without the lock (and a spy that
     never chains to another request's), concurrent requests would steal each other's draws or settings."""
-    arg_list = [handlers.parse_inputs(cache, **{**GOOD, "seed": seed, "max_new_tokens": 8, "reference": ref,
-                                                "num_sequences": n})
+    arg_list = [inputs.parse_inputs(cache, **{**GOOD, "seed": seed, "max_new_tokens": 8, "reference": ref,
+                                              "num_sequences": n})
                 for seed, ref, n in [(11, "generate", 5), (12, "pipeline", 2), (13, "generate", 3),
                                      (14, "pipeline", 3), (15, "generate", 1), (16, "pipeline", 4)]]
 
@@ -412,8 +412,8 @@ def _tv_js_numpy(p, q):
 @pytest.fixture(scope="module")
 def untied_report(cache):
     """A fault under which every step's supports differ (our lm_head is random): KL is infinite everywhere."""
-    args = handlers.parse_inputs(cache, **{**GOOD, "fault": "untied_lm_head", "num_sequences": 2, "max_new_tokens": 6,
-                                           "reference": "logits"})
+    args = inputs.parse_inputs(cache, **{**GOOD, "fault": "untied_lm_head", "num_sequences": 2, "max_new_tokens": 6,
+                                         "reference": "logits"})
     return handlers.run_compare(cache, args)[0].to_dict()
 
 
@@ -449,8 +449,8 @@ def test_divergence_is_finite_where_kl_is_infinite_and_matches_the_full_vocabula
 def test_divergence_without_top_k_is_a_lower_bound(cache):
     from demo.divergence import report_divergences
 
-    args = handlers.parse_inputs(cache, **{**GOOD, "fault": "untied_lm_head", "top_k": 0, "num_sequences": 1,
-                                           "max_new_tokens": 4, "reference": "logits"})
+    args = inputs.parse_inputs(cache, **{**GOOD, "fault": "untied_lm_head", "top_k": 0, "num_sequences": 1,
+                                         "max_new_tokens": 4, "reference": "logits"})
     rep = handlers.run_compare(cache, args)[0].to_dict()
     ours, hf = _teacher_forced_logits(rep, cache, "untied_lm_head")
     tv, js = _tv_js_numpy(_sampling_dists_numpy(ours[0], 0), _sampling_dists_numpy(hf[0], 0))
@@ -521,15 +521,15 @@ def test_step_figure_with_one_row_has_no_spread_band():
 
 
 def test_settings_sources_are_right_and_differences_highlighted(cache, report, tokenizer):
-    rows = {r[0]: r for r in handlers.settings_rows(report)}
+    rows = {r[0]: r for r in render.settings_rows(report)}
     n_prompt = len(tokenizer.encode(PROMPT))
     assert rows["max_length"][2] == str(n_prompt + 22)
     assert rows["max_length"][3] == f"you: prompt ({n_prompt} tokens) + 22 new tokens"
     assert rows["max_new_tokens"][3] == "you"
     assert "default" not in rows["max_length"][3]
-    args = handlers.parse_inputs(cache, **{**GOOD, "reference": "pipeline", "num_sequences": 2, "max_new_tokens": 4})
+    args = inputs.parse_inputs(cache, **{**GOOD, "reference": "pipeline", "num_sequences": 2, "max_new_tokens": 4})
     rep = handlers.run_compare(cache, args)[0].to_dict()
-    styled = handlers.settings_table(rep)
+    styled = render.settings_table(rep)
     ctx = styled._compute().ctx  # pandas' computed cell styles: {(row, col): [(property, value)]}
     for i, row in enumerate(styled.data.values.tolist()):
         highlighted = ("background-color", "#ffe2e0") in ctx.get((i, 0), [])
@@ -538,21 +538,21 @@ def test_settings_sources_are_right_and_differences_highlighted(cache, report, t
 
 
 def test_ui_messages_use_the_ui_names_and_readable_numbers():
-    msg = handlers.ui_message("num_return_sequences must be a positive integer, got 12345678; top_k=3, max_new_tokens")
+    msg = render.ui_message("num_return_sequences must be a positive integer, got 12345678; top_k=3, max_new_tokens")
     assert msg == "number of sequences must be a positive integer, got 12,345,678; top-k = 3, max new tokens"
-    assert handlers.ui_message("token-id prompts such as [50256] work") == "token-id prompts such as [50256] work"
-    assert handlers.readable(2**31 - 1) == "2,147,483,647" and handlers.readable(10**300) == "1e+300"
+    assert render.ui_message("token-id prompts such as [50256] work") == "token-id prompts such as [50256] work"
+    assert inputs.readable(2**31 - 1) == "2,147,483,647" and inputs.readable(10**300) == "1e+300"
 
 
 def test_json_download_is_compact_and_restores_the_report(report, tmp_path, monkeypatch):
     from core.parity import ParityReport
 
-    monkeypatch.setattr(handlers, "_RUN_DIR", str(tmp_path))
-    json_path, csv_path = handlers.write_downloads(report)
+    monkeypatch.setattr(downloads.RUNS, "path", str(tmp_path))
+    json_path, csv_path = downloads.write_downloads(report)
     with open(json_path, encoding="utf-8") as f:
         raw = f.read()
     assert "\n" not in raw and len(raw) < 0.6 * len(json.dumps(report))
-    back = handlers.expand_report(json.loads(raw))
+    back = downloads.expand_report(json.loads(raw))
     ParityReport.from_dict(back)  # the download reads back as a report
     assert back["verdict"] == report["verdict"] and back["steps"][3][1]["max_abs_dlogit"] == \
         report["steps"][3][1]["max_abs_dlogit"]  # measured numbers at full precision
@@ -562,9 +562,9 @@ def test_json_download_is_compact_and_restores_the_report(report, tmp_path, monk
 
 
 def test_download_files_are_bounded_per_process(report, tmp_path, monkeypatch):
-    monkeypatch.setattr(handlers, "_RUN_DIR", str(tmp_path))
-    monkeypatch.setattr(handlers, "KEEP_RUNS", 3)
-    paths = [handlers.write_downloads(report)[0] for _ in range(5)]
+    monkeypatch.setattr(downloads.RUNS, "path", str(tmp_path))
+    monkeypatch.setattr(downloads.RUNS, "keep", 3)
+    paths = [downloads.write_downloads(report)[0] for _ in range(5)]
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert len(kept) == 3 and all(os.path.exists(p) for p in paths[-3:]) and not os.path.exists(paths[0])
 
@@ -580,18 +580,18 @@ def test_download_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
     for d in (dead, mine, other):
         (d / "run-000000").mkdir(parents=True)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(handlers, "_RUN_DIR", None)
-    new = handlers.run_dir()
+    monkeypatch.setattr(downloads.RUNS, "path", None)
+    new = downloads.RUNS.folder()
     assert not dead.exists() and mine.exists() and other.exists()
     assert os.path.dirname(new) == str(tmp_path)
 
 
 def test_query_parameters_restore_valid_inputs_only():
     allowed = [TINY, "gpt2"]
-    got = handlers.query_values({"prompt": "Hi there", "seed": "7", "top_p": "0.9", "num_sequences": "3",
+    got = inputs.query_values({"prompt": "Hi there", "seed": "7", "top_p": "0.9", "num_sequences": "3",
                                  "fault": "qk_swapped", "model": TINY, "method": "nanogpt"}, allowed)
     assert got == {"prompt": "Hi there", "seed": 7, "top_p": 0.9, "num_sequences": 3, "fault": "qk_swapped",
                    "model": TINY, "method": "nanogpt"}
-    bad = handlers.query_values({"seed": "-1", "num_sequences": "99", "model": "/etc/passwd", "fault": "x",
+    bad = inputs.query_values({"seed": "-1", "num_sequences": "99", "model": "/etc/passwd", "fault": "x",
                                  "temperature": "nan", "method": "beam"}, allowed)
     assert bad == {}

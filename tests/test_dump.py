@@ -655,7 +655,7 @@ def test_upload_check_shows_every_view(panel_env, tiny_app_reference, upload_dir
 
 def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, monkeypatch):
     import gradio as gr
-    from demo import upload
+    from demo import inputs
 
     cache, refs, check = panel_env
     ours_t, ref = tiny_app_reference
@@ -682,7 +682,7 @@ def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, 
     refused([str(_write(upload_dir, manifest, {**tensors, "case0.logits": nan}))], "NaN/Inf")
     many = {**manifest, "cases": [dict(manifest["cases"][0], name=f"case{i}") for i in range(5)]}
     refused([str(_write(upload_dir, many, tensors))], "at most 4")
-    monkeypatch.setattr(upload, "MAX_UPLOAD_BYTES", 1 << 20)
+    monkeypatch.setattr(inputs, "MAX_UPLOAD_BYTES", 1 << 20)
     refused([str(two)], "the limit is 1 MiB")
     monkeypatch.undo()
     # a separate manifest file is accepted

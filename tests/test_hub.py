@@ -19,7 +19,7 @@ from fake_hub import FakeHub, checkpoint_files, wait_until
 from core import ModelNotAvailableError, load_pretrained, load_tokenizer
 from core.errors import HubTimeoutError
 from core.loader import resolve_checkpoint
-from demo import handlers
+from demo import handlers, inputs
 from demo.models import TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
 PROMPT = "Hello, I'm a language model,"
@@ -264,7 +264,7 @@ def test_resident_and_tiny_models_are_served_while_another_download_hangs(online
     again, resident_s = timed(cache.get, "gpt2")
     _, tiny_s = timed(cache.get, TINY)
     assert hung.is_alive()  # still downloading (stalled) while those were served
-    args = handlers.parse_inputs(cache, PROMPT, "gpt2", "hf", "generate", "none", 50, 1.0, 1.0, 42, 1, 3)
+    args = inputs.parse_inputs(cache, PROMPT, "gpt2", "hf", "generate", "none", 50, 1.0, 1.0, 42, 1, 3)
     (report, _), compare_s = timed(handlers.run_compare, cache, args)
     print(f"\nwhile gpt2-medium's download hangs: resident gpt2 lookup {resident_s * 1e3:.2f} ms, tiny lookup "
           f"{tiny_s * 1e3:.2f} ms, a full gpt2 compare {compare_s:.2f} s")
