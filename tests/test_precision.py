@@ -2,6 +2,7 @@
 false alarm); faults the precision can see are flagged at their layer; faults it cannot see are found by the float32
 re-check; a forward that forces its own dtype is detected and the re-check declared impossible."""
 
+import contextlib
 import copy
 import json
 
@@ -45,23 +46,13 @@ def _example(hf):
 MODELS = {"ours": _ours, "example": _example, "nanogpt": nanogpt_from_hf}
 
 
-class Autocast(nn.Module):
-    """A user's forward that runs its model under torch.autocast (as build-nanogpt's training loop does)."""
-
-    def __init__(self, inner, dtype=torch.bfloat16):
-        super().__init__()
-        self.inner, self.dtype = inner, dtype
-
-    def forward(self, idx):
-        with torch.autocast("cpu", dtype=self.dtype):
-            return self.inner(idx)
-
-
-def as_user_runs_it(model: nn.Module, regime: str) -> nn.Module:
-    """The model the way a user would run it in `regime`, for precision='auto' to find."""
+def as_user_runs_it(model: nn.Module, regime: str):
+    """The model the way a user runs it in `regime`, for precision='auto' to find: (model, context to call in).
+    Autocast the way build-nanogpt does it, around the call (a forward that enters autocast itself is the
+    "forces its own dtype" case below)."""
     if regime.endswith("-autocast"):
-        return Autocast(model, torch.bfloat16 if regime.startswith("bfloat16") else torch.float16)
-    return copy.deepcopy(model).to(getattr(torch, regime))
+        return model, torch.autocast("cpu", dtype=getattr(torch, regime.removesuffix("-autocast")))
+    return copy.deepcopy(model).to(getattr(torch, regime)), contextlib.nullcontext()
 
 
 @pytest.mark.parametrize("weights", ["random", "structured"])
@@ -71,9 +62,10 @@ def test_a_correct_model_is_consistent_with_its_precision(request, tokenizer, we
     hf = request.getfixturevalue(f"{weights}_hf")
     model = MODELS[kind](hf)
     for seed, how in ((42, "explicit"), (7, "auto")):
-        subject = model if how == "explicit" else as_user_runs_it(model, regime)
-        r = compare(subject, PROMPT, hf_model=hf, tokenizer=tokenizer, seed=seed,
-                    precision=regime if how == "explicit" else "auto", **SMALL)
+        subject, context = (model, contextlib.nullcontext()) if how == "explicit" else as_user_runs_it(model, regime)
+        with context:
+            r = compare(subject, PROMPT, hf_model=hf, tokenizer=tokenizer, seed=seed,
+                        precision=regime if how == "explicit" else "auto", **SMALL)
         assert r.agree, (how, r.verdict)
         assert r.precision["name"] == regime and r.verdict.startswith(f"consistent with {r.precision['label']}")
         assert r.verdict_kind in ("precision", "settings", "sampling_order"), r.verdict
@@ -160,7 +152,7 @@ def test_compare_inside_autocast_is_detected(random_hf, tokenizer):
 
 
 def test_float32_asked_but_the_model_ran_in_bfloat16(random_hf, tokenizer):
-    bf16 = as_user_runs_it(_example(random_hf), "bfloat16")
+    bf16, _ = as_user_runs_it(_example(random_hf), "bfloat16")
     r = compare(bf16, PROMPT, hf_model=random_hf, tokenizer=tokenizer, precision="float32", **SMALL)
     assert not r.agree and "your model ran in bfloat16 although float32 was asked" in r.verdict
     # the bug lab's bf16_autocast fault is the same demonstration on our model
@@ -171,16 +163,16 @@ def test_float32_asked_but_the_model_ran_in_bfloat16(random_hf, tokenizer):
 def test_a_bf16_model_with_a_fault_below_resolution_is_rechecked_with_its_rounded_weights(random_hf, tokenizer):
     """Weights that came in as bfloat16: the re-check runs them in float32 against HF's weights rounded the same
     way, so the rounding of the weights alone is no fault, and an erf GELU still is."""
-    ok = compare(as_user_runs_it(_example(random_hf), "bfloat16"), PROMPT, hf_model=random_hf, tokenizer=tokenizer,
+    ok = compare(as_user_runs_it(_example(random_hf), "bfloat16")[0], PROMPT, hf_model=random_hf, tokenizer=tokenizer,
                  **SMALL)
     assert ok.agree and ok.float32_check["agree"] and "rounded to bfloat16" in ok.float32_check["note"]
     bad = from_hf_state_dict(random_hf.state_dict(), random_hf.config, "erf_gelu")
-    r = compare(as_user_runs_it(bad, "bfloat16"), PROMPT, hf_model=random_hf, tokenizer=tokenizer, **SMALL)
+    r = compare(as_user_runs_it(bad, "bfloat16")[0], PROMPT, hf_model=random_hf, tokenizer=tokenizer, **SMALL)
     assert not r.agree and r.first_diverging_layer == "block 0"
 
 
 def test_assert_matches_hf_takes_the_precision(random_hf, tokenizer):
-    assert_matches_hf(as_user_runs_it(_example(random_hf), "bfloat16"), random_hf, tokenizer=tokenizer, **SMALL)
+    assert_matches_hf(as_user_runs_it(_example(random_hf), "bfloat16")[0], random_hf, tokenizer=tokenizer, **SMALL)
     bad = from_hf_state_dict(random_hf.state_dict(), random_hf.config, "erf_gelu")
     with pytest.raises(AssertionError, match="float32 re-check"):
         assert_matches_hf(bad, random_hf, tokenizer=tokenizer, precision="bfloat16", **SMALL)
