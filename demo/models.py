@@ -18,8 +18,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from core import GPT, Tokenizer, load_pair, load_tokenizer, port_from_hf
 from core.errors import ModelNotAvailableError, ParityLabError
 from core.loader import is_local_name, resolve_checkpoint
@@ -106,15 +104,10 @@ class _Load:
 
 
 def build_tiny_pair() -> tuple[GPT, object]:
-    """The built-in tiny random GPT-2, identical on every machine (its own RNG; global state restored)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """The built-in tiny random GPT-2, identical on every machine (the caller's global RNG untouched)."""
+    from core.structured import random_gpt2
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        config = GPT2Config(**TINY_SHAPE)
-        hf = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        hf.transformer.ln_f.weight.mul_(TINY_LOGIT_STD / (0.02 * config.n_embd**0.5))
+    hf = random_gpt2(seed=TINY_SEED, logit_std=TINY_LOGIT_STD, **TINY_SHAPE)
     hf.config._name_or_path = TINY
     return port_from_hf(hf), hf
 

@@ -6,18 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ODD, hf_generate, make_hf
+from conftest import ODD, hf_generate
 
 from core import SettingsError, generate, port_from_hf, stream
 from core.model import ContextLengthError
 from core.sampling import logits_to_probs, process_logits_hf, sample
+from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
 
 
 @pytest.fixture(scope="module")
 def pair():
-    hf = make_hf(seed=11, sharpen=2.5, **ODD)
+    hf = random_gpt2(seed=11, logit_std=2.5, **ODD)
     return port_from_hf(hf), hf
 
 
@@ -62,7 +63,7 @@ def test_max_length_counts_the_prompt_like_hf(pair, tokenizer):
 
 def test_rows_that_hit_eos_early_match_hf(tokenizer):
     """Make eos likely: pick a token the model samples often and declare it eos on both sides."""
-    hf = make_hf(seed=12, sharpen=4.0, **ODD)
+    hf = random_gpt2(seed=12, logit_std=4.0, **ODD)
     ids = tokenizer.encode(PROMPT)
     probe = torch.tensor(hf_generate(hf, ids, 3, do_sample=True, max_new_tokens=20, num_return_sequences=5))
     new = probe[:, len(ids):]
