@@ -158,18 +158,3 @@ def structured_gpt2(variant: str | MassiveSpec, *, seed: int = 0, sharpen: float
     structure: random_gpt2 with logits of std ~sharpen and biases of std bias_std, then add_massive_activations."""
     spec = VARIANTS[variant] if isinstance(variant, str) else variant
     return add_massive_activations(random_gpt2(seed=seed, logit_std=sharpen, bias_std=bias_std, **shape), spec)
-
-
-@torch.no_grad()
-def position_stats(hf: GPT2LMHeadModel, ids: torch.Tensor) -> dict:
-    """What makes the structure measurable: per layer of the residual stream, max |value| at position 0 and at
-    the other positions; the mean next-token entropy (nats) and top-1 probability over positions >= 1."""
-    out = hf(ids, output_hidden_states=True)
-    hs = out.hidden_states[:-1]  # embeddings and blocks 0..n-2 (the last is ln_f's output)
-    logp = torch.log_softmax(out.logits[:, 1:].float(), dim=-1)
-    return {
-        "max_abs_pos0": [h[:, 0].abs().max().item() for h in hs],
-        "max_abs_rest": [h[:, 1:].abs().max().item() for h in hs],
-        "entropy": -(logp.exp() * logp).sum(-1).mean().item(),
-        "top1_prob": logp.max(-1).values.exp().mean().item(),
-    }
