@@ -82,7 +82,7 @@ def bench_shape(shape: str, tok, repeats: int) -> dict:
 
     name = f"bench-{shape}"
     cache = ModelCache(extra=[name], bpe_dir=bpe_dir())
-    cache._models[name] = LoadedModel(name, ours, hf, tok, False)
+    cache._models[name] = LoadedModel(name, ours, hf, tok)
     run = handlers.make_run_handler(cache, {k: k for k in handlers.OUTPUT_KEYS})
 
     def dashboard_cold():

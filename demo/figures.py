@@ -18,7 +18,6 @@ BAD = "#d1242f"
 MUTED = "#8c959f"
 NOISE = "rgba(45, 164, 78, 0.13)"
 SPREAD = "rgba(31, 111, 235, 0.18)"
-ROW_COLORS = ["#1f6feb", "#f59e0b", "#2da44e", "#a371f7", "#e85aad", "#0b7285", "#8c6d1f", "#57606a"]
 TV_FLOOR = 1e-9  # total variation below this (float32 probabilities give ~1e-8 noise) is drawn at the floor
 LOG_AXIS = dict(type="log", dtick=1, exponentformat="power", showexponent="all", minor=dict(showgrid=False))
 

@@ -88,7 +88,6 @@ class LoadedModel:
     ours: GPT
     hf: object
     tokenizer: Tokenizer
-    is_tiny: bool
 
 
 @dataclass
@@ -193,7 +192,7 @@ class ModelCache:
         try:
             if name == TINY:
                 ours, hf = build_tiny_pair()
-                load.result = LoadedModel(name, ours, hf, self._tokenizer(None), True)
+                load.result = LoadedModel(name, ours, hf, self._tokenizer(None))
                 with self._lock:
                     self._models[name] = load.result
             else:
@@ -201,7 +200,7 @@ class ModelCache:
                 with self._build_lock:
                     self._evict_for_one_more()
                     ours, hf = load_pair(checkpoint)
-                    load.result = LoadedModel(name, ours, hf, self._tokenizer(checkpoint), False)
+                    load.result = LoadedModel(name, ours, hf, self._tokenizer(checkpoint))
                     with self._lock:
                         self._models[name] = load.result
             log.info("model %s loaded in %.1f s (tokenizer: %s)", name, time.monotonic() - load.started,
