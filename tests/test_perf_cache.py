@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import ODD, WIDE, hf_generate
+from conftest import ODD, TINY, WIDE, hf_generate
 
 from core import compare, port_from_hf
 from core.faults import apply_fault
@@ -219,8 +219,30 @@ def test_bounded_by_entries_and_bytes():
     assert len(cache) == 0 and cache.nbytes == 0
 
 
-def test_default_cache_is_bounded():
-    assert 0 < refmod.REFERENCE_CACHE.max_entries <= 64 and 0 < refmod.REFERENCE_CACHE.max_bytes <= 1 << 30
+def test_process_cache_keeps_its_bounds_and_counts_the_bytes_it_holds():
+    """compare()'s own cache (REFERENCE_CACHE) through its real fill path: more distinct teacher-forced passes than
+    it has entries for leave it at max_entries with the least recently used gone, and its byte count is the size
+    of the tensors it still holds (as the model's shape gives it), so that max_bytes bounds real memory."""
+    cache = refmod.REFERENCE_CACHE
+    assert 0 < cache.max_entries <= 64 and 0 < cache.max_bytes <= 1 << 30
+    hf = random_gpt2(seed=26, **TINY)
+    n_extra, T = 3, 3
+    streams = [torch.arange(i, i + T)[None] for i in range(cache.max_entries + n_extra)]
+    c = hf.config  # per pass: the residual stream (n_layer + 2 tensors of (1, T, C)) and the logits (1, T, V), fp32
+    entry_bytes = 4 * T * ((c.n_layer + 2) * c.n_embd + c.vocab_size)
+    cache.clear()
+    try:
+        for x in streams:
+            hf_teacher_forced_cached(hf, x)
+        assert len(cache) == cache.max_entries and cache.nbytes == cache.max_entries * entry_bytes
+        hits, misses = cache.hits, cache.misses
+        for x in streams[n_extra:]:  # the most recent ones: all still there
+            hf_teacher_forced_cached(hf, x)
+        assert cache.hits == hits + cache.max_entries and cache.misses == misses
+        hf_teacher_forced_cached(hf, streams[0])  # the least recently used: evicted, computed again
+        assert cache.misses == misses + 1 and len(cache) == cache.max_entries
+    finally:
+        cache.clear()
 
 
 def test_thread_safe_under_contention():

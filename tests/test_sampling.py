@@ -113,10 +113,27 @@ def test_nanogpt_method_equals_the_seed_loop(pair, tokenizer, seed):
 
 
 def test_nanogpt_and_hf_methods_draw_differently(pair, tokenizer):
-    ours, _ = pair
+    """The sampling order: at one seed the two methods sample one distribution (at step 0, where every row sees
+    the prompt alone, HF's top 50 of its softmax in float64) but spend the random numbers differently (the seed's
+    loop: one draw over the 50 sorted probabilities; HF: one over all 50257 ids in id order), so their tokens
+    differ from the first step on. Each method's rows are its own reference's: the seed's loop written out by
+    hand, and HF's generate()."""
+    ours, hf = pair
+    ids = tokenizer.encode(PROMPT)
     a = generate(ours, PROMPT, tokenizer=tokenizer, method="nanogpt", num_return_sequences=5, seed=42)
     b = generate(ours, PROMPT, tokenizer=tokenizer, method="hf", num_return_sequences=5, seed=42)
-    assert a.sequences != b.sequences
+    assert a.sequences == seed_loop(hf, ids, 5, 30, 42)
+    assert b.sequences == hf_generate(hf, ids, 42, do_sample=True, top_k=50, max_length=30, num_return_sequences=5)
+    with torch.no_grad():
+        p = F.softmax(hf(torch.tensor([ids])).logits[0, -1].double(), dim=-1)
+    top_p, top_i = torch.topk(p, 50)
+    expected = dict(zip(top_i.tolist(), (top_p / top_p.sum()).tolist()))
+    for gen in (a, b):
+        for rec in gen.records[0]:
+            assert rec.n_kept == 50
+            assert dict(zip(rec.top_ids, rec.top_sample_probs)) == pytest.approx(expected, abs=1e-5)
+    first_a, first_b = [row[len(ids)] for row in a.sequences], [row[len(ids)] for row in b.sequences]
+    assert first_a != first_b
 
 
 def test_kv_cached_generation_equals_full_recompute(pair, tokenizer):
