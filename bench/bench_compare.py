@@ -29,11 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
 from core import compare, generate, load_tokenizer, port_from_hf  # noqa: E402
 from core.parity.reference import REFERENCE_CACHE  # noqa: E402
 from core.sampling import Capture  # noqa: E402
+from core.structured import random_gpt2  # noqa: E402
 
 PROMPT = "Hello, I'm a language model,"
 SEED_CASE = dict(num_return_sequences=5, max_length=30, top_k=50, seed=42)
@@ -49,8 +48,7 @@ def load() -> str:
 
 
 def bench_shape(shape: str, tok, repeats: int) -> dict:
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(**SHAPES[shape])).eval()
+    hf = random_gpt2(seed=0, logit_std=None, **SHAPES[shape])
     ours = port_from_hf(hf)
     ids = torch.tensor([tok.encode(PROMPT)])
     pair = (ours, hf)
@@ -84,7 +82,7 @@ def bench_shape(shape: str, tok, repeats: int) -> dict:
 
     name = f"bench-{shape}"
     cache = ModelCache(extra=[name], bpe_dir=bpe_dir())
-    cache.add(LoadedModel(name, ours, hf, tok, False))
+    cache.add(LoadedModel(name, ours, hf, tok))
     run = handlers.make_run_handler(cache, {k: k for k in handlers.OUTPUT_KEYS})
 
     def dashboard_cold():

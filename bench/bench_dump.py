@@ -29,12 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
 from core import compare, load_tokenizer, port_from_hf  # noqa: E402
 from core.parity.dump import (  # noqa: E402
     compare_dump, export_reference, load_reference, make_cases, result_from_gpt, save_reference, save_result,
 )
+from core.structured import random_gpt2  # noqa: E402
 
 PROMPT = "Hello, I'm a language model,"
 SEED_CASE = dict(num_return_sequences=5, max_length=30, top_k=50)
@@ -65,9 +64,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     tok = load_tokenizer(bpe_dir())
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
-    hf.transformer.ln_f.weight.mul_(3.0 / (0.02 * hf.config.n_embd**0.5))
+    hf = random_gpt2(seed=0, logit_std=3.0)  # GPT-2's 124M shape
     ours = port_from_hf(hf)
     ids = torch.tensor([tok.encode(PROMPT)])
     work = Path(tempfile.mkdtemp(prefix="bench-dump-"))

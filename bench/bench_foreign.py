@@ -23,10 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
 from core import SamplingSettings, compare, load_tokenizer, port_from_hf  # noqa: E402
 from core.parity import run_foreign  # noqa: E402
+from core.structured import random_gpt2  # noqa: E402
 from examples.my_gpt2 import from_hf_state_dict  # noqa: E402
 
 PROMPT = "Hello, I'm a language model,"
@@ -40,8 +39,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     tok = load_tokenizer(os.environ.get("GPT2_BPE_DIR") or str(ROOT.parent / "shared" / "gpt2-bpe"))
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
+    hf = random_gpt2(seed=0, logit_std=None)  # GPT-2's 124M shape
     mine = from_hf_state_dict(hf.state_dict(), hf.config)
     ours = port_from_hf(hf)
     ids = torch.tensor([tok.encode(PROMPT)])

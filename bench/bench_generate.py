@@ -19,16 +19,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import GPT2LMHeadModel  # noqa: E402
 
 from core import generate, load_pretrained, port_from_hf  # noqa: E402
+from core.structured import random_gpt2  # noqa: E402
 
 PROMPT_IDS = [15496, 11, 314, 1101, 257, 3303, 2746, 11]  # "Hello, I'm a language model,"
 
 
 def make_124m() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config()).eval()
+    return random_gpt2(seed=0, logit_std=None)
 
 
 def time_hf(hf, B: int, n_new: int, seed: int = 42) -> float:

@@ -71,16 +71,15 @@ def main() -> int:
         return 0
     import argparse
 
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    sys.path.insert(0, str(ROOT))
+    from core.structured import random_gpt2
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="124m,355m")
     args = ap.parse_args()
     for shape in args.shapes.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            torch.manual_seed(0)
-            GPT2LMHeadModel(GPT2Config(**SHAPES[shape])).save_pretrained(tmp)
+            random_gpt2(seed=0, logit_std=None, **SHAPES[shape]).save_pretrained(tmp)
             res = {}
             for mode in ("hf", "pair", "pair+compare"):
                 out = subprocess.run([sys.executable, __file__, mode, tmp], capture_output=True, text=True,

@@ -24,11 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
 from core import FAULTS, apply_fault, port_from_hf  # noqa: E402
 from core.parity import NOISE_FACTOR, hf_teacher_forced, layer_diffs, relative_tolerance  # noqa: E402
-from core.structured import VARIANTS, structured_gpt2  # noqa: E402
+from core.structured import VARIANTS, random_gpt2, structured_gpt2  # noqa: E402
 
 SHAPES = {
     "2L-32d": dict(n_layer=2, n_head=2, n_embd=32, n_positions=512),
@@ -42,16 +40,6 @@ STRUCTURED_SHAPES = ("4L-64d", "12L-768d (gpt2 124M)")
 # every listed fault, and a few more confined to one block (early, middle)
 EXTRA_FAULTS = ("erf_gelu@1", "ln_eps_1e-6@1", "bf16_autocast@1", "no_attention_scale@1", "qk_swapped@2")
 KINDS = ("embeddings", "block", "ln_f", "lm_head")
-
-
-def make_random(shape: dict, sharpen: float | None, seed: int) -> GPT2LMHeadModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
-    if sharpen is not None:  # raise ln_f's gain so logits have std ~sharpen (peaked distributions)
-        with torch.no_grad():
-            hf.transformer.ln_f.weight.mul_(sharpen / (0.02 * shape["n_embd"] ** 0.5))
-    return hf
 
 
 def old_ratios(ours: list[torch.Tensor], ref: list[torch.Tensor], unit: float) -> list[float]:
@@ -76,7 +64,7 @@ def configs(sizes: set[str]):
             for sharpen in (None, 3.0) if shape["n_embd"] < 128 else (None,):
                 lengths = (30, 512) if shape["n_embd"] < 128 else (30,)  # 768-dim: 5 x 30 only (time)
                 yield "random", label, shape, seed, f"{'sharpened' if sharpen else 'plain init'}", lengths, \
-                    (lambda shape=shape, sharpen=sharpen, seed=seed: make_random(shape, sharpen, seed))
+                    (lambda shape=shape, sharpen=sharpen, seed=seed: random_gpt2(seed=seed, logit_std=sharpen, **shape))
     for label in STRUCTURED_SHAPES:
         shape = SHAPES[label]
         if ("large" if shape["n_embd"] >= 768 else "small") not in sizes:

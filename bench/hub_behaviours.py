@@ -40,11 +40,9 @@ BEHAVIOURS = [  # (label, model, faults, env)
 
 
 def make_files(tmp: Path) -> dict[str, bytes]:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from core.structured import random_gpt2
 
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)).save_pretrained(tmp / "ckpt")
+    random_gpt2(seed=0, logit_std=None, n_layer=2, n_head=2, n_embd=32, n_positions=128).save_pretrained(tmp / "ckpt")
     files = checkpoint_files(tmp / "ckpt")
     files["vocab.json"] = (ROOT / "core" / "gpt2_bpe" / "encoder.json").read_bytes()
     files["merges.txt"] = (ROOT / "core" / "gpt2_bpe" / "vocab.bpe").read_bytes()

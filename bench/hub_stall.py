@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from apphelper import AppServer  # noqa: E402
 from fake_hub import FakeHub, checkpoint_files  # noqa: E402
@@ -32,11 +33,9 @@ ARGS = ("Hello, I'm a language model,", None, "hf", "generate", "none", 50, 1.0,
 
 
 def checkpoint(shape: dict, folder: Path, bpe_dir: Path) -> dict[str, bytes]:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from core.structured import random_gpt2
 
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(**shape)).save_pretrained(folder)
+    random_gpt2(seed=0, logit_std=None, **shape).save_pretrained(folder)
     files = checkpoint_files(folder)
     files["vocab.json"] = (bpe_dir / "encoder.json").read_bytes()
     files["merges.txt"] = (bpe_dir / "vocab.bpe").read_bytes()

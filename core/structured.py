@@ -1,10 +1,16 @@
-"""A random HF GPT-2 with real GPT-2's massive activations, built by changing weights only; knows no parity code.
+"""Random HF GPT-2s for tests, benchmarks and the offline demo, built by changing weights only; knows no parity code.
 
-Real GPT-2 carries a few residual channels at magnitudes in the thousands (~3,000 in GPT-2 small, channels 138,
-378 and 447 of 768) at the first position only, from an early block on, and its LayerNorms give those channels
-tiny gains so the rest of the model ignores them (Sun et al. 2024, "Massive activations in large language
-models"). A parity tool must localise faults in such a model; these models let the tests and
-bench/calibrate_tolerances.py check that without downloading GPT-2.
+`random_gpt2` is the one recipe for a random GPT2LMHeadModel: HF's own init under a fixed seed (drawn inside
+torch.random.fork_rng, so the caller's global RNG is untouched), then optionally ln_f's gain raised so logits
+have std ~logit_std (the 0.02-std init otherwise gives near-uniform next-token distributions; a trained GPT-2's
+are peaked), and biases, LayerNorm gains and MLP input weights moved off their init values by a torch.Generator,
+so that every mistake in loading a checkpoint can show.
+
+`structured_gpt2` adds real GPT-2's massive activations to it. Real GPT-2 carries a few residual channels at
+magnitudes in the thousands (~3,000 in GPT-2 small, channels 138, 378 and 447 of 768) at the first position
+only, from an early block on, and its LayerNorms give those channels tiny gains so the rest of the model ignores
+them (Sun et al. 2024, "Massive activations in large language models"). A parity tool must localise faults in
+such a model; these models let the tests and bench/calibrate_tolerances.py check that without downloading GPT-2.
 
 The recipe (`add_massive_activations`), on any GPT2LMHeadModel with n_embd = C:
   * massive channels: round(C * f) for f in (0.18, 0.49, 0.58, ...) (GPT-2 small's 138/768, 378/768, 447/768),
@@ -19,9 +25,9 @@ The recipe (`add_massive_activations`), on any GPT2LMHeadModel with n_embd = C:
     magnitude / 8 * GELU(...) into each massive channel (about the magnitude at position 0, exactly 0 elsewhere);
   * ln_1 and ln_2 of every block and ln_f get gain 1e-3 and bias 0 on the massive channels and on the marker
     (except block k's ln_2 on the marker, gain 1, which reads it);
-  * everything else is the random init, except `bias_std` (real GPT-2's biases are not zero: every Linear and
-    LayerNorm bias gets N(0, bias_std^2)) and `sharpen` (ln_f's gain scaled so logits have std ~sharpen; 4.5
-    gives a mean next-token entropy of ~3 nats, like GPT-2 small's ~3.1-nat loss on OpenWebText).
+  * everything else is random_gpt2's, with `bias_std` (real GPT-2's biases are not zero: every Linear and
+    LayerNorm bias gets N(0, bias_std^2)) and `sharpen` (its logit_std; 4.5 gives a mean next-token entropy of
+    ~3 nats, like GPT-2 small's ~3.1-nat loss on OpenWebText).
 The result is an honest HF model (only weights changed), so HF stays the reference.
 """
 
@@ -32,6 +38,45 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+
+# Biases and LayerNorm gains off HF's init constants (zeros / ones) and MLP pre-activations of real GPT-2's order
+# of magnitude (std ~2 rather than the 0.02-std init's ~0.2, where the GELU's shape matters): every mistake in
+# loading a checkpoint changes the logits. Use as random_gpt2(**VARIED_PARAMS, ...).
+VARIED_PARAMS = dict(bias_std=0.05, ln_gain_std=0.2, c_fc_scale=8.0)
+
+
+@torch.no_grad()
+def random_gpt2(*, seed: int = 0, logit_std: float | None = 3.0, wte_scale: float = 1.0, bias_std: float = 0.0,
+                ln_gain_std: float = 0.0, c_fc_scale: float = 1.0, noise_seed: int | None = None,
+                **config) -> GPT2LMHeadModel:
+    """A random-init GPT2LMHeadModel in eval mode; `config` as GPT2Config kwargs (its defaults: the 124M shape).
+
+    seed: HF's init draws from torch's global RNG seeded with it, inside fork_rng (the caller's state is kept).
+    logit_std: ln_f's gain scaled so logits have std ~logit_std (None: HF's init, near-uniform distributions).
+    wte_scale: the token embeddings (and the tied head) scaled, as a larger init; logit_std still holds.
+    bias_std, ln_gain_std: every bias ~ N(0, bias_std^2), ln_1/ln_2 gains ~ 1 + N(0, ln_gain_std^2) (0: HF's
+      init kept), drawn in named_parameters order from a torch.Generator seeded with noise_seed (default seed + 1).
+    c_fc_scale: the MLPs' input weights scaled (their pre-activations with them)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = GPT2LMHeadModel(GPT2Config(**config)).eval()
+    g = torch.Generator().manual_seed(seed + 1 if noise_seed is None else noise_seed)
+    for name, p in hf.named_parameters():
+        if name.endswith("bias"):
+            if bias_std:
+                p.copy_(torch.randn(p.shape, generator=g) * bias_std)
+        elif ".ln_1." in name or ".ln_2." in name:
+            if ln_gain_std:
+                p.copy_(1 + torch.randn(p.shape, generator=g) * ln_gain_std)
+        elif name.endswith("mlp.c_fc.weight") and c_fc_scale != 1.0:
+            p.mul_(c_fc_scale)
+    t = hf.transformer
+    if wte_scale != 1.0:
+        t.wte.weight.mul_(wte_scale)
+    if logit_std is not None:  # logit std ~ ln_f's gain times the tied head's 0.02 * wte_scale * sqrt(C)
+        t.ln_f.weight.mul_(logit_std / (0.02 * wte_scale * hf.config.n_embd**0.5))
+    return hf
+
 
 GPT2_SMALL_FRACTIONS = (138 / 768, 378 / 768, 447 / 768, 0.3, 0.7)  # where the massive channels go
 MARKER_FRACTION = 0.9
@@ -110,34 +155,6 @@ def add_massive_activations(hf: GPT2LMHeadModel, spec: MassiveSpec) -> GPT2LMHea
 def structured_gpt2(variant: str | MassiveSpec, *, seed: int = 0, sharpen: float = 4.5, bias_std: float = 0.02,
                     **shape) -> GPT2LMHeadModel:
     """A random GPT2LMHeadModel (eval mode, `shape` as GPT2Config kwargs) with a VARIANTS massive-activation
-    structure. The random init draws from torch's global RNG inside fork_rng, so the caller's state is kept."""
+    structure: random_gpt2 with logits of std ~sharpen and biases of std bias_std, then add_massive_activations."""
     spec = VARIANTS[variant] if isinstance(variant, str) else variant
-    config = GPT2Config(**shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        hf = GPT2LMHeadModel(config).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    t = hf.transformer
-    if bias_std:
-        for module in hf.modules():
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, torch.nn.Parameter):
-                bias.copy_(torch.randn(bias.shape, generator=g) * bias_std)
-    if sharpen is not None:  # logits of std ~sharpen: ln_f's gain times the tied head's 0.02 * sqrt(C)
-        t.ln_f.weight.mul_(sharpen / (0.02 * config.n_embd**0.5))
-    return add_massive_activations(hf, spec)
-
-
-@torch.no_grad()
-def position_stats(hf: GPT2LMHeadModel, ids: torch.Tensor) -> dict:
-    """What makes the structure measurable: per layer of the residual stream, max |value| at position 0 and at
-    the other positions; the mean next-token entropy (nats) and top-1 probability over positions >= 1."""
-    out = hf(ids, output_hidden_states=True)
-    hs = out.hidden_states[:-1]  # embeddings and blocks 0..n-2 (the last is ln_f's output)
-    logp = torch.log_softmax(out.logits[:, 1:].float(), dim=-1)
-    return {
-        "max_abs_pos0": [h[:, 0].abs().max().item() for h in hs],
-        "max_abs_rest": [h[:, 1:].abs().max().item() for h in hs],
-        "entropy": -(logp.exp() * logp).sum(-1).mean().item(),
-        "top1_prob": logp.max(-1).values.exp().mean().item(),
-    }
+    return add_massive_activations(random_gpt2(seed=seed, logit_std=sharpen, bias_std=bias_std, **shape), spec)

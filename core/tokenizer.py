@@ -19,7 +19,6 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from .errors import ParityLabError
 
 ENDOFTEXT = "<|endoftext|>"
-EOT_ID = 50256
 # sha256 of OpenAI's encoder.json / vocab.bpe (= HF vocab.json / merges.txt), as tiktoken checks them.
 GPT2_HASHES = {
     "encoder": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -84,9 +83,6 @@ class Tokenizer:
             else:
                 out.append(ch)
         return "".join(out)
-
-    def display_many(self, ids) -> list[str]:
-        return [self.display(i) for i in ids]
 
     def __repr__(self) -> str:
         return f"Tokenizer(gpt2, n_vocab={self.vocab_size}, source={self.source!r})"

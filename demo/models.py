@@ -18,8 +18,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from core import GPT, Tokenizer, load_pair, load_tokenizer, port_from_hf
 from core.errors import ModelNotAvailableError, ParityLabError
 from core.loader import is_local_name, resolve_checkpoint
@@ -90,7 +88,6 @@ class LoadedModel:
     ours: GPT
     hf: object
     tokenizer: Tokenizer
-    is_tiny: bool
 
 
 @dataclass
@@ -106,15 +103,10 @@ class _Load:
 
 
 def build_tiny_pair() -> tuple[GPT, object]:
-    """The built-in tiny random GPT-2, identical on every machine (its own RNG; global state restored)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """The built-in tiny random GPT-2, identical on every machine (the caller's global RNG untouched)."""
+    from core.structured import random_gpt2
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        config = GPT2Config(**TINY_SHAPE)
-        hf = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        hf.transformer.ln_f.weight.mul_(TINY_LOGIT_STD / (0.02 * config.n_embd**0.5))
+    hf = random_gpt2(seed=TINY_SEED, logit_std=TINY_LOGIT_STD, **TINY_SHAPE)
     hf.config._name_or_path = TINY
     return port_from_hf(hf), hf
 
@@ -206,7 +198,7 @@ class ModelCache:
         try:
             if name == TINY:
                 ours, hf = build_tiny_pair()
-                load.result = LoadedModel(name, ours, hf, self._tokenizer(None), True)
+                load.result = LoadedModel(name, ours, hf, self._tokenizer(None))
                 with self._lock:
                     self._models[name] = load.result
             else:
@@ -214,7 +206,7 @@ class ModelCache:
                 with self._build_lock:
                     self._evict_for_one_more()
                     ours, hf = load_pair(checkpoint)
-                    load.result = LoadedModel(name, ours, hf, self._tokenizer(checkpoint), False)
+                    load.result = LoadedModel(name, ours, hf, self._tokenizer(checkpoint))
                     with self._lock:
                         self._models[name] = load.result
             log.info("model %s loaded in %.1f s (tokenizer: %s)", name, time.monotonic() - load.started,

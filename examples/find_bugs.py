@@ -13,33 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core import compare, load_tokenizer  # noqa: E402
+from core.structured import VARIED_PARAMS, random_gpt2  # noqa: E402
 from examples.my_gpt2 import MISTAKES, from_hf_state_dict  # noqa: E402
-
-
-def random_gpt2(n_layer: int = 12, n_embd: int = 768, seed: int = 0):
-    """GPT-2's architecture with random weights whose biases, LayerNorm gains and MLP pre-activations are not
-    init constants (so every loading mistake can show)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64))).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-            elif ".ln_1." in name or ".ln_2." in name:
-                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.2)
-            elif name.endswith("mlp.c_fc.weight"):
-                p.mul_(8.0)
-        hf.transformer.ln_f.weight.mul_(3.0 / (0.02 * n_embd**0.5))  # peaked next-token distributions
-    return hf
 
 
 def main(argv=None) -> int:
@@ -54,7 +34,10 @@ def main(argv=None) -> int:
 
         hf = load_hf_model(args.model)
     else:
-        hf = random_gpt2(args.layers, args.width)
+        # GPT-2's architecture with random weights whose biases, LayerNorm gains and MLP pre-activations are not
+        # init constants, so that every loading mistake can show
+        hf = random_gpt2(seed=0, **VARIED_PARAMS, noise_seed=0, n_layer=args.layers, n_embd=args.width,
+                         n_head=max(1, args.width // 64))
     tok = load_tokenizer(os.environ.get("GPT2_BPE_DIR") or args.model)
     print(f"{'mistake':<28} {'expected':<11} {'found':<11} {'max |Δlogit|':>12}  verdict")
     for name, (what, where) in MISTAKES.items():

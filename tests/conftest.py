@@ -1,4 +1,5 @@
-"""Shared fixtures: random-init HF GPT-2 checkpoints made on the spot, and GPT-2's genuine BPE files."""
+"""Shared fixtures: random-init HF GPT-2 checkpoints made on the spot (core.structured.random_gpt2, the one recipe
+for a random GPT-2), and GPT-2's genuine BPE files."""
 
 import os
 from pathlib import Path
@@ -8,7 +9,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,20 +33,6 @@ GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
 WIDE = dict(n_layer=2, n_head=12, n_embd=768, n_positions=160)
 
 
-def make_hf(seed: int = 0, sharpen: float = 3.0, attn: str = "sdpa", wte_scale: float = 1.0, **shape) -> GPT2LMHeadModel:
-    """A random-init GPT2LMHeadModel (eval mode) with logits of std about `sharpen`, so that sampling
-    distributions are peaked rather than flat: ln_f's gain is raised from 1 (the 0.02-std init otherwise gives
-    near-uniform logits). `wte_scale` also scales the token embeddings (and the tied head), as a larger init."""
-    torch.manual_seed(seed)
-    config = GPT2Config(**{**TINY, **shape})
-    config._attn_implementation = attn
-    model = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        model.transformer.wte.weight.mul_(wte_scale)
-        model.transformer.ln_f.weight.mul_(sharpen / (0.02 * wte_scale * config.n_embd**0.5))
-    return model
-
-
 def hf_generate(hf, ids, seed, **kwargs) -> list[list[int]]:
     """HF's side, called the way users call it: seed the global RNG, then generate."""
     x = torch.tensor([ids])
@@ -68,7 +54,9 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_hf():
-    return make_hf(seed=0)
+    from core.structured import random_gpt2
+
+    return random_gpt2(seed=0, **TINY)
 
 
 @pytest.fixture(scope="session")

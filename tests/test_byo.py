@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import hf_generate, make_hf
+from conftest import hf_generate
 
 from core import ContextLengthError, SettingsError, compare
 from core.parity import ForeignModelError, ParityError
+from core.structured import VARIED_PARAMS, random_gpt2
 from core.testing import assert_matches_hf
 from examples.my_gpt2 import MISTAKES, from_hf_state_dict
 
@@ -22,20 +23,10 @@ SMALL = dict(num_return_sequences=3, max_new_tokens=10, seed=42)
 
 
 def structured_hf(seed=3):
-    """A random GPT-2 whose biases and LayerNorm parameters are not HF's init constants (zeros / ones), so that
-    mistakes in loading them show, and whose MLP pre-activations have real GPT-2's order of magnitude (std ~2
-    rather than the 0.02-std init's ~0.2), where the GELU's shape matters."""
-    hf = make_hf(seed=seed, sharpen=2.5, n_layer=N_LAYER, n_head=4, n_embd=64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-            elif ".ln_1." in name or ".ln_2." in name:
-                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.2)
-            elif name.endswith("mlp.c_fc.weight"):
-                p.mul_(8.0)
-    return hf
+    """A random GPT-2 whose biases, LayerNorm gains and MLP pre-activations are not init constants (core.structured's
+    VARIED_PARAMS), so that every mistake in loading them shows."""
+    return random_gpt2(seed=seed, logit_std=2.5, **VARIED_PARAMS, noise_seed=seed, n_layer=N_LAYER, n_head=4,
+                       n_embd=64, n_positions=128)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from core.structured import random_gpt2
 from core import compare, port_from_hf
 from core.faults import apply_fault
 from core.parity.dump import (
@@ -518,9 +519,9 @@ def test_check_json_reports_bad_input_as_json(ref_dir, spec_tensors, tmp_path, c
 def eos_setup(tmp_path_factory, tokenizer):
     """A tiny random GPT-2 whose final LayerNorm bias points at eos's embedding (tied head), so that eos is often
     sampled: case0's rows end at different steps. Its checkpoint and HF's reference, without layers."""
-    from conftest import make_hf
+    from conftest import TINY
 
-    hf = make_hf(seed=0)
+    hf = random_gpt2(seed=0, **TINY)
     with torch.no_grad():
         e = hf.transformer.wte.weight[50256]
         hf.transformer.ln_f.bias.add_(10.0 * e / e.dot(e))  # eos's logit +10

@@ -6,13 +6,14 @@ output_hidden_states=True) and a fresh teacher-forced forward are the independen
 
 import pytest
 import torch
-from conftest import WIDE, make_hf
+from conftest import WIDE
 
 from core import compare, port_from_hf
 from core.parity import reference as refmod
 from core.parity.diffs import layer_diffs, relative_tolerance
 from core.parity.reference import hf_on_streams, hf_reference_in_background, hf_teacher_forced
 from core.sampling import SamplingSettings
+from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
 SEED_CASE = dict(num_return_sequences=5, max_length=24, top_k=50, seed=42)
@@ -20,7 +21,7 @@ SEED_CASE = dict(num_return_sequences=5, max_length=24, top_k=50, seed=42)
 
 @pytest.fixture(scope="module")
 def wide_pair():
-    hf = make_hf(seed=42, sharpen=3.0, **WIDE)  # a model whose pipeline run leaves some rows on our streams
+    hf = random_gpt2(seed=42, logit_std=3.0, **WIDE)  # a model whose pipeline run leaves some rows on our streams
     return port_from_hf(hf), hf
 
 

@@ -13,12 +13,13 @@ import time
 import huggingface_hub.constants as hub_constants
 import pytest
 import torch
-from conftest import ODD, ROOT, make_hf
+from conftest import ODD, ROOT
 from fake_hub import FakeHub, checkpoint_files, wait_until
 
 from core import ModelNotAvailableError, load_pretrained, load_tokenizer
 from core.errors import HubTimeoutError
 from core.loader import resolve_checkpoint
+from core.structured import random_gpt2
 from demo import handlers, inputs
 from demo.models import TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
@@ -30,7 +31,7 @@ BUDGET_S = 3.0  # per model, in the in-process tests
 @pytest.fixture(scope="module")
 def odd_checkpoint(tmp_path_factory, bpe_dir):
     path = tmp_path_factory.mktemp("odd-gpt2")
-    make_hf(seed=1, **ODD).save_pretrained(path)
+    random_gpt2(seed=1, **ODD).save_pretrained(path)
     (path / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
     (path / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
     return path

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import WIDE, make_hf
+from conftest import WIDE
 
 from core import generate, port_from_hf
 from core import model as model_mod
 from core.faults import apply_fault
 from core.sampling import Capture
+from core.structured import random_gpt2
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -30,7 +31,7 @@ def kernel(monkeypatch):
 
 @pytest.fixture(scope="module")
 def wide_pair():
-    hf = make_hf(seed=31, sharpen=3.0, **WIDE)
+    hf = random_gpt2(seed=31, logit_std=3.0, **WIDE)
     return port_from_hf(hf), hf
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import DISTIL, GPT2_124M, ODD, TINY, make_hf
-from transformers import GPT2Config, GPT2LMHeadModel
+from conftest import DISTIL, GPT2_124M, ODD, TINY
+from transformers import GPT2Config
 
 from core import (
     ContextLengthError,
@@ -14,6 +14,7 @@ from core import (
     load_pretrained,
     port_from_hf,
 )
+from core.structured import random_gpt2
 
 TOL = 1e-4  # fp32 max |Δlogit| allowed between ours and HF's
 
@@ -33,7 +34,7 @@ CASES = [
 @pytest.mark.parametrize("shape,sharpen", CASES)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_logits_match_hf_at_full_context(shape, sharpen, attn):
-    hf = make_hf(seed=1, sharpen=sharpen, attn=attn, wte_scale=3.0, **shape)
+    hf = random_gpt2(seed=1, logit_std=sharpen, attn_implementation=attn, wte_scale=3.0, **shape)
     ours = port_from_hf(hf)
     T = shape["n_positions"]
     idx = torch.randint(0, hf.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(2))
@@ -60,7 +61,7 @@ def test_hidden_states_match_hf(tiny_pair):
 
 @pytest.mark.parametrize("layout", ["shared", "decode"])
 def test_kv_cache_decoding_equals_full_recompute(layout):
-    hf = make_hf(seed=4, **ODD)
+    hf = random_gpt2(seed=4, **ODD)
     ours = port_from_hf(hf)
     if layout == "decode":
         ours.use_decode_layout()
@@ -105,7 +106,7 @@ def test_port_shares_storage_and_ties_head(tiny_pair):
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_model.bin"])
 def test_load_pretrained_round_trip_from_save_pretrained(tmp_path, safe):
-    hf = make_hf(seed=6, **ODD)
+    hf = random_gpt2(seed=6, **ODD)
     if safe:
         hf.save_pretrained(tmp_path)
     else:  # transformers 5 only writes safetensors; older checkpoints on the Hub ship a pickled .bin
@@ -132,12 +133,11 @@ def test_old_style_checkpoint_keys_port(tiny_hf):
 
 
 def test_untied_head_is_ported():
-    torch.manual_seed(9)
-    hf = GPT2LMHeadModel(GPT2Config(**TINY, tie_word_embeddings=False)).eval()
+    hf = random_gpt2(seed=9, logit_std=None, tie_word_embeddings=False, **TINY)
     assert hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr()
     ours = port_from_hf(hf)
     assert ours.lm_head.weight is not ours.transformer.wte.weight
-    idx = torch.randint(0, 50257, (1, 9))
+    idx = torch.randint(0, 50257, (1, 9), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         assert _max_diff(ours(idx), hf(idx).logits) <= TOL
 
@@ -204,12 +204,9 @@ def test_unsupported_config_options_are_refused_by_name(option, value):
 
 @pytest.mark.parametrize("activation", ["gelu_new", "gelu_pytorch_tanh", "gelu"])
 def test_supported_activations_match_hf(activation):
-    torch.manual_seed(10)
-    hf = GPT2LMHeadModel(GPT2Config(**TINY, activation_function=activation)).eval()
-    with torch.no_grad():
-        hf.transformer.wte.weight.mul_(3)
+    hf = random_gpt2(seed=10, logit_std=None, wte_scale=3.0, activation_function=activation, **TINY)
     ours = port_from_hf(hf)
-    idx = torch.randint(0, 50257, (2, 16))
+    idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         assert _max_diff(ours(idx), hf(idx).logits) <= TOL
 
@@ -234,7 +231,7 @@ def test_load_pretrained_dtype_and_device(tiny_checkpoint):
 
 
 def test_decode_layout_matches_hf_and_bf16_prepack_is_exact():
-    hf = make_hf(seed=13, **ODD)
+    hf = random_gpt2(seed=13, **ODD)
     idx = torch.randint(0, 50257, (3, 1), generator=torch.Generator().manual_seed(14))
     fast = port_from_hf(hf).use_decode_layout()
     with torch.no_grad():

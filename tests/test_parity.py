@@ -12,12 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import ODD, ROOT, hf_generate, make_hf
+from conftest import ODD, ROOT, hf_generate
 
 from core import FAULTS, ParityError, ParityReport, SettingsError, compare, port_from_hf
 from core.faults import FaultError, apply_fault
 from core.parity import layer_diffs, relative_tolerance, teacher_forced
 from core.cli import main_parity
+from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
 SEED = 42
@@ -26,7 +27,7 @@ N, MAX_LEN = 5, 30  # the seed's example: 5 rows grown to 30 tokens
 
 @pytest.fixture(scope="module")
 def pair():
-    hf = make_hf(seed=11, sharpen=2.5, **ODD)
+    hf = random_gpt2(seed=11, logit_std=2.5, **ODD)
     return port_from_hf(hf), hf
 
 
@@ -308,7 +309,7 @@ def test_max_length_from_max_new_tokens_is_the_users(tiny_pair, tokenizer):
 
 
 def test_setting_from_the_models_generation_config(tokenizer):
-    hf = make_hf(seed=11, sharpen=2.5, **ODD)
+    hf = random_gpt2(seed=11, logit_std=2.5, **ODD)
     hf.generation_config.repetition_penalty = 1.3
     ours = port_from_hf(hf)
     r = compare((ours, hf), PROMPT, tokenizer=tokenizer, num_return_sequences=N, seed=SEED)
@@ -331,7 +332,7 @@ def test_near_tie_flipped_by_noise_within_tolerance(tokenizer):
     """Greedy, with two tokens A < B whose HF logits differ by a hair (wte row B = (1 - d) * row A). Our lm_head
     gets row B = (1 + d) * row A instead: a logit change far below the tolerance (like float noise), yet our
     argmax becomes B where HF's is A. The divergence is a near-tie, not a model difference."""
-    hf = make_hf(seed=11, sharpen=2.5, **ODD)
+    hf = random_gpt2(seed=11, logit_std=2.5, **ODD)
     ids = tokenizer.encode(PROMPT)
     with torch.no_grad():
         a = int(hf(torch.tensor([ids])).logits[0, -1].argmax())
@@ -363,7 +364,7 @@ def test_near_tie_flipped_by_noise_within_tolerance(tokenizer):
 
 def test_rows_that_stop_at_eos(tokenizer):
     """Rows finishing early (eos = a token the model samples often): identical to HF, None steps round-trip."""
-    hf = make_hf(seed=12, sharpen=4.0, **ODD)
+    hf = random_gpt2(seed=12, logit_std=4.0, **ODD)
     ids = tokenizer.encode(PROMPT)
     probe = torch.tensor(hf_generate(hf, ids, 3, do_sample=True, max_new_tokens=20, num_return_sequences=N))
     new = probe[:, len(ids):]

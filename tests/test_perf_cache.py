@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import ODD, WIDE, hf_generate, make_hf
+from conftest import ODD, TINY, WIDE, hf_generate
 
 from core import compare, port_from_hf
 from core.faults import apply_fault
@@ -21,6 +21,7 @@ from core.parity.reference import (
     reference_key,
 )
 from core.sampling import SamplingSettings
+from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
 SEED_CASE = dict(num_return_sequences=3, max_length=16, seed=42)
@@ -28,7 +29,7 @@ SEED_CASE = dict(num_return_sequences=3, max_length=16, seed=42)
 
 @pytest.fixture()
 def pair():
-    hf = make_hf(seed=21, sharpen=2.5, **ODD)  # a fresh model per test: some tests edit its weights
+    hf = random_gpt2(seed=21, logit_std=2.5, **ODD)  # a fresh model per test: some tests edit its weights
     return port_from_hf(hf), hf
 
 
@@ -133,7 +134,7 @@ def test_every_request_change_changes_the_key(pair, tokenizer):
 
 
 def test_model_changes_change_the_key(tokenizer):
-    hf = make_hf(seed=22, **ODD)
+    hf = random_gpt2(seed=22, **ODD)
     keys = [model_key(hf)]
     assert model_key(hf) == keys[0]  # stable while nothing changes
     with torch.no_grad():
@@ -147,7 +148,7 @@ def test_model_changes_change_the_key(tokenizer):
     keys.append(model_key(hf))
     hf.config._attn_implementation = "eager"
     keys.append(model_key(hf))
-    twin = make_hf(seed=22, **ODD)  # equal weights, another object
+    twin = random_gpt2(seed=22, **ODD)  # equal weights, another object
     keys.append(model_key(twin))
     assert len(set(keys)) == len(keys)
 
@@ -169,7 +170,7 @@ def test_a_new_model_at_a_freed_models_id_never_hits(tokenizer):
     cache = ResultCache()
     s = SamplingSettings(**SEED_CASE)
     ids = tokenizer.encode(PROMPT)
-    hf = make_hf(seed=23, **ODD)
+    hf = random_gpt2(seed=23, **ODD)
     key = reference_key(hf, tokenizer, PROMPT, ids, s, "generate")
     cache.put(hf, key, "stale")
 
@@ -181,7 +182,7 @@ def test_a_new_model_at_a_freed_models_id_never_hits(tokenizer):
     import gc
 
     gc.collect()
-    cache.put(make_hf(seed=24, **ODD), ("other",), 1)  # a put drops entries whose model was freed
+    cache.put(random_gpt2(seed=24, **ODD), ("other",), 1)  # a put drops entries whose model was freed
     assert len(cache) == 1
 
 
@@ -218,8 +219,30 @@ def test_bounded_by_entries_and_bytes():
     assert len(cache) == 0 and cache.nbytes == 0
 
 
-def test_default_cache_is_bounded():
-    assert 0 < refmod.REFERENCE_CACHE.max_entries <= 64 and 0 < refmod.REFERENCE_CACHE.max_bytes <= 1 << 30
+def test_process_cache_keeps_its_bounds_and_counts_the_bytes_it_holds():
+    """compare()'s own cache (REFERENCE_CACHE) through its real fill path: more distinct teacher-forced passes than
+    it has entries for leave it at max_entries with the least recently used gone, and its byte count is the size
+    of the tensors it still holds (as the model's shape gives it), so that max_bytes bounds real memory."""
+    cache = refmod.REFERENCE_CACHE
+    assert 0 < cache.max_entries <= 64 and 0 < cache.max_bytes <= 1 << 30
+    hf = random_gpt2(seed=26, **TINY)
+    n_extra, T = 3, 3
+    streams = [torch.arange(i, i + T)[None] for i in range(cache.max_entries + n_extra)]
+    c = hf.config  # per pass: the residual stream (n_layer + 2 tensors of (1, T, C)) and the logits (1, T, V), fp32
+    entry_bytes = 4 * T * ((c.n_layer + 2) * c.n_embd + c.vocab_size)
+    cache.clear()
+    try:
+        for x in streams:
+            hf_teacher_forced_cached(hf, x)
+        assert len(cache) == cache.max_entries and cache.nbytes == cache.max_entries * entry_bytes
+        hits, misses = cache.hits, cache.misses
+        for x in streams[n_extra:]:  # the most recent ones: all still there
+            hf_teacher_forced_cached(hf, x)
+        assert cache.hits == hits + cache.max_entries and cache.misses == misses
+        hf_teacher_forced_cached(hf, streams[0])  # the least recently used: evicted, computed again
+        assert cache.misses == misses + 1 and len(cache) == cache.max_entries
+    finally:
+        cache.clear()
 
 
 def test_thread_safe_under_contention():
@@ -252,7 +275,7 @@ def test_thread_safe_under_contention():
 
 def test_concurrent_compares_equal_serial_ones(tokenizer):
     """Requests on several threads, sharing one model, its cache and the reference worker: the serial results."""
-    hf = make_hf(seed=25, sharpen=2.5, **ODD)
+    hf = random_gpt2(seed=25, logit_std=2.5, **ODD)
     pair = (port_from_hf(hf), hf)
     requests = [dict(seed=s, method=m) for s in (1, 2) for m in ("hf", "nanogpt")] + [dict(seed=1, fault="erf_gelu")]
     serial = [without_timings(compare(pair, PROMPT, tokenizer=tokenizer, num_return_sequences=2, max_length=14, **r))
@@ -326,7 +349,7 @@ def test_reference_beside_our_generation_gives_the_serial_report(tokenizer, monk
     from core import model as model_mod
 
     shape = ODD if width == "odd" else WIDE
-    hf = make_hf(seed=21, sharpen=2.5, **shape)
+    hf = random_gpt2(seed=21, logit_std=2.5, **shape)
     pair = (port_from_hf(hf), hf)
     monkeypatch.setattr(model_mod, "_KERNEL", "onednn")  # thread-invariant on any CPU that has oneDNN
     monkeypatch.setattr(refmod, "OVERLAP_REFERENCE", False)

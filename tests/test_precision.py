@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from conftest import make_hf
 
 from core import compare, port_from_hf
 from core.cli import main_parity
 from core.parity import ParityError
-from core.structured import structured_gpt2
+from core.structured import random_gpt2, structured_gpt2
 from core.testing import assert_matches_hf
 from examples.build_nanogpt import from_hf as nanogpt_from_hf
 from examples.my_gpt2 import from_hf_state_dict
@@ -27,7 +26,7 @@ REGIMES = ("bfloat16", "float16", "bfloat16-autocast", "float16-autocast")
 
 @pytest.fixture(scope="module")
 def random_hf():
-    return make_hf(seed=5, **SHAPE)
+    return random_gpt2(seed=5, **SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ODD, hf_generate, make_hf
+from conftest import ODD, hf_generate
 
 from core import SettingsError, generate, port_from_hf, stream
 from core.model import ContextLengthError
 from core.sampling import logits_to_probs, process_logits_hf, sample
+from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
 
 
 @pytest.fixture(scope="module")
 def pair():
-    hf = make_hf(seed=11, sharpen=2.5, **ODD)
+    hf = random_gpt2(seed=11, logit_std=2.5, **ODD)
     return port_from_hf(hf), hf
 
 
@@ -62,7 +63,7 @@ def test_max_length_counts_the_prompt_like_hf(pair, tokenizer):
 
 def test_rows_that_hit_eos_early_match_hf(tokenizer):
     """Make eos likely: pick a token the model samples often and declare it eos on both sides."""
-    hf = make_hf(seed=12, sharpen=4.0, **ODD)
+    hf = random_gpt2(seed=12, logit_std=4.0, **ODD)
     ids = tokenizer.encode(PROMPT)
     probe = torch.tensor(hf_generate(hf, ids, 3, do_sample=True, max_new_tokens=20, num_return_sequences=5))
     new = probe[:, len(ids):]
@@ -112,10 +113,27 @@ def test_nanogpt_method_equals_the_seed_loop(pair, tokenizer, seed):
 
 
 def test_nanogpt_and_hf_methods_draw_differently(pair, tokenizer):
-    ours, _ = pair
+    """The sampling order: at one seed the two methods sample one distribution (at step 0, where every row sees
+    the prompt alone, HF's top 50 of its softmax in float64) but spend the random numbers differently (the seed's
+    loop: one draw over the 50 sorted probabilities; HF: one over all 50257 ids in id order), so their tokens
+    differ from the first step on. Each method's rows are its own reference's: the seed's loop written out by
+    hand, and HF's generate()."""
+    ours, hf = pair
+    ids = tokenizer.encode(PROMPT)
     a = generate(ours, PROMPT, tokenizer=tokenizer, method="nanogpt", num_return_sequences=5, seed=42)
     b = generate(ours, PROMPT, tokenizer=tokenizer, method="hf", num_return_sequences=5, seed=42)
-    assert a.sequences != b.sequences
+    assert a.sequences == seed_loop(hf, ids, 5, 30, 42)
+    assert b.sequences == hf_generate(hf, ids, 42, do_sample=True, top_k=50, max_length=30, num_return_sequences=5)
+    with torch.no_grad():
+        p = F.softmax(hf(torch.tensor([ids])).logits[0, -1].double(), dim=-1)
+    top_p, top_i = torch.topk(p, 50)
+    expected = dict(zip(top_i.tolist(), (top_p / top_p.sum()).tolist()))
+    for gen in (a, b):
+        for rec in gen.records[0]:
+            assert rec.n_kept == 50
+            assert dict(zip(rec.top_ids, rec.top_sample_probs)) == pytest.approx(expected, abs=1e-5)
+    first_a, first_b = [row[len(ids)] for row in a.sequences], [row[len(ids)] for row in b.sequences]
+    assert first_a != first_b
 
 
 def test_kv_cached_generation_equals_full_recompute(pair, tokenizer):

@@ -3,17 +3,18 @@ them) is the same as our sampler's own run, and compare_run() judges any Subject
 
 import pytest
 import torch
-from conftest import hf_generate, make_hf
+from conftest import TINY, hf_generate
 
 from core import SamplingSettings, port_from_hf
 from core.parity import SubjectRun, build_generation, compare, compare_run, run_ours
+from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
 
 
 @pytest.fixture(scope="module")
 def pair():
-    hf = make_hf(seed=5, sharpen=2.5)
+    hf = random_gpt2(seed=5, logit_std=2.5, **TINY)
     return port_from_hf(hf), hf
 
 

@@ -67,7 +67,7 @@ def test_built_encoding_is_tiktokens_gpt2(tokenizer, bpe_dir):
 
 
 def test_display_strings_make_whitespace_visible(tokenizer):
-    shown = tokenizer.display_many(tokenizer.encode(" hi\n\tü"))
+    shown = [tokenizer.display(i) for i in tokenizer.encode(" hi\n\tü")]
     assert shown == ["␣hi", "↵", "⇥", "ü"]
     # a token that is only part of a UTF-8 character shows its bytes
     partial = [i for i in tokenizer.encode("日本") if not tokenizer.token_bytes(i).decode("utf-8", "ignore")]
