@@ -192,7 +192,7 @@ def explain_rows(gen: Generation, s: SamplingSettings, ref, tokenizer, table, st
                 evidence = {"ours_method": "nanogpt", "hf_draws_per_step": "B x vocab"}
             elif sampler == "yours" and s.effective_method != "greedy":
                 cause = "sampling_order"
-                why = (same + "different random draws: your sampler's choices are valid draws from the settings' "
+                why = (same + "different random draws: your sampling step's choices are valid draws from the settings' "
                        "distribution, but not made with HF's random numbers (HF draws one number per vocabulary "
                        "entry in id order: one multinomial over B x vocab per step, from the seed)")
                 evidence = {"ours_method": "yours", "hf_draws_per_step": "B x vocab"}
