@@ -96,12 +96,12 @@ def test_the_yardstick_is_hfs_own_error_at_that_precision(random_hf, tokenizer):
     for st in r.steps:
         for d in st:
             if d is not None:
-                assert d.hf_own_error == pytest.approx(own[d.row, d.step].item(), rel=1e-6)
+                assert d.hf_own_error == pytest.approx(own[d.row, d.step].item(), abs=1e-4)  # HF32: its trace
                 assert d.tolerance > 2 * d.hf_own_error  # the band contains HF's own error, with room
-    assert r.precision["hf_own_error"] == pytest.approx(own.max().item(), rel=1e-6)
+    assert r.precision["hf_own_error"] == pytest.approx(own.max().item(), abs=1e-4)
 
 
-@pytest.mark.parametrize("fault, layer", [("c_proj_not_transposed@0", "block 0"), ("no_attention_scale@1", "block 1"),
+@pytest.mark.parametrize("fault, layer", [("c_proj_not_transposed@0", "block 0"), ("c_proj_not_transposed@1", "block 1"),
                                           ("untied_lm_head", "lm_head")])
 @pytest.mark.parametrize("regime", ["bfloat16", "bfloat16-autocast"])
 def test_a_fault_the_precision_can_see_is_flagged_at_its_layer(random_hf, tokenizer, fault, layer, regime):
@@ -165,14 +165,14 @@ def test_a_bf16_model_with_a_fault_below_resolution_is_rechecked_with_its_rounde
     ok = compare(as_user_runs_it(_example(random_hf), "bfloat16")[0], PROMPT, hf_model=random_hf, tokenizer=tokenizer,
                  **SMALL)
     assert ok.agree and ok.float32_check["agree"] and "rounded to bfloat16" in ok.float32_check["note"]
-    bad = from_hf_state_dict(random_hf.state_dict(), random_hf.config, "erf_gelu")
+    bad = from_hf_state_dict(random_hf.state_dict(), random_hf.config, "erf_gelu_last_block")
     r = compare(as_user_runs_it(bad, "bfloat16")[0], PROMPT, hf_model=random_hf, tokenizer=tokenizer, **SMALL)
-    assert not r.agree and r.first_diverging_layer == "block 0"
+    assert not r.agree and r.first_diverging_layer == "block 2" and "in float32 it differs" in r.verdict
 
 
 def test_assert_matches_hf_takes_the_precision(random_hf, tokenizer):
     assert_matches_hf(as_user_runs_it(_example(random_hf), "bfloat16")[0], random_hf, tokenizer=tokenizer, **SMALL)
-    bad = from_hf_state_dict(random_hf.state_dict(), random_hf.config, "erf_gelu")
+    bad = from_hf_state_dict(random_hf.state_dict(), random_hf.config, "erf_gelu_last_block")
     with pytest.raises(AssertionError, match="float32 re-check"):
         assert_matches_hf(bad, random_hf, tokenizer=tokenizer, precision="bfloat16", **SMALL)
 
@@ -190,8 +190,11 @@ def test_bad_precision_is_a_clear_error(random_hf, tokenizer):
                                         (["--precision", "int8"], 2),
                                         (["--dtype", "bfloat16", "--precision", "float16"], 2)])
 def test_cli_precision_exit_codes(tiny_checkpoint, capsys, args, code):
-    got = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--json",
-                       "--num-return-sequences", "2", "--max-new-tokens", "6", *args])
+    try:
+        got = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--json",
+                           "--num-return-sequences", "2", "--max-new-tokens", "6", *args])
+    except SystemExit as e:  # argparse refuses an unknown choice itself, with the same exit status
+        got = e.code
     out = capsys.readouterr()
     assert got == code, out.err
     if code < 2:

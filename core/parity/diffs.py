@@ -7,6 +7,7 @@ about where the tensors came from (our GPT, HF, a foreign model, a dump).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -191,6 +192,26 @@ def _row_stats(a: torch.Tensor, b: torch.Tensor, tokens: torch.Tensor, top_ids: 
         "hf_rank": (b > b.gather(1, tokens)).sum(dim=-1) + 1,
         "hf_top": (b.gather(1, top_ids) - lse_b).exp(),
     }
+
+
+@dataclass
+class StepCheck:
+    """A step's logits judged, without the sampling statistics of a StepDiff (the float32 re-check needs no more)."""
+
+    step: int
+    row: int
+    max_abs_dlogit: float
+    tolerance: float
+    exceeds: bool
+
+
+def step_checks(gen: Generation, a_all: torch.Tensor, b_all: torch.Tensor, rtol: float) -> list[list[StepCheck | None]]:
+    """Per step and row: max |Δlogit| against the float32 tolerance, (B, steps, V) each; None where the row had
+    finished (as step_diffs)."""
+    dmax = (a_all.float() - b_all.float()).abs().amax(dim=-1).tolist()  # (B, S)
+    tol = _tolerance(b_all.float().abs().amax(dim=-1), rtol).tolist()
+    return [[None if rec is None else StepCheck(t, r, dmax[r][t], tol[r][t], bool(not dmax[r][t] <= tol[r][t]))
+             for r, rec in enumerate(records)] for t, records in enumerate(gen.records)]
 
 
 def step_diffs(gen: Generation, s: SamplingSettings, a_all: torch.Tensor, b_all: torch.Tensor,

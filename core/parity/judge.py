@@ -16,7 +16,8 @@ import torch
 from ..sampling import SamplingSettings
 from ..tokenizer import Tokenizer
 from ..precision import Precision
-from .diffs import ATOL, PRECISION_FACTOR, layer_diffs, logits_layer_diff, relative_tolerance, step_diffs
+from .diffs import (ATOL, PRECISION_FACTOR, layer_diffs, logits_layer_diff, relative_tolerance, step_checks,
+                    step_diffs)
 from .explain import explain_rows, models_verdict, sampler_notes, verdict
 from .reference import HFRun
 from .report import ParityError, ParityReport
@@ -37,32 +38,24 @@ def _aligned(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> list[torch.Te
     return [b[:, fed - 1 : fed] if a.size(1) == 1 and fed > 1 else b for a, b in zip(ours, ref)]
 
 
-def _compared(subject_hidden, subject_logits, hf: HFRun, gen, s: SamplingSettings, P: int, noise: bool):
-    """(layers, steps, per_layer) of one run of the model under test against HF in float32; with `noise`, each place
-    also tolerates HF's own error at the run's precision."""
-    device = hf.logits.device
-    n_steps = len(gen.records)
-    ours_logits = subject_logits[:, :n_steps].float().to(device)
-    hf_logits = hf.logits[:, :n_steps]
+def _layers(subject_hidden, ours_logits, hf: HFRun, P: int, noise: bool):
+    """The per-layer comparison (or the logits alone) of one run against HF in float32; with `noise`, each place
+    also tolerates HF's own error at the run's precision. -> (layers, whether per layer)."""
     rtol = relative_tolerance(hf.mlp_width)
-    noise_h = hf.own_error_hidden if noise else None
-    noise_l = hf.own_error_logits[:, :n_steps] if noise and hf.own_error_logits is not None else None
-    with torch.inference_mode():
-        if subject_hidden is not None:
-            hidden = [h.float().to(device) for h in subject_hidden]
-            noise_layers = None
-            if noise_h is not None:
-                noise_layers = _aligned(hidden, [n[..., None] for n in noise_h])
-                noise_layers = [n[..., 0] for n in noise_layers] + [noise_l]
-            layers = layer_diffs(hf.n_layer, hidden + [ours_logits], _aligned(hidden, hf.hidden) + [hf_logits], rtol,
-                                 logits_start=P - 1, noise=noise_layers)
-        else:
-            layers = [logits_layer_diff(hf.n_layer, ours_logits, hf_logits, rtol, logits_start=P - 1, noise=noise_l)]
-        steps = step_diffs(gen, s, ours_logits, hf_logits, rtol, noise=noise_l)
-    return layers, steps, subject_hidden is not None, ours_logits, hf_logits
+    noise_l = hf.own_error_logits[:, : ours_logits.size(1)] if noise and hf.own_error_logits is not None else None
+    if subject_hidden is None:
+        return [logits_layer_diff(hf.n_layer, ours_logits, hf.logits[:, : ours_logits.size(1)], rtol,
+                                  logits_start=P - 1, noise=noise_l)], False
+    hidden = [h.float().to(ours_logits.device) for h in subject_hidden]
+    noise_layers = None
+    if noise_l is not None:
+        noise_layers = [n[..., 0] for n in _aligned(hidden, [n[..., None] for n in hf.own_error_hidden])] + [noise_l]
+    return layer_diffs(hf.n_layer, hidden + [ours_logits],
+                       _aligned(hidden, hf.hidden) + [hf.logits[:, : ours_logits.size(1)]], rtol, logits_start=P - 1,
+                       noise=noise_layers), True
 
 
-def _float32_check(subject: SubjectRun, hf: HFRun, s: SamplingSettings, P: int) -> dict:
+def _float32_check(subject: SubjectRun, hf: HFRun, P: int) -> dict:
     """The float32 re-check of a run below float32: judged by the float32 rule against HF in float32."""
     check = subject.float32
     if check is None or check.step_logits is None:
@@ -72,7 +65,11 @@ def _float32_check(subject: SubjectRun, hf: HFRun, s: SamplingSettings, P: int) 
         hf = replace(hf, hidden=check.ref_hidden, logits=check.ref_logits)
     hidden = check.hidden if hf.hidden is not None and check.hidden is not None and \
         len(check.hidden) == len(hf.hidden) else None
-    layers, steps, per_layer, _, _ = _compared(hidden, check.step_logits, hf, subject.generation, s, P, noise=False)
+    gen = subject.generation
+    ours_logits = check.step_logits[:, : len(gen.records)].float().to(hf.logits.device)
+    with torch.inference_mode():
+        layers, per_layer = _layers(hidden, ours_logits, hf, P, noise=False)
+        steps = step_checks(gen, ours_logits, hf.logits[:, : ours_logits.size(1)], relative_tolerance(hf.mlp_width))
     models = models_verdict(layers, steps, per_layer)
     first = next((l.name for l in layers if l.exceeds), None) if per_layer else None
     return {"possible": True, "why_not": None, "agree": models is None, "first_diverging_layer": first,
@@ -98,10 +95,16 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         notes.append(f"per-layer comparison not possible: the run has {len(hidden)} layers of residual stream, "
                      f"HF's model {len(hf.hidden)} (embeddings, {hf.n_layer} blocks, ln_f)")
         hidden = None
-    layers, steps, per_layer, ours_logits, hf_logits = _compared(hidden, subject.step_logits, hf, gen, s, P, low)
+    n_steps = len(gen.records)
+    ours_logits = subject.step_logits[:, :n_steps].float().to(hf.logits.device)
+    hf_logits = hf.logits[:, :n_steps]
+    with torch.inference_mode():
+        layers, per_layer = _layers(hidden, ours_logits, hf, P, low)
+        noise = hf.own_error_logits[:, :n_steps] if low else None
+        steps = step_diffs(gen, s, ours_logits, hf_logits, relative_tolerance(hf.mlp_width), noise=noise)
     first_layer = next((l.name for l in layers if l.exceeds), None) if per_layer else None
     models = models_verdict(layers, steps, per_layer)
-    recheck = _float32_check(subject, hf, s, P) if low else None
+    recheck = _float32_check(subject, hf, P) if low else None
     model_differs = models[0] if models else None
     if recheck is not None and models is None and recheck["agree"] is False:
         first_layer = recheck["first_diverging_layer"]
