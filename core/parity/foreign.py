@@ -118,6 +118,14 @@ def _get(model: nn.Module, path: str):
         return None
 
 
+def _named(model: nn.Module, spec: Mapping[str, str], key: str) -> nn.Module:
+    """The module a user named in layers=dict(...), or a clear error."""
+    mod = _get(model, spec[key])
+    if mod is None:
+        raise ParityError(f"layers: your model has no module {spec[key]!r}")
+    return mod
+
+
 def _as_blocks(mod) -> list[nn.Module] | None:
     if isinstance(mod, (nn.ModuleList, nn.Sequential)) and len(mod) > 0:
         return list(mod)
@@ -138,9 +146,7 @@ def find_layers(model, n_layer: int, spec: Mapping[str, str] | None = None) -> L
     if unknown:
         raise ParityError(f"layers= takes the keys 'blocks' and 'final_norm', got {', '.join(unknown)}")
     if "blocks" in spec:
-        mod = _get(model, spec["blocks"])
-        if mod is None:
-            raise ParityError(f"layers: your model has no module {spec['blocks']!r}")
+        mod = _named(model, spec, "blocks")
         blocks = _as_blocks(mod)
         if blocks is None:
             raise ParityError(f"layers: {spec['blocks']!r} is a {type(mod).__name__}, not a ModuleList of blocks")
@@ -163,10 +169,7 @@ def find_layers(model, n_layer: int, spec: Mapping[str, str] | None = None) -> L
     if len(blocks) != n_layer:
         return f"{block_path!r} holds {len(blocks)} blocks but HF's model has {n_layer}"
     if "final_norm" in spec:
-        norm = _get(model, spec["final_norm"])
-        if norm is None:
-            raise ParityError(f"layers: your model has no module {spec['final_norm']!r}")
-        norm_path = spec["final_norm"]
+        norm, norm_path = _named(model, spec, "final_norm"), spec["final_norm"]
     else:
         norm_path, norm = None, None
         for path in NORM_PATHS:
@@ -400,11 +403,14 @@ def run_foreign(
 
 def _full_logits(out, batch: int, length: int, vocab: int) -> torch.Tensor | None:
     """Every position's logits (B, T, V') when the model returned them all, else None (it returns the last only)."""
-    if not isinstance(out, torch.Tensor):
-        out = out["logits"] if isinstance(out, Mapping) and "logits" in out else getattr(out, "logits", None) \
-            if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) and out else None
-    if isinstance(out, torch.Tensor) and out.dim() == 3 and out.size(0) == batch and out.size(1) == length \
-            and out.size(-1) >= vocab and out.is_floating_point():
+    if isinstance(out, Mapping) and "logits" in out:
+        out = out["logits"]
+    elif hasattr(out, "logits"):
+        out = out.logits
+    elif isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dim() == 3 \
+            and tuple(out.shape[:2]) == (batch, length) and out.size(-1) >= vocab:
         return out
     return None
 
