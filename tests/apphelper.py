@@ -1,7 +1,8 @@
 """Start the dashboard (`python app.py`) as a real server process for end-to-end tests, and stop it again.
 
 Used by test_browser.py (Playwright + Chromium) and test_client.py (gradio_client): both drive the same
-subprocess, started exactly as a user would start it, on a free local port, offline.
+subprocess, started exactly as a user would start it, on a free local port, offline. Also: what the page-load
+handler finally shows (page_load), for the tests that call it directly.
 """
 
 from __future__ import annotations
@@ -108,3 +109,10 @@ def start_app(request, bpe_dir, model: str = TINY_MODEL, log_dir=None, timeout: 
     server = AppServer(bpe_dir, model=model, log_dir=log_dir)
     request.addfinalizer(server.stop)
     return server.start(timeout)
+
+
+def page_load(on_load):
+    """The page-load handler's last update (banner, model menu): it streams the fallback first, then settles."""
+    updates = list(on_load(progress=lambda *a, **k: None))
+    assert updates, "the page-load handler showed nothing"
+    return updates[-1]

@@ -13,6 +13,7 @@ import time
 import huggingface_hub.constants as hub_constants
 import pytest
 import torch
+from apphelper import page_load
 from conftest import ODD, ROOT, make_hf
 from fake_hub import FakeHub, checkpoint_files, wait_until
 
@@ -319,12 +320,12 @@ def test_page_load_never_hangs_and_then_says_why(online, bpe_dir):
     cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=BUDGET_S, page_wait_s=0.5)
     online.fault("gpt2-medium", stall=True)
     on_load = handlers.make_load_handler(cache, "gpt2-medium")
-    (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
+    (banner, dropdown), page_s = timed(page_load, on_load)
     print(f"\npage load while the default model's download hangs: {page_s:.2f} s")
     assert page_s < 5 and dropdown.value == TINY and banner.visible  # the tiny model built meanwhile (~1 s)
     assert "still downloading" in banner.value and "`gpt2-medium`" in banner.value
     assert wait_until(lambda: not cache.loading(), BUDGET_S + 5)
-    (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
+    (banner, dropdown), page_s = timed(page_load, on_load)
     assert page_s < 1 and dropdown.value == TINY  # the recent failure is reported, not retried
     assert "could not be loaded" in banner.value and "stopped answering" in banner.value
     assert "--model DIR" in banner.value
@@ -338,7 +339,7 @@ def test_offline_dashboard_says_what_works_there(monkeypatch, tmp_path, bpe_dir)
     exc = _catch(cache.get, "gpt2")
     assert isinstance(exc, ModelUnavailableHereError) and exc.reason == "offline"
     assert LOCAL_TODO not in str(exc) and "--model DIR" in str(exc) and TINY in str(exc)
-    banner, _ = handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2")(progress=lambda *a, **k: None)
+    banner, _ = page_load(handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2"))
     assert "Offline mode" in banner.value and "--model DIR" in banner.value and LOCAL_TODO not in banner.value
 
 
