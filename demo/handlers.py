@@ -271,8 +271,9 @@ def make_load_handler(cache: ModelCache, default_model: str):
     built-in tiny model, with a banner saying why (still loading, offline, Hub error...). Never hangs the page.
 
     A generator: the banner and the tiny model's name come as soon as the default model is known to be unavailable
-    (the tiny model builds meanwhile: it is started beside the default's load), and no "loading" progress is shown
-    where it cannot progress (Hub switched off)."""
+    (the tiny model builds meanwhile: it is started beside the default's load), and a "loading" progress is shown
+    only while the default model's download is under way (app.py starts it), never where it cannot progress (Hub
+    switched off, or a failure already known)."""
 
     def on_load(progress=gr.Progress(track_tqdm=True)):
         if default_model == TINY:
@@ -281,7 +282,7 @@ def make_load_handler(cache: ModelCache, default_model: str):
         try:
             if default_model not in cache.resident():
                 cache.prefetch(TINY)  # the fallback, ready by the time it may be needed
-                if not hub_offline():
+                if default_model in cache.loading() and not hub_offline():  # a download under way, not a failure
                     progress(0, desc=f"loading {default_model}")
             cache.get(default_model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
             yield gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)

@@ -353,3 +353,33 @@ def test_choosing_a_model_starts_its_load_and_says_how_it_goes(online, bpe_dir, 
     assert wait_until(lambda: "gpt2-medium" in cache.resident(), 15)
     assert on_model("gpt2-medium").visible is False  # ready: nothing to say
     assert "not available here" in on_model("../etc/passwd").value
+
+
+def test_offline_page_load_shows_the_fallback_first_and_no_progress_that_cannot_progress(monkeypatch, tmp_path,
+                                                                                          bpe_dir):
+    """Offline, the page's first update is the fallback banner and the tiny model's name: no "loading gpt2"
+    progress is shown for a download that cannot happen."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    progress = []
+    on_load = handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2")
+    updates = on_load(progress=lambda *a, **k: progress.append((a, k)))
+    banner, dropdown = next(updates)
+    assert "Offline mode" in banner.value and dropdown.value == TINY and progress == []
+    list(updates)  # the tiny model is built by the time the page settles
+    assert progress == []
+
+
+@pytest.mark.slow
+def test_app_stops_printing_hub_retries_once_it_has_fallen_back(bpe_dir, tmp_path):
+    """The Hub unreachable (nothing listens at HF_ENDPOINT, not offline mode): the app falls back at the first
+    failed request, and the log does not go on with huggingface_hub's "Retrying in 1s/2s/4s/8s"."""
+    from apphelper import AppServer, free_port
+
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    with AppServer(bpe_dir, model="gpt2", log_dir=tmp_path, env=env) as app:
+        assert wait_until(lambda: "could not be loaded" in app.log(), 60), app.log()
+        time.sleep(4)  # the first three retries (after 1, 2 and 4 s) would be in the log by now
+        log = app.log()
+    assert "could not reach the Hugging Face Hub" in log, log
+    assert "Retrying in" not in log and log.count("thrown while requesting") <= 1, log
