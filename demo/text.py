@@ -83,6 +83,7 @@ ERROR_HINT = {
     "check": "Nothing was checked: the views below are cleared. Fix the file and press Check result again.",
 }
 CHECKING = "⏳ Reading the result file and computing HF's reference …"
+CHECK_REFUSED = "❌ Not checked: the reason is in the verdict panel above."  # said once, there
 
 # The first field of the JSON download: what its compaction did, so that a reader can undo it.
 DOWNLOAD_FORMAT = (

@@ -166,8 +166,8 @@ def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: 
             result, loaded = check_upload(cache, refs, files)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the server keeps serving
             msg = handlers.error_message(exc)
-            yield {**handlers.error_outputs(c, msg, "check"), panel["status"]: f"❌ {msg}", panel["checked"]: None,
-                   panel["case"]: gr.Dropdown(visible=False)}
+            yield {**handlers.error_outputs(c, msg, "check"), panel["status"]: text.CHECK_REFUSED,
+                   panel["checked"]: None, panel["case"]: gr.Dropdown(visible=False)}
             raise gr.Error(msg, print_exception=False) from None
         data = result.to_dict()
         first = next((i for i, r in enumerate(data["cases"]) if not r["agree"]), 0)

@@ -433,7 +433,8 @@ def test_every_tab_label_and_plot_title_is_readable(sized_page, app, shots):
     assert "exact 0 (bit-identical)" in names
     expect(page.locator("#layers-fig .ytitle")).to_have_text(re.compile(r"\(Ours vs HF\)$"))
     expect(page.locator("#layers-caption")).to_contain_text("worst place")
-    expect(page.locator("#layers-fig .gtitle")).to_have_text(f"Per layer: first diverging layer {FAULTS[FAULT].first_layer}")
+    first = FAULTS[FAULT].first_layer
+    expect(page.locator("#layers-fig .gtitle")).to_have_text(f"Per layer: first diverging layer {first}")
     assert not page.js_errors, page.js_errors
 
 
@@ -485,7 +486,8 @@ def test_check_a_result_file_sits_by_the_verdict_and_says_which_button(sized_pag
     wait_verdict(page, app, "Not checked:", timeout=RUN_TIMEOUT_MS)
     expect(page.locator("#verdict")).to_contain_text("press Check result again")
     expect(page.locator("#verdict")).not_to_contain_text("Generate")
-    expect(page.locator("#upload-status")).to_contain_text("❌")
+    expect(page.locator("#upload-status")).to_contain_text("❌ Not checked: the reason is in the verdict panel")
+    assert page.get_by_text("not a safetensors file").count() == 1  # said once, in the verdict panel
     page.wait_for_timeout(500)
     assert in_viewport(page, "#verdict"), box(page, "#verdict")  # brought into view
     no_error_badges_or_toasts(page)

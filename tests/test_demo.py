@@ -740,7 +740,8 @@ def test_status_lines_name_the_first_diverging_layer_once(report):
     assert status.count("block 11") == 1 and "first diverging layer **block 1**" in status
     panel = render.verdict_html({**report, "agree": False, "verdict": verdict, "first_diverging_layer": "block 11"})
     assert panel.count("block 11") == 1
-    panel = render.verdict_html({**report, "agree": False, "verdict": "logits differ", "first_diverging_layer": "block 1"})
+    panel = render.verdict_html({**report, "agree": False, "verdict": "logits differ",
+                                 "first_diverging_layer": "block 1"})
     assert "first diverging layer: <b>block 1</b>" in panel
 
 
