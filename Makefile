@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make app` runs the dashboard, `make test` runs every test.
-# Both create .venv and install the pinned requirements first (once; again when a requirements file changes).
+# Both create .venv first; `make app` installs the pinned runtime requirements (requirements.txt), `make test` also
+# the test tools (requirements-dev.txt: pytest, playwright). Once each; again when a requirements file changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,8 +10,12 @@ export GPT2_BPE_DIR ?= $(if $(wildcard $(BPE_DIR)/encoder.json),$(BPE_DIR),)
 
 .PHONY: app test test-fast screenshot chromium bench clean
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+$(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
@@ -23,14 +28,14 @@ chromium:
 app: $(BIN)/.installed
 	$(BIN)/python app.py $(ARGS)
 
-test: $(BIN)/.installed chromium
+test: $(BIN)/.installed-dev chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(BIN)/.installed
+test-fast: $(BIN)/.installed-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 # Refresh the README's picture (docs/screenshot.png) from the browser test's clean run; `make test` never writes it.
-screenshot: $(BIN)/.installed chromium
+screenshot: $(BIN)/.installed-dev chromium
 	HF_HUB_OFFLINE=1 PARITY_SCREENSHOT=$(abspath docs/screenshot.png) $(BIN)/python -m pytest -q -m browser \
 	  tests/test_browser.py -k end_to_end $(PYTEST_ARGS)
 

@@ -13,7 +13,14 @@ demo = build_demo(model=args.model, bpe_dir=args.bpe_dir, max_models=args.max_mo
 if __name__ == "__main__":
     import logging
 
+    from demo.models import TINY, hub_offline
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parity_lab").setLevel(logging.INFO)  # which model loaded, or why it fell back
+    # huggingface_hub prints through its own handler, which core.loader quiets for a download it has given up on
+    # (its retries go on in the background): not again through ours, which would print every "Retrying in 8s".
+    logging.getLogger("huggingface_hub").propagate = False
     demo.model_cache.prefetch(args.model)  # start the default model's download now, in the background
+    if hub_offline():
+        demo.model_cache.prefetch(TINY)  # the page's fallback, ready for the first visitor
     demo.queue(**QUEUE).launch(server_name=args.host, server_port=args.port, **launch_kwargs())

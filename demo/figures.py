@@ -1,6 +1,9 @@
 """Pure functions: a parity report (the JSON-ready dict of core.ParityReport) -> plotly figures. No state, no I/O.
 
 Fields that newer reports may add or drop are read with .get(); every log axis shows decades only, in one notation.
+Every title sits under a strip kept free for plotly's toolbar (MODEBAR_PX), so that on a phone the toolbar never
+covers it. An exact zero on a log axis is not drawn as a tiny bar or point: it is marked "exact 0" on the axis
+floor in its own colour.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .divergence import is_greedy, report_divergences
+from .divergence import effective_divergences, is_greedy, report_divergences
 
 OURS = "#1f6feb"
 HF = "#f59e0b"
@@ -18,15 +21,28 @@ BAD = "#d1242f"
 MUTED = "#8c959f"
 NOISE = "rgba(45, 164, 78, 0.13)"
 SPREAD = "rgba(31, 111, 235, 0.18)"
+EXACT = "#1a7f37"  # an exact zero difference
+SETTINGS = "#8250df"  # what HF samples from under its own settings
 TV_FLOOR = 1e-9  # total variation below this (float32 probabilities give ~1e-8 noise) is drawn at the floor
 LOG_AXIS = dict(type="log", dtick=1, exponentformat="power", showexponent="all", minor=dict(showgrid=False))
+MODEBAR_PX = 34  # plotly's toolbar, top right: titles start below it
+TOKEN_LABEL_CHARS = 24  # a top-50 label shows this much of "rank. token" (the hover shows all of it)
+TICK_CHAR_PX = 6.7  # width of one character of an 11 px monospace tick label
+
+
+def _top(px: int) -> int:
+    """A figure's top margin: the toolbar's strip, then `px` for the title and anything above the plot area."""
+    return MODEBAR_PX + px
 
 
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.01, xref="container", y=1, yref="container", yanchor="top",
-                                 pad=dict(t=12), font=dict(size=15)), height=height,
-                      margin=dict(l=64, r=16, t=70, b=50), template="plotly_white",
-                      legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=11)),
+                                 pad=dict(t=MODEBAR_PX), font=dict(size=15)), height=height + MODEBAR_PX,
+                      margin=dict(l=64, r=16, t=_top(40), b=50), template="plotly_white",
+                      # at the bottom of the figure: a legend that wraps on a phone then takes room from the plot,
+                      # never from the title (a legend above the plot grows into the title when it wraps)
+                      legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0, yanchor="bottom",
+                                  font=dict(size=11)),
                       hoverlabel=dict(align="left"))
     return fig
 
@@ -43,6 +59,10 @@ def _fmt(x) -> str:
     if x is None:
         return "∞"
     return f"{x:.3g}" if _finite(x) else str(x)
+
+
+def _shorten(label: str, chars: int = TOKEN_LABEL_CHARS) -> str:
+    return label if len(label) <= chars else label[: chars - 1] + "…"
 
 
 def _decade_floor(x: float) -> float:
@@ -83,10 +103,21 @@ def _temperature(report: dict) -> float:
     return 1.0 if is_greedy(report) or not t else float(t)
 
 
+def _exact_zeros(fig: go.Figure, x: list, floor: float, what: list[str], **where) -> None:
+    """Mark exact zeros on a log axis: a distinct marker on the axis floor, the hover saying so."""
+    if x:
+        fig.add_trace(go.Scatter(x=x, y=[floor] * len(x), mode="markers", name="exact 0 (bit-identical)",
+                                 marker=dict(symbol="diamond", size=10, color=EXACT, line=dict(width=1, color="white")),
+                                 customdata=what, cliponaxis=False,
+                                 hovertemplate="%{customdata}: exactly 0, bit-identical<extra></extra>"), **where)
+
+
 def step_diffs_figure(report: dict) -> go.Figure:
     """Two stacked panels over steps: max |Δlogit| against the tolerance (the noise region shaded under it), and
     the total variation between the two sampling distributions (finite even where KL is infinite). With several
-    rows, the line is the worst row at each step and the band the spread across rows."""
+    rows, the line is the worst row at each step and the band the spread across rows. When HF sampled with other
+    settings than ours, the second panel also shows what those settings do: the total variation between what we
+    sample from and what HF samples from under its own settings."""
     summ = step_summary(report)
     if not summ:
         return _empty("No steps to show")
@@ -120,11 +151,13 @@ def step_diffs_figure(report: dict) -> go.Figure:
     fig.add_trace(go.Scatter(
         x=steps, y=[clip(x) for x in dmax], mode="lines+markers" if len(steps) <= 60 else "lines",
         line=dict(color=OURS, width=1.5), marker=dict(size=5), name="max |Δlogit|",
-        customdata=[[_fmt(e["dlogit_max"]), e["dlogit_row"] + 1, _fmt(e["dlogit_min"]), f"{e['tolerance']:.2g}"]
-                    for e in summ],
+        customdata=[[_fmt(e["dlogit_max"]) + (" (exact)" if e["dlogit_max"] == 0 else ""), e["dlogit_row"] + 1,
+                     _fmt(e["dlogit_min"]), f"{e['tolerance']:.2g}"] for e in summ],
         hovertemplate="step %{x}<br>max |Δlogit| %{customdata[0]} (row %{customdata[1]})"
                       + ("<br>best row %{customdata[2]}" if many else "") + "<br>tolerance %{customdata[3]}<extra></extra>"),
         row=1, col=1)
+    _exact_zeros(fig, [e["step"] for e in summ if e["dlogit_max"] == 0], floor,
+                 [f"step {e['step']}, every row" for e in summ if e["dlogit_max"] == 0], row=1, col=1)
     bad = [e for e in summ if e["exceeds_rows"]]
     if bad:
         fig.add_trace(go.Scatter(x=[e["step"] for e in bad], y=[clip(e["dlogit_max"]) or top for e in bad],
@@ -154,6 +187,7 @@ def step_diffs_figure(report: dict) -> go.Figure:
         customdata=[[f"{e['tv_max']:.3g}", e["tv_row"] + 1, f"{e['js']:.3g}", _fmt(e["kl"]),
                      "exact" if e["exact"] else "lower bound (mass outside our top-50 lumped)"] for e in summ],
         hovertemplate="step %{x}<br>total variation %{customdata[0]} (row %{customdata[1]})"
+                      "<br>0 = the same odds for every token, 1 = never the same token"
                       "<br>Jensen-Shannon %{customdata[2]} bits<br>KL(HF‖ours) %{customdata[3]}"
                       "<br>%{customdata[4]}<extra></extra>"),
         row=2, col=1)
@@ -164,14 +198,43 @@ def step_diffs_figure(report: dict) -> go.Figure:
             marker=dict(color=BAD, size=8, symbol="x-thin", line=dict(width=2, color=BAD)),
             name="supports differ (KL = ∞)",
             customdata=[", ".join(str(r + 1) for r in e["mismatch_rows"]) for e in mism],
-            hovertemplate="step %{x}: HF can sample a token ours cannot<br>rows %{customdata}<extra></extra>"),
+            hovertemplate="step %{x}: HF can pick a token ours never would (so KL = ∞)<br>rows %{customdata}"
+                          "<extra></extra>"),
             row=2, col=1)
+    _settings_curve(fig, report, temp)
     fig.update_yaxes(**LOG_AXIS, range=[math.log10(TV_FLOOR), 0.05], title_text="total variation", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_annotations(font=dict(size=12))  # the subplot titles
     fig = _layout(fig, "Where the two models differ, step by step", height=600)
-    fig.update_layout(margin=dict(t=60, b=40), legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"))
+    fig.update_layout(margin=dict(t=_top(48), b=40))
     return fig
+
+
+def _settings_curve(fig: go.Figure, report: dict, temp: float) -> None:
+    """Panel 2's line for HF's own settings (when they differ from ours): the worst row's total variation between
+    what we sample from and what HF samples from, each under its own settings; or a note where the report cannot
+    tell (HF applied a setting whose effect needs more than our top-50 tokens)."""
+    hf, divs = effective_divergences(report)
+    if hf is None:
+        return
+    pts = [(s, max((v for v in st if v is not None), key=lambda v: v.tv, default=None)) for s, st in enumerate(divs)]
+    pts = [(s, v) for s, v in pts if v is not None]
+    if not pts:
+        fig.add_annotation(text=f"HF sampled with other settings ({hf.describe()}): see Settings. Their effect is "
+                                "not drawn: it needs more than the top-50 tokens a report keeps",
+                           xref="x2 domain", yref="y2 domain", x=0.01, y=0.98, xanchor="left", yanchor="top",
+                           showarrow=False, font=dict(size=11, color=SETTINGS), align="left")
+        return
+    fig.add_trace(go.Scatter(
+        x=[s for s, _ in pts], y=[max(v.tv, TV_FLOOR) for _, v in pts], mode="lines+markers" if len(pts) <= 60
+        else "lines", line=dict(color=SETTINGS, width=2), marker=dict(size=5, symbol="square"),
+        name=f"with HF's own settings ({hf.describe()})",
+        customdata=[[f"{v.tv:.3g}", f"{v.js:.3g}", "" if v.exact else "<br>approximate: HF's top tokens are not all "
+                     "among ours"] for _, v in pts],
+        hovertemplate=f"step %{{x}}: what HF samples from with its own settings ({hf.describe()})"
+                      "<br>against what we sample from: total variation %{customdata[0]} (worst row)"
+                      "<br>Jensen-Shannon %{customdata[1]} bits%{customdata[2]}<extra></extra>"),
+        row=2, col=1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,22 +256,24 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
     diff = report["steps"][step][row] if step < len(report["steps"]) else None
     n = len(rec["top_ids"])
     chosen = [tid == rec["token_id"] for tid in rec["top_ids"]]
-    labels = [f"{'▶ ' if c else ''}{i + 1}. {t}" for i, (t, c) in enumerate(zip(rec["top_tokens"], chosen))]
+    # a long token is shortened on the axis (each label stays unique: it starts with its rank), whole in the hover
+    names = [f"{i + 1}. {t}" for i, t in enumerate(rec["top_tokens"])]
+    labels = [f"{'▶ ' if c else ''}{_shorten(name)}" for name, c in zip(names, chosen)]
     pos = lambda xs: [x if x > 0 else None for x in xs] if log_scale else list(xs)  # noqa: E731
     ids = rec["top_ids"]
     fig = go.Figure()
     fig.add_trace(go.Bar(
         y=labels, x=pos(rec["top_probs"]), orientation="h", name="ours: model p", marker_color=OURS,
         marker_line=dict(color=[BAD if c else OURS for c in chosen], width=[3 if c else 0 for c in chosen]),
-        customdata=list(zip(ids, rec["top_logits"], rec["top_sample_probs"])),
-        hovertemplate="%{y} (id %{customdata[0]})<br>ours: model p %{x:.4g}, logit %{customdata[1]:.4g}"
+        customdata=list(zip(ids, rec["top_logits"], rec["top_sample_probs"], names)),
+        hovertemplate="%{customdata[3]} (id %{customdata[0]})<br>ours: model p %{x:.4g}, logit %{customdata[1]:.4g}"
                       "<br>ours: sampling p %{customdata[2]:.4g}<extra></extra>"))
     if diff is not None:
         fig.add_trace(go.Bar(
             y=labels, x=pos(diff["hf_top_probs"]), orientation="h", name="HF: model p", marker_color=HF,
-            customdata=list(zip(ids, diff["hf_top_sample_probs"])),
-            hovertemplate="%{y} (id %{customdata[0]})<br>HF: model p %{x:.4g}<br>HF: sampling p %{customdata[1]:.4g}"
-                          "<extra></extra>"))
+            customdata=list(zip(ids, diff["hf_top_sample_probs"], names)),
+            hovertemplate="%{customdata[2]} (id %{customdata[0]})<br>HF: model p %{x:.4g}"
+                          "<br>HF: sampling p %{customdata[1]:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(y=labels, x=pos(rec["top_sample_probs"]), mode="markers", name="ours: sampling p",
                              marker=dict(symbol="line-ns", size=14, line=dict(width=3, color="#0a3069")),
                              hovertemplate="%{y}<br>ours: sampling p %{x:.4g}<extra></extra>"))
@@ -227,6 +292,7 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
         title += (f"<br><sup>HF: model p {_fmt(hf_model) if hf_model is not None else '(outside top-50)'}, "
                   f"sampling p {diff['hf_prob']:.3g} (rank {diff['hf_rank']})</sup>")
     fig = _layout(fig, title, height=18 * n + 170)
+    fig.update_layout(title_pad_t=MODEBAR_PX + 16)  # plotly raises a title of several lines: lower it as much
     xaxis = dict(title_text="probability" + (" (log scale)" if log_scale else ""), side="top")
     if log_scale:
         xaxis.update(LOG_AXIS, range=[-8, 0.05])
@@ -235,12 +301,12 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
         if diff is not None:
             shown += [*diff["hf_top_probs"], *diff["hf_top_sample_probs"]]
         xaxis.update(range=[0, min(1.0, max(shown) * 1.1) or 1.0])
+    # the labels' room set from their length (monospace), not left to automargin, which may shrink it when narrow
+    label_px = 14 + math.ceil(TICK_CHAR_PX * max(len(label) for label in labels))
     fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.0, xaxis=xaxis,
                       yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=labels,
                                  tickfont=dict(size=11, family="monospace"), automargin=True),
-                      margin=dict(l=10, t=130, b=60),
-                      legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
-    fig.update_layout(legend=dict(y=-0.01, yanchor="top"))
+                      margin=dict(l=label_px, r=16, t=_top(118), b=60))
     return fig
 
 
@@ -249,9 +315,12 @@ def top50_figure(report: dict, step: int, row: int, log_scale: bool = False) -> 
 
 
 def _mark_step(fig: go.Figure, step: int | None) -> None:
+    """A dotted line at the selected step, labelled just inside the plot's top edge (clear of title and legend)."""
     if step is not None:
-        fig.add_vline(x=step, line=dict(color=BAD, width=1.5, dash="dot"), annotation_text=f"step {step}",
-                      annotation_position="top", annotation_font=dict(color=BAD, size=11))
+        fig.add_vline(x=step, line=dict(color=BAD, width=1.5, dash="dot"))
+        fig.add_annotation(x=step, xref="x", y=1, yref="paper", yanchor="top", xanchor="left", xshift=3,
+                           text=f"step {step}", showarrow=False, font=dict(color=BAD, size=11),
+                           bgcolor="rgba(255, 255, 255, 0.8)")
 
 
 def heatmap_figure(report: dict, row: int, step: int | None = None) -> go.Figure:
@@ -293,7 +362,9 @@ def entropy_figure(report: dict, row: int, step: int | None = None) -> go.Figure
                   secondary_y=True)
     _mark_step(fig, step)
     fig.update_yaxes(title_text="entropy (nats)", secondary_y=False)
-    fig.update_yaxes(title_text="probability", range=[0, 1.05], secondary_y=True)
+    # its own ticks (plotly would sync them to the entropy axis' grid, at odd values), no second grid
+    fig.update_yaxes(title_text="probability", range=[0, 1.05], tickmode="linear", tick0=0, dtick=0.2,
+                     showgrid=False, secondary_y=True)
     fig.update_xaxes(title_text="step")
     return _layout(fig, f"Entropy and the chosen token, row {row + 1}")
 
@@ -303,35 +374,44 @@ def entropy_figure(report: dict, row: int, step: int | None = None) -> go.Figure
 
 
 def layers_figure(report: dict) -> go.Figure:
-    """Per layer, max|Δ| at the place (row, position) that decides the layer (log scale) against the tolerance at
-    that same place (rtol x max|HF value| there); the first diverging layer marked."""
+    """Per layer, max|Δ| at its worst place (the row and position with the largest |Δ| relative to the tolerance
+    there, which decides the layer; log scale) against the tolerance at that same place (rtol x max|HF value|
+    there); the first diverging layer marked, an exact 0 marked on the axis floor."""
     layers = report["layers"]
     if not layers:
         return _empty("No layers to show")
     names = [l["name"] for l in layers]
     first = report.get("first_diverging_layer")
+    subject = report.get("subject") or "Ours"
+    at_all = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in layers]  # max |Δ| at the place that decides
+    shown = [x for x in at_all + [l.get("tolerance") for l in layers] if _finite(x) and x > 0]
+    floor = max(_decade_floor(min(shown)) / 10, 1e-15) if shown else 1e-12
+    top = max(shown or [1.0])
     fig = go.Figure()
     for exceeds, label, color in ((False, "within tolerance", OURS), (True, "exceeds tolerance", BAD)):
         sel = [l for l in layers if bool(l.get("exceeds")) == exceeds]
-        at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]  # max |Δ| at the place that decides
+        at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]
         fig.add_trace(go.Bar(x=[l["name"] for l in sel],
-                             y=[max(d, 1e-12) if _finite(d) else None for d in at],
+                             y=[d if _finite(d) and d > 0 else None for d in at],  # exact zeros: marked below
                              marker_color=color, name=label,
                              customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("worst_scale", l.get("scale"))),
                                           l.get("worst_row", 0) + 1, l.get("worst_position", 0), _fmt(l.get("ratio")),
                                           _fmt(l["max_abs_diff"]), _fmt(l.get("scale"))] for d, l in zip(at, sel)],
-                             hovertemplate="%{x}, row %{customdata[3]}, position %{customdata[4]}"
+                             hovertemplate="%{x}, worst place: row %{customdata[3]}, position %{customdata[4]}"
                                            "<br>max |Δ| there %{customdata[0]}"
                                            "<br>tolerance there %{customdata[1]} (max |HF| there %{customdata[2]})"
                                            "<br>ratio %{customdata[5]}"
                                            "<br>whole layer: max |Δ| %{customdata[6]}, max |HF| %{customdata[7]}"
                                            "<extra></extra>"))
+    _exact_zeros(fig, [n for n, d in zip(names, at_all) if d == 0], floor,
+                 [n for n, d in zip(names, at_all) if d == 0])
     fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers",
-                             name="tolerance at that place", line=dict(color="#24292f", dash="dash")))
+                             name="tolerance there", line=dict(color="#24292f", dash="dash")))
     # slanted names never run into each other, whatever the width (the first diverging one is in the title)
     fig.update_xaxes(categoryorder="array", categoryarray=names, tickangle=-45, automargin=True)
-    fig.update_yaxes(**LOG_AXIS, title_text="max |Δ| at the deciding place (ours vs HF)")
+    fig.update_yaxes(**LOG_AXIS, range=[math.log10(floor), math.log10(top) + 0.3],
+                     title_text=f"max |Δ| at its worst place ({subject} vs HF)")
     title = f"Per layer: first diverging layer {first}" if first else "Per layer: every layer within tolerance"
     fig = _layout(fig, title, height=420)
-    fig.update_layout(margin=dict(t=100, b=60), legend=dict(y=1.02))
+    fig.update_layout(margin=dict(b=60))
     return fig

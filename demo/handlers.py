@@ -3,13 +3,16 @@ views (render.py for HTML and tables, figures.py for plots, downloads.py for fil
 
 The only module that runs a comparison (upload.py does the same for an uploaded result file). Every expected
 failure (bad input, a model or file that is not there) replaces the verdict with its reason in the UI's own
-words, clears the previous run's views, logs one line and ends the request as a gr.Error (so gradio_client
-callers get an error too). Anything unexpected is logged with its traceback and shown as a short generic
-message. Knows the order of the Generate button's outputs; knows nothing of the layout (ui.py).
+words, clears the previous run's views, logs one line and ends the request as a gr.Error, so that gradio_client
+callers get an error. The page's own buttons run the same handlers through in_page(), which ends such a request
+quietly instead: the verdict panel is then the page's one message about it (no error toasts piling up, no
+"Error" badges over the other panels). Anything unexpected is logged with its traceback and shown as a short
+generic message. Knows the order of the Generate button's outputs; knows nothing of the layout (ui.py).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import time
@@ -23,8 +26,10 @@ from core.errors import ParityLabError
 
 from . import figures, render, text, yours
 from .downloads import expand_report, write_downloads  # noqa: F401 (expand_report: every JSON download names it here)
-from .inputs import INPUT_KEYS, parse_inputs, query_values
-from .models import RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
+from .inputs import INPUT_KEYS, SEED_CASE, parse_inputs, query_values
+from .models import (
+    RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError, hub_offline,
+)
 
 log = logging.getLogger("parity_lab")
 
@@ -39,6 +44,20 @@ _WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="compare")
 
 # ---------------------------------------------------------------------------------------------------------
 # The Generate button
+
+
+def in_page(handler):
+    """`handler` (a generator that yields its reason, then raises gr.Error) as the page's own button calls it: a
+    refused request ends after that last update, which already shows the reason in the verdict panel."""
+
+    @functools.wraps(handler)  # Gradio reads the wrapped signature (its inputs, gr.Progress)
+    def quietly(*args, **kwargs):
+        try:
+            yield from handler(*args, **kwargs)
+        except gr.Error:
+            return
+
+    return quietly
 
 
 def run_compare(cache: ModelCache, args: dict, on_step=None):
@@ -61,10 +80,11 @@ def error_message(exc: Exception) -> str:
     return f"Something went wrong on our side ({type(exc).__name__}). Please try again or report it."
 
 
-def error_outputs(c: dict, message: str) -> dict:
-    """Every Generate output after a refused request: the reason in the verdict panel, the old run cleared."""
+def error_outputs(c: dict, message: str, action: str = "run") -> dict:
+    """Every Generate output after a refused request (`action`: "run" or "check", the button that was pressed):
+    the reason in the verdict panel, the old run cleared."""
     return {
-        c["verdict"]: render.error_html(message),
+        c["verdict"]: render.error_html(message, action),
         c["ours"]: render.text_head("ours"), c["hf"]: render.text_head("hf"),
         c["step_fig"]: None, c["top50_fig"]: None, c["heat_fig"]: None, c["entropy_fig"]: None, c["layers_fig"]: None,
         c["settings"]: None, c["json_file"]: None, c["csv_file"]: None, c["summary"]: None, c["state"]: None,
@@ -129,6 +149,11 @@ def make_run_handler(cache: ModelCache, components: dict):
         yield outputs_for(report, token_text, c)
 
     return run
+
+
+def seed_case() -> tuple:
+    """"The seed's case" button: every input but the model set to inputs.SEED_CASE (the page then runs it)."""
+    return tuple(SEED_CASE[k] for k in INPUT_KEYS if k != "model")
 
 
 def _first_interesting(report: dict) -> tuple[int, int]:
@@ -243,15 +268,25 @@ def make_model_handler(cache: ModelCache):
 
 def make_load_handler(cache: ModelCache, default_model: str):
     """On page load: the default model if it is ready within `cache.page_wait_s` of its load's start; otherwise the
-    built-in tiny model, with a banner saying why (still loading, offline, Hub error...). Never hangs the page."""
+    built-in tiny model, with a banner saying why (still loading, offline, Hub error...). Never hangs the page.
+
+    A generator: the banner and the tiny model's name come as soon as the default model is known to be unavailable
+    (the tiny model builds meanwhile: it is started beside the default's load), and a "loading" progress is shown
+    only while the default model's download is under way (app.py starts it), never where it cannot progress (Hub
+    switched off, or a failure already known)."""
 
     def on_load(progress=gr.Progress(track_tqdm=True)):
         if default_model == TINY:
-            return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=TINY)
+            yield gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=TINY)
+            return
         try:
-            progress(0, desc=f"loading {default_model}")
+            if default_model not in cache.resident():
+                cache.prefetch(TINY)  # the fallback, ready by the time it may be needed
+                if default_model in cache.loading() and not hub_offline():  # a download under way, not a failure
+                    progress(0, desc=f"loading {default_model}")
             cache.get(default_model, wait_s=cache.page_wait_s, retry_after_s=RETRY_AFTER_S)
-            return gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)
+            yield gr.Markdown(visible=False), gr.Dropdown(choices=cache.allowed, value=default_model)
+            return
         except ModelStillLoadingError as exc:
             banner = text.LOADING_BANNER.format(wanted=default_model, seconds=exc.seconds)
         except ModelUnavailableHereError as exc:
@@ -262,10 +297,10 @@ def make_load_handler(cache: ModelCache, default_model: str):
         except ParityLabError as exc:
             banner = f"⚠️ **`{default_model}` could not be loaded**: {exc}"
         log.warning("default model %s is not available now; the page falls back to %s", default_model, TINY)
+        yield gr.Markdown(banner, visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
         try:
             cache.get(TINY)
         except ParityLabError as tiny_exc:  # should not happen (bundled BPE files): say so, keep serving
-            return gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
-        return gr.Markdown(banner, visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
+            yield gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
 
     return on_load

@@ -77,6 +77,12 @@ INPUTS: dict[str, Input] = {i.key: i for i in (
           hi=MAX_NEW_TOKENS, slider=(1, MAX_NEW_TOKENS, 1), info="22: the seed's rows of 30 tokens"),
 )}
 INPUT_KEYS = tuple(INPUTS)
+# "The seed's case" button: the case this lab was made for, every input but the model. A GPT-2 port's top-k loop
+# (nanogpt, top-k 50) against HF's text-generation pipeline called as the seed's author did: 5 rows of 30 tokens
+# (max_length 30: GPT-2's BPE makes the prompt 8 tokens, so 22 new ones), seed 42.
+SEED_CASE = dict(prompt=text.PROMPT_EXAMPLES[0], method="nanogpt", reference="pipeline", fault=NO_FAULT, top_k=50,
+                 top_p=1.0, temperature=1.0, seed=42, num_sequences=5, max_new_tokens=22)
+SEED_MAX_LENGTH = 30
 # core's messages name arguments as code (top_k=3); the dashboard says what the UI calls them. Core also names
 # two settings the inputs above decide.
 UI_NAMES = {**{i.arg: i.name for i in INPUTS.values() if "_" in i.arg},

@@ -111,6 +111,14 @@ def build_tiny_pair() -> tuple[GPT, object]:
     return port_from_hf(hf), hf
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is switched off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE): a Hub model can then
+    come only from the local cache, and no download can make progress."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
+
+
 def _env_seconds(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name) or default)

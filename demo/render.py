@@ -31,7 +31,7 @@ def verdict_html(report: dict) -> str:
     """The verdict panel after a run: agree or not, the largest logit difference, where the models part."""
     bg, fg, icon = text.VERDICT_STYLE[bool(report["agree"])]
     detail = f"max |Δlogit| {report['max_abs_dlogit']:.2g}"
-    if report["first_diverging_layer"]:
+    if report["first_diverging_layer"] and not names_layer(report["verdict"], report["first_diverging_layer"]):
         detail += f" · first diverging layer: <b>{html.escape(report['first_diverging_layer'])}</b>"
     if report["fault"]:
         detail += f" · bug lab: <b>{html.escape(FAULTS[report['fault']].title)}</b> injected into our model"
@@ -40,16 +40,23 @@ def verdict_html(report: dict) -> str:
             f'<span style="font-size:0.8em">{detail}</span></div>')
 
 
+def names_layer(verdict: str, layer: str) -> bool:
+    """Whether a verdict already names its first diverging layer (then a status line does not repeat it)."""
+    return re.search(rf"\b{re.escape(layer)}\b", verdict) is not None
+
+
 def status_html(message: str) -> str:
     """The verdict panel while nothing is decided yet (before a run, while it runs)."""
     return f'<div id="verdict" style="padding:14px 18px;border-radius:10px;background:#f6f8fa">{message}</div>'
 
 
-def error_html(message: str) -> str:
-    """The verdict panel after a refused request: the reason stays on screen (the toast fades)."""
+def error_html(message: str, action: str = "run") -> str:
+    """The verdict panel after a refused request (`action`: "run" for Generate, "check" for Check result): the
+    page's one message about it, saying which button to press again."""
     return (f'<div id="verdict" class="verdict-error" role="alert" style="background:#fff4e5;color:#8a4b00;'
-            f'padding:14px 18px;border-radius:10px;font-size:1.1em;border:1px solid #f0b35b"><b>⚠ Not run: '
-            f'{html.escape(message)}</b><br><span style="font-size:0.8em">{text.ERROR_HINT}</span></div>')
+            f'padding:14px 18px;border-radius:10px;font-size:1.1em;border:1px solid #f0b35b"><b>⚠ '
+            f'{text.ERROR_PREFIX[action]}: {html.escape(message)}</b><br><span style="font-size:0.8em">'
+            f'{text.ERROR_HINT[action]}</span></div>')
 
 
 def _token_tip(step: int, row: int, tid: int, token: str, rec: dict | None, diff: dict | None) -> str:
@@ -186,6 +193,7 @@ def cases_markdown(check: dict) -> str:
              f"`{check['reference_id']}`"]
     for i, r in enumerate(check["cases"]):
         mark = "✅" if r["agree"] else "❌"
-        layer = f" · first diverging layer **{r['first_diverging_layer']}**" if r["first_diverging_layer"] else ""
+        layer = r["first_diverging_layer"]
+        layer = f" · first diverging layer **{layer}**" if layer and not names_layer(r["verdict"], layer) else ""
         lines.append(f"- case {i} (seed {r['settings']['seed']}): {mark} {r['verdict']}{layer}")
     return "\n".join(lines)

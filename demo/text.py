@@ -12,7 +12,17 @@ Your GPT-2 samples differ from HuggingFace's and you can't tell why? Type a prom
 Our from-scratch GPT-2 samples; HuggingFace's `GPT2LMHeadModel` is run on the very same tokens, step by step
 and layer by layer, and HF's own `generate()` (or the `text-generation` pipeline) samples with the same random
 seed. The verdict says whether the two agree and, if not, **why**: the model, the settings, the order of random
-draws, or a near-tie flipped by float noise. Try the **bug lab** to see what real porting mistakes look like.
+draws, or a near-tie flipped by float noise. New here? Press **▶ The seed's case**: a GPT-2 port's top-k loop
+against HF's pipeline, whose texts differ though the models agree. The **bug lab** shows real porting mistakes.
+"""
+# app.py --yours FILE.py:NAME: the same page about the user's own model ({spec}: what they named).
+INTRO_YOURS = """
+# GPT-2 Parity Lab
+Your GPT-2 (`{spec}`) samples; HuggingFace's `GPT2LMHeadModel` is run on the very same tokens, step by step and
+layer by layer, and HF's own `generate()` (or the `text-generation` pipeline) samples with the same random seed.
+Type a prompt and press **Generate** (or **▶ The seed's case**). The verdict says whether your model agrees with
+HuggingFace and, if not, **why**: the model (and at which layer), the settings, the order of random draws, or a
+near-tie flipped by float noise.
 """
 
 OFFLINE_BANNER = (
@@ -51,6 +61,9 @@ HELP_REFERENCE = (
     "seed's author did (set_seed + pipe(prompt, max_length, num_return_sequences)), or no HF sampling at all."
 )
 HELP_FAULT = "Inject a real porting mistake into OUR model only, and watch the comparison catch it."
+HELP_FAULT_YOURS = ("Off: the bug lab injects its mistakes into our from-scratch GPT-2, and this page compares your "
+                    "model ({label}) instead.")
+SEED_CASE_BUTTON = "▶ The seed's case: top-k loop vs HF's pipeline"
 UPLOAD_HELP = (
     "Run your own GPT-2 (C, CUDA, Rust, JAX, numpy...) on the reference's token ids and upload the "
     "`.safetensors` file it writes (format: `docs/dump-format.md`; add the manifest `.json` if it is not in "
@@ -63,7 +76,14 @@ VERDICT_STYLE = {
     False: ("#fdecea", "#b42318", "✘"),
 }
 
-ERROR_HINT = "Nothing was run: the views below are cleared. Fix the input and press Generate again."
+# After a refused request: what was not done, and which button to press again, per button.
+ERROR_PREFIX = {"run": "Not run", "check": "Not checked"}
+ERROR_HINT = {
+    "run": "Nothing was run: the views below are cleared. Fix the input and press Generate again.",
+    "check": "Nothing was checked: the views below are cleared. Fix the file and press Check result again.",
+}
+CHECKING = "⏳ Reading the result file and computing HF's reference …"
+CHECK_REFUSED = "❌ Not checked: the reason is in the verdict panel above."  # said once, there
 
 # The first field of the JSON download: what its compaction did, so that a reader can undo it.
 DOWNLOAD_FORMAT = (
@@ -97,13 +117,36 @@ PLOT_HELP = """
 - **Over steps**: a heatmap of the sampling probabilities of the top-50 tokens at every step (rank 1 at the
   top), and the entropy of the distribution with the chosen token's probability and rank; the selected step is
   marked.
-- **Per layer**: max |Δ| of the residual stream after the embeddings, each block, ln_f, and the logits. The
-  first layer above its tolerance is where the two implementations start to differ: that is where to look.
+- **Per step**, purple line (only when HF sampled with other settings than ours, e.g. the pipeline's temperature
+  0.7): the total variation between what we sample from and what HF samples from under *its own* settings, rebuilt
+  from HF's probabilities of our top-50 tokens (exact when HF's top-k is at most 50). The orange line compares both
+  models under our settings, so it stays in the noise when only the settings differ: the purple one shows what the
+  settings do.
+- **Per layer**: max |Δ| of the residual stream after the embeddings, each block, ln_f, and the logits, at the
+  layer's *worst place*: the row and position with the largest |Δ| relative to the tolerance there (rtol × max |HF
+  value| there), which decides whether the layer exceeds it. The first layer above its tolerance is where the two
+  implementations start to differ: that is where to look. A green ◆ on the axis floor is an exact 0 (bit-identical;
+  a log axis has no 0).
 - **Settings**: each generation setting as HF actually used it and where it came from (you, the model's
   generation_config, the pipeline's defaults, or transformers' own defaults). A highlighted row differs from
   ours: that alone changes the samples.
 - **Link**: after Generate the page's address holds every input; share it to let someone rerun the same comparison.
 """
+
+# Captions under the plots: what they show, in plain words ({our}/{ours}: "our"/"ours", "your"/"yours" with --yours).
+CAPTION_STEPS = (
+    "**Top:** how far {our} next-token scores (logits) are from HF's at each step; under the dashed line is "
+    "float rounding noise. **Bottom:** how differently the two would pick the next token: 0 = the same odds for "
+    "every token, 1 = they could never pick the same one (the *total variation*). ✕: HF could pick a token "
+    "{ours} never would (*supports differ*, KL = ∞). Purple, when HF sampled with other settings: what those "
+    "settings alone change."
+)
+CAPTION_LAYERS = (
+    "How far each layer's output is from HF's, where it is furthest relative to its tolerance (its *worst place*). "
+    "The first red bar is where the two implementations start to differ: look there. Green ◆: exactly 0."
+)
+CAPTION_TOP50 = "Bars: how likely each token is under each model. Ticks: the odds it is actually sampled with, after "\
+                "temperature, top-k and top-p. ▶: the token sampled by {ours}."
 
 USAGE = """
 ### Use it from code

@@ -32,6 +32,10 @@ CSS = """
 .pl-text .pl-legend {margin-bottom: 0.5em; font-size: 0.85em}
 .pl-text .pl-legend .tok {padding: 1px 6px; cursor: default}
 #settings-table .table-wrap, #settings-table .table-container {overflow-x: auto !important}
+.pl-caption {font-size: 0.85em; color: #57606a; padding: 0 8px}
+.pl-caption p {margin: 2px 0 6px 0}
+#log-scale {min-width: 120px !important}
+#log-scale label {white-space: nowrap}
 /* phones: the verdict right under the Generate button, then the results, then the other inputs */
 @media (max-width: 720px) {
   #main-row {flex-direction: column !important; flex-wrap: nowrap !important}
@@ -53,6 +57,8 @@ element.addEventListener('click', (e) => {
   trigger('click', {step: Number(t.dataset.s), row: Number(t.dataset.r)});
 });
 """
+# After Check: the verdict panel, which the result fills, into view (it may be above the screen on a phone).
+SCROLL_TO_VERDICT_JS = "() => { document.querySelector('#verdict')?.scrollIntoView({block: 'nearest'}); }"
 # On Generate: the inputs go into the page's address (query parameters), so that the link restores this run.
 URL_JS = """
 (...values) => {
@@ -106,33 +112,38 @@ def build_demo(model: str = "gpt2", bpe_dir: str | None = None, max_models: int 
     c: dict = {}
     with gr.Blocks(title=text.TITLE, delete_cache=DELETE_CACHE) as demo:
         demo.model_cache = cache  # for tests and the load test: the same cache the handlers use
-        gr.Markdown(text.INTRO)
+        gr.Markdown(text.INTRO if mine is None else text.INTRO_YOURS.format(spec=os.path.basename(mine.spec)))
         c["banner"] = gr.Markdown(visible=False, elem_id="offline-banner")
         with gr.Row(elem_id="main-row"):
             with gr.Column(scale=1, min_width=320, elem_id="inputs-col"):
-                inp = input_panel(cache, model)
-                upload_panel = upload.build_panel()  # "Check a result file": demo/upload.py
+                inp = input_panel(cache, model, mine)
             with gr.Column(scale=2, elem_id="outputs-col"):
-                output_panels(c, ours_label=mine.label if mine is not None else None)
+                upload_panel = output_panels(c, ours_label=mine.label if mine is not None else None)
         c["state"] = gr.State(None)
         wire(demo, cache, model, inp, c)
-        upload.wire_panel(upload_panel, cache, c, inp["model"], RUN_CONCURRENCY)
+        upload.wire_panel(upload_panel, cache, c, inp["model"], RUN_CONCURRENCY, scroll_js=SCROLL_TO_VERDICT_JS)
     return demo
 
 
-def input_panel(cache: ModelCache, model: str) -> dict:
-    """The Generate button's inputs (keys as inputs.INPUT_KEYS) and the button itself."""
+def input_panel(cache: ModelCache, model: str, mine: yours.Yours | None = None) -> dict:
+    """The Generate button's inputs (keys as inputs.INPUT_KEYS), the button itself, "The seed's case" button and
+    the hidden button that carries the /run API. With `mine` (--yours) the bug lab is off: it changes our model."""
     i: dict = {}
     with gr.Column(elem_id="prompt-col"):  # on phones: this, then the verdict, then the results
         i["prompt"] = gr.Textbox(value=INPUTS["prompt"].default, label=INPUTS["prompt"].label, lines=3, max_lines=8,
                                  elem_id="prompt")
         i["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
+        i["seed_case"] = gr.Button(text.SEED_CASE_BUTTON, size="sm", elem_id="seed-case")
+        i["run_api"] = gr.Button(visible=False, elem_id="run-api")
     gr.Examples(examples=[[p] for p in text.PROMPT_EXAMPLES], inputs=[i["prompt"]], label="Examples")
     i["model"] = gr.Dropdown(choices=cache.allowed, value=model, label=INPUTS["model"].label, elem_id="model")
     i["model_status"] = gr.Markdown(visible=False, elem_id="model-status")  # loading / failed, per choice
     for key in ("method", "reference"):
         i[key] = gr.Radio(**_choice_props(INPUTS[key]))
-    i["fault"] = gr.Dropdown(**_choice_props(INPUTS["fault"]))
+    fault = _choice_props(INPUTS["fault"])
+    if mine is not None:
+        fault.update(interactive=False, info=text.HELP_FAULT_YOURS.format(label=mine.label))
+    i["fault"] = gr.Dropdown(**fault)
     with gr.Accordion("Sampling settings", open=True):
         for key in ("top_k", "top_p", "temperature"):
             i[key] = _slider(INPUTS[key])
@@ -151,29 +162,36 @@ def _slider(inp: inputs.Input) -> gr.Slider:
     return gr.Slider(lo, hi, value=inp.default, step=step, label=inp.label, info=inp.info, elem_id=inp.key)
 
 
-def output_panels(c: dict, ours_label: str | None = None) -> None:
-    """The verdict, both texts and the tabs of views; components go into `c` (keys as handlers.OUTPUT_KEYS)."""
+def output_panels(c: dict, ours_label: str | None = None) -> dict:
+    """The verdict, the "Check a result file" panel under it (returned: demo/upload.py's components), both texts
+    and the tabs of views; components go into `c` (keys as handlers.OUTPUT_KEYS)."""
     c["verdict"] = gr.HTML(render.status_html("Press <b>Generate</b> to compare with HuggingFace."),
                            elem_id="verdict-box")
+    panel = upload.build_panel()  # where its result is read: the verdict above, the views below
+    words = dict(our="your", ours="yours") if ours_label else dict(our="our", ours="ours")
     with gr.Row(elem_id="texts-row"):
         for key, label in (("ours", ours_label or "Ours"), ("hf", "HuggingFace")):
             c[key] = gr.HTML(render.text_head(key, label=label), label=label, container=True, padding=True,
                              max_height=TEXT_MAX_HEIGHT, min_width=280, js_on_load=TOKEN_CLICK_JS, elem_id=f"{key}-text",
                              elem_classes=["pl-text"])
-    with gr.Tabs(elem_id="views") as c["tabs"]:
+    # every tab reachable at any width: the bar wraps instead of hiding tabs behind a menu
+    with gr.Tabs(elem_id="views", overflow_behavior="wrap") as c["tabs"]:
         with gr.Tab("Per step", id="perstep"):
             c["step_fig"] = gr.Plot(label="Per-step differences", show_label=False, elem_id="step-fig")
+            gr.Markdown(text.CAPTION_STEPS.format(**words), elem_classes=["pl-caption"], elem_id="steps-caption")
         with gr.Tab("Top-50 at a step", id="top50"):
             with gr.Row():
                 c["step"] = gr.Slider(0, 1, value=0, step=1, label="step", elem_id="step-slider")
                 c["row"] = gr.Dropdown(choices=[("row 1", 0)], value=0, label="row", elem_id="row-dd")
-                c["log"] = gr.Checkbox(False, label="log scale", elem_id="log-scale")
+                c["log"] = gr.Checkbox(False, label="log scale", elem_id="log-scale", min_width=120)
+            gr.Markdown(text.CAPTION_TOP50.format(**words), elem_classes=["pl-caption"], elem_id="top50-caption")
             c["top50_fig"] = gr.Plot(label="Top-50 probabilities", show_label=False, elem_id="top50-fig")
         with gr.Tab("Over steps", id="oversteps"):
             c["heat_fig"] = gr.Plot(label="Top-k probabilities over steps", show_label=False, elem_id="heat-fig")
             c["entropy_fig"] = gr.Plot(label="Entropy and chosen token", show_label=False, elem_id="entropy-fig")
         with gr.Tab("Per layer", id="perlayer"):
             c["layers_fig"] = gr.Plot(label="Per-layer differences", show_label=False, elem_id="layers-fig")
+            gr.Markdown(text.CAPTION_LAYERS, elem_classes=["pl-caption"], elem_id="layers-caption")
         with gr.Tab("Settings", id="settings"):
             c["settings"] = gr.Dataframe(headers=render.SETTINGS_HEADERS, label="Effective generation settings",
                                          elem_id="settings-table", wrap=True, interactive=False)
@@ -184,19 +202,31 @@ def output_panels(c: dict, ours_label: str | None = None) -> None:
             c["summary"] = gr.JSON(label="Summary", elem_id="summary")
     with gr.Accordion("How to read the plots, and how to use this from code", open=False):
         gr.Markdown(text.PLOT_HELP + text.USAGE)
+    return panel
 
 
 def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> None:
-    """Every event: Generate (the /run API), the views' own controls, token clicks, page load."""
+    """Every event: Generate (on the page, and as the /run API), the seed's case, the views' own controls, token
+    clicks, page load."""
     run_in = [inp[k] for k in INPUT_KEYS]
     outputs = [c[k] for k in handlers.OUTPUT_KEYS]
     view_in = [c["state"], c["step"], c["row"], c["log"]]
     views = [c["top50_fig"], c["heat_fig"], c["entropy_fig"]]
     private = dict(api_visibility="private")
-    run = inp["run"].click(handlers.make_run_handler(cache, c), run_in, outputs, api_name="run",
-                           concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
+    heavy = dict(concurrency_limit=RUN_CONCURRENCY, concurrency_id="run")
+    run_handler = handlers.make_run_handler(cache, c)
+    # the API's /run ends a refused request as an error; the page's buttons show it in the verdict panel only
+    inp["run_api"].click(run_handler, run_in, outputs, api_name="run", **heavy)
+    in_page = handlers.in_page(run_handler)
+    run = inp["run"].click(in_page, run_in, outputs, **private, **heavy)
     run.then(handlers.refresh_if_log, view_in, views, **private)
-    inp["run"].click(None, run_in, None, js=URL_JS % json.dumps(list(INPUT_KEYS)), **private)
+    url_js = URL_JS % json.dumps(list(INPUT_KEYS))
+    inp["run"].click(None, run_in, None, js=url_js, **private)
+    preset = [inp[k] for k in INPUT_KEYS if k != "model"]
+    seeded = inp["seed_case"].click(handlers.seed_case, None, preset, **private)
+    seeded.then(None, run_in, None, js=url_js, **private)
+    seeded.then(in_page, run_in, outputs, **private, **heavy).then(handlers.refresh_if_log, view_in, views,
+                                                                   **private)
     # .input: the user moved them (a run or a token click sets them and draws the views itself, so no race)
     c["step"].input(handlers.show_step, view_in, views, **private)
     c["row"].input(handlers.show_row, view_in, views, **private)

@@ -29,9 +29,10 @@ from . import handlers, inputs, render, text
 from .models import LoadedModel, ModelCache
 
 REFERENCES_KEPT = 4
-SEED_PROMPT = "Hello, I'm a language model,"
-SEED_SETTINGS = dict(max_new_tokens=None, max_length=30, do_sample=True, temperature=1.0, top_k=50, top_p=1.0,
-                     num_return_sequences=5, seed=42, method="hf")
+SEED_PROMPT = inputs.SEED_CASE["prompt"]
+SEED_SETTINGS = dict(max_new_tokens=None, max_length=inputs.SEED_MAX_LENGTH, do_sample=True, temperature=1.0,
+                     top_k=inputs.SEED_CASE["top_k"], top_p=1.0, num_return_sequences=inputs.SEED_CASE["num_sequences"],
+                     seed=inputs.SEED_CASE["seed"], method="hf")
 
 
 class UploadError(ParityLabError, ValueError):
@@ -157,16 +158,17 @@ def seed_reference(cache: ModelCache, refs: ReferenceCache, model: str) -> str:
 def make_check_handler(cache: ModelCache, refs: ReferenceCache, c: dict, panel: dict):
     """The Check button: every view of the main output area for the uploaded result (its first differing case).
     A refused upload shows its reason in the verdict panel and the status, clears the old views, then ends as a
-    gr.Error, as the Generate button does."""
+    gr.Error, as the Generate button does (the page calls it through handlers.in_page)."""
 
     def check(files, progress=gr.Progress()):
+        yield {c["verdict"]: render.status_html(text.CHECKING)}
         try:
             progress(0, desc="reading the result, computing HF's reference")
             result, loaded = check_upload(cache, refs, files)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message; the server keeps serving
             msg = handlers.error_message(exc)
-            yield {**handlers.error_outputs(c, msg), panel["status"]: f"❌ {msg}", panel["checked"]: None,
-                   panel["case"]: gr.Dropdown(visible=False)}
+            yield {**handlers.error_outputs(c, msg, "check"), panel["status"]: text.CHECK_REFUSED,
+                   panel["checked"]: None, panel["case"]: gr.Dropdown(visible=False)}
             raise gr.Error(msg, print_exception=False) from None
         data = result.to_dict()
         first = next((i for i, r in enumerate(data["cases"]) if not r["agree"]), 0)
@@ -193,6 +195,8 @@ def make_case_handler(cache: ModelCache, c: dict, panel: dict):
 
 
 def make_reference_handler(cache: ModelCache, refs: ReferenceCache):
+    """Get the reference: the seed's case for the chosen model, as a zip; a failure is a gr.Error (the API's)."""
+
     def get_reference(model, progress=gr.Progress()):
         try:
             progress(0, desc=f"HF's reference for {model}")
@@ -203,8 +207,22 @@ def make_reference_handler(cache: ModelCache, refs: ReferenceCache):
     return get_reference
 
 
+def make_reference_handler_in_page(cache: ModelCache, refs: ReferenceCache):
+    """Get the reference as the page's button calls it: a failure is said in the panel's status line instead."""
+    get_reference = make_reference_handler(cache, refs)
+
+    def get_reference_in_page(model, progress=gr.Progress()):
+        try:
+            return get_reference(model, progress), gr.skip()
+        except gr.Error as exc:
+            return None, f"❌ Not downloaded: {exc.message}"
+
+    return get_reference_in_page
+
+
 def build_panel() -> dict:
-    """The panel's components, inside the current layout (an accordion under the inputs)."""
+    """The panel's components, inside the current layout (an accordion right under the verdict, whose panel shows
+    the result). The hidden buttons carry the API's endpoints (check_result, get_reference)."""
     p: dict = {}
     with gr.Accordion("Check a result file (any language)", open=False, elem_id="upload-panel"):
         gr.Markdown(text.UPLOAD_HELP)
@@ -217,17 +235,30 @@ def build_panel() -> dict:
         p["case"] = gr.Dropdown(choices=[("case 0", 0)], value=0, label="case", visible=False, elem_id="case-dd")
         p["ref_file"] = gr.File(label="HF's reference (seed's case, with layers)", elem_id="reference-file")
         p["checked"] = gr.State(None)
+        p["check_api"] = gr.Button(visible=False, elem_id="check-result-api")
+        p["get_ref_api"] = gr.Button(visible=False, elem_id="get-reference-api")
     return p
 
 
-def wire_panel(panel: dict, cache: ModelCache, c: dict, model_component, concurrency_limit: int = 2) -> None:
-    """Events: Check (every view of the main output area), case selection, reference download."""
+def wire_panel(panel: dict, cache: ModelCache, c: dict, model_component, concurrency_limit: int = 2,
+               scroll_js: str | None = None) -> None:
+    """Events: Check (every view of the main output area; `scroll_js` then brings the verdict into view), case
+    selection, reference download. The page's buttons end a refused request quietly (handlers.in_page); the API's
+    endpoints, on hidden buttons, end it as an error."""
     refs = ReferenceCache()
     outputs = [c[k] for k in handlers.OUTPUT_KEYS] + [panel["status"], panel["case"], panel["checked"]]
-    panel["check"].click(make_check_handler(cache, refs, c, panel), [panel["files"]], outputs,
-                         api_name="check_result", concurrency_limit=concurrency_limit, concurrency_id="run")
+    check = make_check_handler(cache, refs, c, panel)
+    run = dict(concurrency_limit=concurrency_limit, concurrency_id="run")
+    panel["check_api"].click(check, [panel["files"]], outputs, api_name="check_result", **run)
+    checked = panel["check"].click(handlers.in_page(check), [panel["files"]], outputs, api_visibility="private",
+                                   **run)
+    if scroll_js:
+        panel["check"].click(None, None, None, js=scroll_js, api_visibility="private")
+        checked.then(None, None, None, js=scroll_js, api_visibility="private")
     panel["case"].change(make_case_handler(cache, c, panel), [panel["checked"], panel["case"]],
                          [c[k] for k in handlers.OUTPUT_KEYS], api_visibility="private")
-    panel["get_ref"].click(make_reference_handler(cache, refs), [model_component], [panel["ref_file"]],
-                           api_name="get_reference", concurrency_limit=concurrency_limit, concurrency_id="run")
+    panel["get_ref_api"].click(make_reference_handler(cache, refs), [model_component], [panel["ref_file"]],
+                               api_name="get_reference", **run)
+    panel["get_ref"].click(make_reference_handler_in_page(cache, refs), [model_component],
+                           [panel["ref_file"], panel["status"]], api_visibility="private", **run)
     panel["refs"] = refs

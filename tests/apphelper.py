@@ -1,7 +1,8 @@
 """Start the dashboard (`python app.py`) as a real server process for end-to-end tests, and stop it again.
 
 Used by test_browser.py (Playwright + Chromium) and test_client.py (gradio_client): both drive the same
-subprocess, started exactly as a user would start it, on a free local port, offline.
+subprocess, started exactly as a user would start it, on a free local port, offline. Also: what the page-load
+handler finally shows (page_load), for the tests that call it directly.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ class AppServer:
     """`python app.py --model ... --port ...` in a subprocess; its stdout+stderr go to a log file."""
 
     def __init__(self, bpe_dir: str | os.PathLike, model: str = TINY_MODEL, port: int | None = None,
-                 log_dir: str | os.PathLike | None = None):
+                 log_dir: str | os.PathLike | None = None, env: dict | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.cmd = [sys.executable, "app.py", "--model", model, "--host", "127.0.0.1", "--port", str(self.port),
                     "--bpe-dir", str(bpe_dir)]
         log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="parity-app-"))
         self.log_path = log_dir / f"app-{self.port}.log"
+        self.env = dict(env or {})  # over the defaults below (offline, no analytics)
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -50,7 +52,7 @@ class AppServer:
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "AppServer":
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+               "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **self.env}
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -108,3 +110,10 @@ def start_app(request, bpe_dir, model: str = TINY_MODEL, log_dir=None, timeout: 
     server = AppServer(bpe_dir, model=model, log_dir=log_dir)
     request.addfinalizer(server.stop)
     return server.start(timeout)
+
+
+def page_load(on_load):
+    """The page-load handler's last update (banner, model menu): it streams the fallback first, then settles."""
+    updates = list(on_load(progress=lambda *a, **k: None))
+    assert updates, "the page-load handler showed nothing"
+    return updates[-1]

@@ -6,8 +6,14 @@ bug-lab fault. Others: a shared link restores the inputs and a fault's divergenc
 a token opens its step and row, an error replaces the verdict and stays, and a phone-width page shows the verdict
 on its first screen after Generate. One server for the whole module.
 
+At a laptop's width (1280 px) and a phone's (420 px): a refused input is one message, in the verdict panel (no
+error badges, no toasts); every tab is reachable, the log-scale box keeps its label, no plot's toolbar covers its
+title and no step label its legend; "Check a result file" sits by the verdict, which comes into view after Check;
+"The seed's case" runs the seed's call in one click and shows what HF's own settings do.
+
 The end-to-end test saves a screenshot of the dashboard to a temporary folder, or to $PARITY_SCREENSHOT when set
-(`make screenshot` sets it to docs/screenshot.png, the README's picture; `make test` never rewrites it).
+(`make screenshot` sets it to docs/screenshot.png, the README's picture; `make test` never rewrites it). The
+width tests save theirs to a temporary folder, or to $PARITY_SHOTS_DIR when set (never into docs/).
 
 Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, else /usr/bin/chromium or `chromium`
 on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/test_browser.py`.
@@ -302,3 +308,188 @@ def test_phone_width_shows_the_verdict_on_the_first_screen(browser, app):
         assert width <= 420, f"the page scrolls sideways: {width}px"
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A laptop's and a phone's width
+
+WIDTHS = [1280, 420]
+HEIGHT = 860
+ALL_TABS = [*TABS, "Settings", "Download"]
+# Elements showing exactly the word "Error" (Gradio's badge over a panel whose event failed, a toast's title) that
+# take room on the page (not the 1-px screen-reader status).
+VISIBLE_ERROR_WORDS_JS = """() => [...document.querySelectorAll('body *')].filter((e) => e.children.length === 0
+    && e.textContent.trim() === 'Error' && e.getBoundingClientRect().width > 2
+    && e.getBoundingClientRect().height > 2).length"""
+TOASTS_JS = "() => document.querySelectorAll('.toast-item, .toast-body, [data-testid=\"toast-body\"]').length"
+
+
+@pytest.fixture(params=WIDTHS, ids=[f"{w}px" for w in WIDTHS])
+def sized_page(request, browser, app):
+    context = browser.new_context(viewport={"width": request.param, "height": HEIGHT}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.width = request.param
+    page.js_errors = []
+    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where the width tests save their screenshots: $PARITY_SHOTS_DIR if set, else the test's temporary folder."""
+    folder = Path(os.environ.get("PARITY_SHOTS_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def box(page, selector: str) -> dict:
+    b = page.locator(selector).first.bounding_box()
+    assert b is not None, f"{selector} is not on the page"
+    return b
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and \
+        a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+
+
+def in_viewport(page, selector: str) -> bool:
+    b = box(page, selector)
+    return b["y"] >= -1 and b["y"] + b["height"] <= HEIGHT + 1
+
+
+def no_error_badges_or_toasts(page) -> None:
+    assert page.evaluate(VISIBLE_ERROR_WORDS_JS) == 0, "an 'Error' badge or toast is on the page"
+    assert page.evaluate(TOASTS_JS) == 0, "a toast is on the page"
+
+
+def test_a_refused_input_is_one_message_in_the_verdict(sized_page, app, shots):
+    page, expect = sized_page, _expect()
+    page.goto(app.url + "?num_sequences=1&max_new_tokens=3")
+    expect(page.locator("#num_sequences input[type=number]")).to_have_value("1", timeout=30_000)
+    generate(page)
+    wait_verdict(page, app, "identical to HuggingFace")
+    page.locator("#prompt textarea").fill("   ")
+    for _ in range(3):  # pressed again and again: still one message, nothing piling up
+        generate(page)
+        wait_verdict(page, app, "Not run: the prompt is only whitespace", timeout=UI_TIMEOUT_MS)
+        page.wait_for_timeout(700)
+    reason = page.get_by_text("the prompt is only whitespace")
+    assert reason.count() == 1, reason.all_inner_texts()  # the verdict's, and no other copy (toast, badge)
+    expect(page.locator("#verdict")).to_contain_text("press Generate again")
+    no_error_badges_or_toasts(page)
+    title = box(page, "h1")  # nothing covers the page's title (a pile of toasts did, on a phone)
+    covered = page.evaluate("([x, y]) => !document.elementFromPoint(x, y).closest('h1')",
+                            [title["x"] + 10, title["y"] + title["height"] / 2])
+    assert not covered
+    page.screenshot(path=str(shots / f"refused-{page.width}.png"), full_page=False)
+    assert not page.js_errors, page.js_errors
+
+
+def test_every_tab_label_and_plot_title_is_readable(sized_page, app, shots):
+    page, expect = sized_page, _expect()
+    page.goto(app.url + f"?fault={FAULT}&num_sequences=2&max_new_tokens=6")
+    expect(page.locator("#fault input")).to_have_value(FAULTS[FAULT].title, timeout=30_000)
+    generate(page)
+    wait_verdict(page, app, "logits differ")
+    # every tab reachable without an overflow menu, inside the page's width
+    for name in ALL_TABS:
+        tab = page.get_by_role("tab", name=name, exact=True)
+        expect(tab).to_be_visible()
+        b = tab.bounding_box()
+        assert b["x"] >= 0 and b["x"] + b["width"] <= page.width, (name, b)
+    expect(page.locator("#views .overflow-menu")).to_have_count(0)  # no "•••" menu to hide tabs in
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.width, f"the page scrolls sideways: {width}px"
+    for tab, plots in TABS.items():
+        open_tab(page, tab)
+        for elem_id in plots:
+            expect_plot(page, elem_id)
+            page.locator(f"#{elem_id} .js-plotly-plot").hover()  # the toolbar shows on hover
+            expect(page.locator(f"#{elem_id} .modebar").first).to_be_visible()
+            page.wait_for_timeout(200)
+            title, toolbar = box(page, f"#{elem_id} .gtitle"), box(page, f"#{elem_id} .modebar")
+            assert not overlap(title, toolbar), (elem_id, title, toolbar)
+            legend = page.locator(f"#{elem_id} .legend")
+            if legend.count():
+                assert not overlap(title, legend.first.bounding_box()), elem_id
+                label = page.locator(f"#{elem_id} .annotation-text", has_text=re.compile(r"^step \d+$"))
+                if label.count():
+                    assert not overlap(label.first.bounding_box(), legend.first.bounding_box()), elem_id
+            page.locator(f"#{elem_id}").screenshot(path=str(shots / f"{elem_id}-{page.width}.png"))
+        if tab == "Top-50 at a step":
+            label = page.get_by_text("log scale", exact=True)
+            expect(label).to_be_visible()
+            assert label.bounding_box()["width"] > 30  # the whole label, not squeezed to nothing
+            plot = box(page, "#top50-fig .js-plotly-plot")
+            for tick in page.locator("#top50-fig .ytick text").all():
+                b = tick.bounding_box()
+                assert b["x"] >= plot["x"] - 1, (tick.text_content(), b, plot)  # no label cut at the left edge
+    # an exact 0 (the embeddings) is marked on the axis floor, not drawn as a bar at 1e-12
+    open_tab(page, "Per layer")
+    names = page.evaluate("() => document.querySelector('#layers-fig .js-plotly-plot').data.map((d) => d.name)")
+    assert "exact 0 (bit-identical)" in names
+    expect(page.locator("#layers-fig .ytitle")).to_have_text(re.compile(r"\(Ours vs HF\)$"))
+    expect(page.locator("#layers-caption")).to_contain_text("worst place")
+    first = FAULTS[FAULT].first_layer
+    expect(page.locator("#layers-fig .gtitle")).to_have_text(f"Per layer: first diverging layer {first}")
+    assert not page.js_errors, page.js_errors
+
+
+def test_the_seed_case_in_one_click(sized_page, app, shots):
+    page, expect = sized_page, _expect()
+    page.goto(app.url)
+    button = page.locator("#seed-case")
+    expect(button).to_be_visible(timeout=30_000)
+    assert in_viewport(page, "#seed-case")  # on the first screen, beside Generate
+    page.wait_for_timeout(500)  # the page's own load events (model, link) settle first
+    button.click()
+    wait_verdict(page, app, "temperature: ours 1.0 vs HF 0.7")
+    expect(page.locator("#method input[value=nanogpt]")).to_be_checked()
+    expect(page.locator("#reference input[value=pipeline]")).to_be_checked()
+    expect(page.locator("#max_new_tokens input[type=number]")).to_have_value("22")
+    expect(page.locator("#num_sequences input[type=number]")).to_have_value("5")
+    expect(page.locator("#seed input")).to_have_value("42")
+    expect(page.locator("#prompt textarea")).to_have_value("Hello, I'm a language model,")
+    assert "reference=pipeline" in page.url and "method=nanogpt" in page.url  # the link reruns it
+    assert in_viewport(page, "#verdict")
+    expect_plot(page, "step-fig")
+    page.wait_for_function("() => { const gd = document.querySelector('#step-fig .js-plotly-plot');"
+                           " return gd && gd.data && gd.data.some((d) => (d.name || '').startsWith('with HF')); }")
+    lines = page.evaluate("""() => {
+        const gd = document.querySelector('#step-fig .js-plotly-plot');
+        const y = (name) => Array.from(gd.data.find((d) => d.name === name).y);
+        return {ours: y('total variation'), theirs: y("with HF's own settings (temperature 0.7)")};
+    }""")
+    assert max(lines["ours"]) < 1e-3 < 0.05 < max(lines["theirs"]), lines  # noise vs what the settings do
+    expect(page.locator("#steps-caption")).to_contain_text("could never pick the same one")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / f"seed-case-{page.width}.png"), full_page=True)
+    assert not page.js_errors, page.js_errors
+
+
+def test_check_a_result_file_sits_by_the_verdict_and_says_which_button(sized_page, app, shots, tmp_path):
+    page, expect = sized_page, _expect()
+    page.goto(app.url)
+    expect(page.locator("#upload-panel")).to_be_visible(timeout=30_000)
+    verdict, panel = box(page, "#verdict"), box(page, "#upload-panel")
+    assert 0 <= panel["y"] - (verdict["y"] + verdict["height"]) < 60, (verdict, panel)  # right under the verdict
+    assert panel["y"] < box(page, "#ours-text")["y"]  # before the texts and the views it fills
+    garbage = tmp_path / "result.safetensors"
+    garbage.write_text("not tensors at all")
+    page.get_by_text("Check a result file (any language)").click()
+    page.locator("#result-upload input[type=file]").set_input_files(str(garbage))
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # the verdict off-screen
+    page.locator("#check-result").click()
+    wait_verdict(page, app, "Not checked:", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#verdict")).to_contain_text("press Check result again")
+    expect(page.locator("#verdict")).not_to_contain_text("Generate")
+    expect(page.locator("#upload-status")).to_contain_text("❌ Not checked: the reason is in the verdict panel")
+    assert page.get_by_text("not a safetensors file").count() == 1  # said once, in the verdict panel
+    page.wait_for_timeout(500)
+    assert in_viewport(page, "#verdict"), box(page, "#verdict")  # brought into view
+    no_error_badges_or_toasts(page)
+    page.screenshot(path=str(shots / f"check-refused-{page.width}.png"), full_page=False)
+    assert not page.js_errors, page.js_errors

@@ -3,6 +3,7 @@ gradio_client on a real server; a bad --yours stops the start with one line and 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -106,5 +107,43 @@ def test_browser_shows_yours_and_its_per_layer_view(app):
             expect_plot(page, "layers-fig")
             names = page.locator("#layers-fig .xtick text").all_text_contents()
             assert "embeddings" in names and "block 3" in names and "ln_f" in names, names
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [1280, 420])
+def test_browser_yours_mode_speaks_of_your_model_and_turns_the_bug_lab_off(app, user_file, width, tmp_path):
+    """At a laptop's and a phone's width: the introduction is about the user's model, the bug lab (which changes
+    our model only) is off with a note, and the per-layer axis names the model under test."""
+    import os
+    from pathlib import Path
+
+    from playwright import sync_api
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, expect_plot, generate, open_tab, wait_verdict
+
+    expect = sync_api.expect
+    shots = Path(os.environ.get("PARITY_SHOTS_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": width, "height": 860}).new_page()
+            page.set_default_timeout(15_000)
+            page.goto(app.url + "?num_sequences=2&max_new_tokens=4")
+            expect(page.locator("#max_new_tokens input[type=number]")).to_have_value("4", timeout=30_000)
+            intro = page.locator("h1").locator("xpath=..")
+            expect(intro).to_contain_text(f"Your GPT-2 ({user_file.name}:model)")
+            expect(intro).not_to_contain_text("Our from-scratch")
+            expect(page.locator("#fault input")).to_be_disabled()
+            expect(page.locator("#fault")).to_contain_text("Off: the bug lab injects its mistakes into our")
+            expect(page.locator("#steps-caption")).to_contain_text("your next-token scores")
+            generate(page)
+            wait_verdict(page, app, "identical to HuggingFace")
+            open_tab(page, "Per layer")
+            expect_plot(page, "layers-fig")
+            expect(page.locator("#layers-fig .ytitle")).to_have_text(re.compile(r"\(Yours vs HF\)$"))
+            page.screenshot(path=str(shots / f"yours-{width}.png"), full_page=True)
         finally:
             browser.close()

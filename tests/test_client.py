@@ -113,3 +113,32 @@ def test_client_bad_input_is_a_clear_error_and_server_keeps_serving(client, app,
     # ... and the next good request is answered as usual.
     summary = run(client, "Hi", num_sequences=1, max_new_tokens=3)[SUMMARY]
     assert summary["verdict"] == "identical to HuggingFace" and len(summary["ours_texts"]) == 1
+
+
+def test_client_sees_the_same_endpoints_and_not_the_pages_buttons(client):
+    """The page's buttons (Generate, The seed's case, Check, Get the reference) show a refusal in the page; the
+    API keeps its three endpoints, with /run's eleven inputs, and its errors (the tests above)."""
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == {"/run", "/check_result", "/get_reference"}, api["named_endpoints"].keys()
+    assert [p["parameter_name"] for p in api["named_endpoints"]["/run"]["parameters"]] == [
+        "prompt", "model", "method", "reference", "fault", "top_k", "top_p", "temperature", "seed", "num_sequences",
+        "max_new_tokens"]
+    assert not api["unnamed_endpoints"]
+
+
+def test_client_seed_case_is_the_settings_not_the_model(client, tiny_models, tokenizer):
+    """The seed's case (what the page's "The seed's case" button sends to the same handler): the seed's top-k loop
+    against HF's pipeline; the texts differ because the pipeline samples at temperature 0.7, not because of the
+    model. The same verdict as the Python API's."""
+    import core
+    from demo.inputs import SEED_CASE
+
+    s = SEED_CASE
+    job = client.submit(s["prompt"], TINY_MODEL, s["method"], s["reference"], s["fault"], s["top_k"], s["top_p"],
+                        s["temperature"], s["seed"], s["num_sequences"], s["max_new_tokens"], api_name="/run")
+    report = core.compare(tiny_models, s["prompt"], tokenizer=tokenizer, method="nanogpt", reference="pipeline",
+                          top_k=50, num_return_sequences=5, max_length=30, seed=42)
+    summary = job.result(timeout=RUN_TIMEOUT_S)[SUMMARY]
+    assert summary["verdict"] == report.verdict and "temperature: ours 1.0 vs HF 0.7" in summary["verdict"]
+    assert summary["causes"] == [r.cause for r in report.rows] and set(summary["causes"]) == {"settings"}
+    assert summary["ours_texts"] == report.generation.texts and summary["hf_texts"] == [r.ref_text for r in report.rows]

@@ -12,6 +12,7 @@ import gradio as gr
 import plotly.graph_objects as go
 import pytest
 import torch
+from apphelper import page_load
 from conftest import BPE_DIR
 
 from core import compare, generate, load_tokenizer
@@ -358,7 +359,7 @@ def test_offline_start_falls_back_to_the_tiny_model_with_a_banner(monkeypatch, t
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     cache = ModelCache(bpe_dir=str(BPE_DIR))
-    banner, dropdown = handlers.make_load_handler(cache, "gpt2")(progress=lambda *a, **k: None)
+    banner, dropdown = page_load(handlers.make_load_handler(cache, "gpt2"))
     assert banner.visible is True and "Offline mode" in banner.value and "`gpt2`" in banner.value
     assert dropdown.value == TINY and cache.resident() == [TINY]
 
@@ -373,10 +374,10 @@ def test_offline_without_bpe_files_says_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken"))
-    banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
+    banner, dropdown = page_load(handlers.make_load_handler(ModelCache(), "gpt2"))
     assert banner.visible is True and "Offline mode" in banner.value and dropdown.value == TINY
     monkeypatch.setattr(core.tokenizer, "BUNDLED_DIR", tmp_path / "no-bundled-copy")
-    banner, dropdown = handlers.make_load_handler(ModelCache(), "gpt2")(progress=lambda *a, **k: None)
+    banner, dropdown = page_load(handlers.make_load_handler(ModelCache(), "gpt2"))
     assert banner.visible is True and "GPT2_BPE_DIR" in banner.value
 
 
@@ -595,3 +596,202 @@ def test_query_parameters_restore_valid_inputs_only():
     bad = inputs.query_values({"seed": "-1", "num_sequences": "99", "model": "/etc/passwd", "fault": "x",
                                  "temperature": "nan", "method": "beam"}, allowed)
     assert bad == {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Round 3: the seed's case, what HF's own settings do, exact zeros, one message per refused request
+
+
+@pytest.fixture(scope="module")
+def seed_report(cache):
+    """"The seed's case" button's inputs, run as the button runs them."""
+    args = inputs.parse_inputs(cache, **{**inputs.SEED_CASE, "model": TINY})
+    return handlers.run_compare(cache, args)[0].to_dict()
+
+
+def test_the_seed_case_button_sets_up_the_seeds_call(tokenizer):
+    values = dict(zip([k for k in inputs.INPUT_KEYS if k != "model"], handlers.seed_case()))
+    # the seed: its own top-k loop (top-k 50) against pipeline(...)(prompt, max_length=30, num_return_sequences=5)
+    # after set_seed(42)
+    assert values == dict(prompt="Hello, I'm a language model,", method="nanogpt", reference="pipeline", fault="none",
+                          top_k=50, top_p=1.0, temperature=1.0, seed=42, num_sequences=5,
+                          max_new_tokens=30 - len(tokenizer.encode("Hello, I'm a language model,")))
+
+
+def test_what_hfs_own_settings_do_matches_the_full_vocabulary(seed_report, cache):
+    """The seed's case: both models agree under our settings (noise), but the pipeline samples at temperature 0.7:
+    the divergence between what each side samples from, each under its own settings, recomputed here in float64
+    from both models' full logits."""
+    import numpy as np
+
+    from demo.divergence import effective_divergences, report_divergences
+
+    rep = seed_report
+    hf, divs = effective_divergences(rep)
+    assert hf is not None and hf.differing == ("temperature",) and hf.describe() == "temperature 0.7"
+    ours, theirs = _teacher_forced_logits(rep, cache, None)
+    checked = 0
+    for r in range(len(rep["rows"])):
+        p = _sampling_dists_numpy(ours[r], 50)  # ours: the top-k loop, temperature 1
+        q = _sampling_dists_numpy(np.asarray(theirs[r], dtype=np.float64) / 0.7, 50)  # the pipeline's 0.7, top-k 50
+        tv, js = _tv_js_numpy(p, q)
+        for s in range(len(rep["steps"])):
+            v = divs[s][r]
+            if rep["generation"]["records"][s][r] is None:
+                assert v is None
+                continue
+            assert v.exact and v.tv == pytest.approx(tv[s], abs=2e-5) and v.js == pytest.approx(js[s], abs=2e-5)
+            checked += 1
+    assert checked >= len(rep["steps"])
+    assert max(v.tv for st in report_divergences(rep) for v in st if v is not None) < 1e-3  # same model
+    assert max(v.tv for st in divs for v in st if v is not None) > 0.05  # the settings alone
+
+
+def test_step_figure_draws_what_hfs_own_settings_do_only_when_they_differ(seed_report, report):
+    from demo.divergence import effective_divergences
+
+    fig = figures.step_diffs_figure(seed_report)
+    line = _trace(fig, "with HF's own settings (temperature 0.7)")
+    _, divs = effective_divergences(seed_report)
+    assert list(line.y) == pytest.approx([max(max(v.tv for v in st if v is not None), figures.TV_FLOOR)
+                                          for st in divs])
+    assert line.yaxis == "y2" and line.line.color == figures.SETTINGS
+    assert not any((t.name or "").startswith("with HF's own") for t in figures.step_diffs_figure(report).data)
+
+
+def test_hfs_own_settings_where_the_report_can_and_cannot_tell():
+    from demo.divergence import effective_divergences
+
+    rep = _synthetic_report(1, 2)
+    row = lambda name, ours, hf: dict(name=name, ours=ours, hf=hf, source="you", differs=ours != hf)  # noqa: E731
+    rep["settings_table"] = [row("do_sample", True, False), row("temperature", 1.0, 1.0)]
+    _, divs = effective_divergences(rep)  # HF greedy: it always takes its most likely token
+    for st, recs, diffs in zip(divs, rep["generation"]["records"], rep["steps"]):
+        q = diffs[0]["hf_top_probs"]
+        top = max(range(50), key=lambda j: q[j])
+        # TV(p, one token) = 1 - p(token) (float32 probabilities: their sum is 1 within 1e-6)
+        assert st[0].tv == pytest.approx(1 - recs[0]["top_sample_probs"][top], abs=1e-6)
+    # temperature 0.7 with HF's top-k off: the other 50,000 tokens' share is not in the report: said, not drawn
+    rep["settings_table"] = [row("temperature", 1.0, 0.7), row("top_k", 50, 0)]
+    hf, divs = effective_divergences(rep)
+    assert hf.describe() == "temperature 0.7, top-k off" and all(v is None for st in divs for v in st)
+    fig = figures.step_diffs_figure(rep)
+    assert not any((t.name or "").startswith("with HF's own") for t in fig.data)
+    assert any("not drawn" in a.text and "temperature 0.7" in a.text for a in fig.layout.annotations)
+    rep["settings_table"] = [row("repetition_penalty", 1.0, 1.2)]  # not rebuilt from the top-50: said too
+    assert any("not drawn" in a.text for a in figures.step_diffs_figure(rep).layout.annotations)
+
+
+def test_an_exact_zero_is_marked_on_the_axis_floor_not_drawn_as_a_bar(seed_report):
+    layers = seed_report["layers"]
+    zero = [l["name"] for l in layers if l.get("worst_abs_diff", l["max_abs_diff"]) == 0]
+    assert zero == ["embeddings"]  # the same sum of the same two embedding rows: bit-identical
+    fig = figures.layers_figure(seed_report)
+    mark = _trace(fig, "exact 0 (bit-identical)")
+    assert list(mark.x) == zero and mark.y[0] == pytest.approx(10 ** fig.layout.yaxis.range[0])  # the floor
+    assert mark.marker.color == figures.EXACT not in (figures.OURS, figures.BAD)
+    assert "exactly 0" in mark.hovertemplate
+    bars = {x: y for t in fig.data if t.type == "bar" for x, y in zip(t.x, t.y)}
+    assert bars["embeddings"] is None and all(bars[n] > 0 for n in bars if n not in zero)
+    # the step figure marks an all-rows exact zero the same way
+    rep = _synthetic_report(2, 3)
+    for d in rep["steps"][1]:
+        d["max_abs_dlogit"] = 0.0
+    assert list(_trace(figures.step_diffs_figure(rep), "exact 0 (bit-identical)").x) == [1]
+
+
+def test_per_layer_axis_names_the_model_under_test(seed_report):
+    assert figures.layers_figure(seed_report).layout.yaxis.title.text.endswith("(Ours vs HF)")
+    for subject in ("Yours", "Result file"):
+        title = figures.layers_figure({**seed_report, "subject": subject}).layout.yaxis.title.text
+        assert title.endswith(f"({subject} vs HF)") and "deciding" not in title
+
+
+def test_titles_clear_the_toolbar_and_labels_clear_the_legend(report):
+    for fig in (figures.step_diffs_figure(report), figures.top50_figure(report, 2, 0), figures.layers_figure(report),
+                figures.heatmap_figure(report, 0, 3), figures.entropy_figure(report, 0, 3)):
+        assert fig.layout.title.pad.t >= figures.MODEBAR_PX and fig.layout.margin.t > fig.layout.title.pad.t
+        assert fig.layout.legend.yref == "container" and fig.layout.legend.y == 0  # under the plot, never over it
+    for fig in (figures.heatmap_figure(report, 0, 3), figures.entropy_figure(report, 0, 3)):
+        label = next(a for a in fig.layout.annotations if a.text == "step 3")
+        assert label.yref == "paper" and label.y == 1 and label.yanchor == "top"  # inside the plot's top edge
+
+
+def test_top50_labels_get_their_room_and_long_tokens_their_hover(report):
+    rep = json.loads(json.dumps(report))
+    rec = rep["generation"]["records"][2][0]
+    long = "␣" + "x" * 60
+    rec["top_tokens"][5] = long
+    fig = figures.top50_figure(rep, 2, 0)
+    bars = _trace(fig, "ours: model p")
+    assert all(len(y.removeprefix("▶ ")) <= figures.TOKEN_LABEL_CHARS for y in bars.y)
+    assert bars.y[5].endswith("…") and bars.y[5].startswith("6. ␣xxx") and len(set(bars.y)) == 50
+    assert bars.customdata[5][-1] == f"6. {long}" and "%{customdata[3]}" in bars.hovertemplate
+    assert fig.layout.margin.l >= figures.TICK_CHAR_PX * max(len(y) for y in bars.y)
+
+
+def test_status_lines_name_the_first_diverging_layer_once(report):
+    verdict = "logits differ from HuggingFace: first diverging layer block 11"
+    check = {"implementation": {"name": "mine"}, "agree": False, "reference_id": "r1", "cases": [
+        {"agree": False, "verdict": verdict, "first_diverging_layer": "block 11", "settings": {"seed": 42}},
+        {"agree": False, "verdict": "logits differ from HuggingFace", "first_diverging_layer": "block 1",
+         "settings": {"seed": 7}}]}
+    status = render.cases_markdown(check)
+    assert status.count("block 11") == 1 and "first diverging layer **block 1**" in status
+    panel = render.verdict_html({**report, "agree": False, "verdict": verdict, "first_diverging_layer": "block 11"})
+    assert panel.count("block 11") == 1
+    panel = render.verdict_html({**report, "agree": False, "verdict": "logits differ",
+                                 "first_diverging_layer": "block 1"})
+    assert "first diverging layer: <b>block 1</b>" in panel
+
+
+def test_each_refusal_names_the_button_to_press_again():
+    run, check = render.error_html("bad prompt"), render.error_html("not a safetensors file", "check")
+    assert "Not run: bad prompt" in run and "press Generate again" in run
+    assert "Not checked: not a safetensors file" in check and "press Check result again" in check
+    assert "Generate" not in check
+
+
+def test_the_pages_buttons_end_a_refused_request_with_the_verdict_alone(cache):
+    import inspect
+
+    comps = {k: k for k in handlers.OUTPUT_KEYS}
+    run = handlers.make_run_handler(cache, comps)
+    bad = {**GOOD, "prompt": "   "}.values()
+    with pytest.raises(gr.Error):  # the API's endpoint: an error for gradio_client
+        list(run(*bad, progress=lambda *a, **k: None))
+    page = handlers.in_page(run)
+    assert inspect.signature(page) == inspect.signature(run) and inspect.isgeneratorfunction(page)  # as Gradio reads it
+    updates = list(page(*{**GOOD, "prompt": "   "}.values(), progress=lambda *a, **k: None))
+    assert "Not run: the prompt is only whitespace" in updates[-1]["verdict"] and updates[-1]["state"] is None
+    ok = list(page(*{**GOOD, "max_new_tokens": 3, "num_sequences": 1}.values(), progress=lambda *a, **k: None))
+    assert ok[-1]["state"]["agree"]
+
+
+def test_the_api_endpoints_stay_and_the_pages_buttons_are_not_api_endpoints():
+    demo = build_demo(TINY, bpe_dir=str(BPE_DIR))
+    config = demo.get_config_file()
+    elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    public = {d["api_name"]: d for d in config["dependencies"] if d.get("api_visibility") == "public"}
+    assert set(public) == {"run", "check_result", "get_reference"}
+    assert [elem[t[0]] for t in public["run"]["targets"]] == ["run-api"]
+    assert [elem[i] for i in public["run"]["inputs"]] == list(inputs.INPUT_KEYS)
+    assert [elem[t[0]] for t in public["check_result"]["targets"]] == ["check-result-api"]
+    assert [elem[t[0]] for t in public["get_reference"]["targets"]] == ["get-reference-api"]
+    page_buttons = {"generate", "seed-case", "check-result", "get-reference"}
+    pressed = [d for d in config["dependencies"] if any(elem.get(t[0]) in page_buttons for t in d["targets"])]
+    assert len(pressed) >= 4 and all(d["api_visibility"] == "private" for d in pressed)
+
+
+def test_yours_mode_turns_the_bug_lab_off_and_speaks_of_your_model():
+    from demo.yours import Yours
+
+    _, hf = build_tiny_pair()
+    demo = build_demo(TINY, bpe_dir=str(BPE_DIR), mine=Yours("/somewhere/mine.py:model", hf))
+    config = demo.get_config_file()
+    props = {c.get("props", {}).get("elem_id"): c["props"] for c in config["components"]}
+    assert props["fault"]["interactive"] is False and "Off" in props["fault"]["info"]
+    intro = next(c["props"]["value"] for c in config["components"] if c["type"] == "markdown"
+                 and "GPT-2 Parity Lab" in str(c["props"].get("value")))
+    assert "Your GPT-2 (`mine.py:model`)" in intro and "Our from-scratch" not in intro and "/somewhere" not in intro
+    assert "your next-token scores" in props["steps-caption"]["value"]

@@ -732,6 +732,7 @@ def test_upload_through_gradio_client(app_server, upload_files):
     assert "identical to HuggingFace" in verdict and "✅ agrees" in status
     out = client.predict([handle_file(str(upload_files["bad"]))], api_name="/check_result")
     assert "first diverging layer" in out[0] and "lm_head" in out[0] and "❌ differs" in out[14]
+    assert out[14].count("lm_head") == 1 and out[0].count("lm_head") == 1  # the layer named once per line
     with pytest.raises(Exception, match="not a safetensors file"):
         client.predict([handle_file(str(upload_files["text"]))], api_name="/check_result")
     with pytest.raises(Exception, match="upload a result file"):
@@ -762,6 +763,7 @@ def test_upload_in_browser(app_server, upload_files):
             page.locator("#check-result").click()
             expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
             expect(page.locator("#verdict")).to_contain_text("lm_head")
+            assert page.locator("#upload-status").inner_text().count("lm_head") == 1
             page.get_by_role("tab", name="Per layer").click()
             expect(page.locator("#layers-fig .main-svg").first).to_be_visible()
             assert not errors, errors

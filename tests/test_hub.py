@@ -13,6 +13,7 @@ import time
 import huggingface_hub.constants as hub_constants
 import pytest
 import torch
+from apphelper import page_load
 from conftest import ODD, ROOT
 from fake_hub import FakeHub, checkpoint_files, wait_until
 
@@ -320,12 +321,12 @@ def test_page_load_never_hangs_and_then_says_why(online, bpe_dir):
     cache = ModelCache(bpe_dir=str(bpe_dir), budget_s=BUDGET_S, page_wait_s=0.5)
     online.fault("gpt2-medium", stall=True)
     on_load = handlers.make_load_handler(cache, "gpt2-medium")
-    (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
+    (banner, dropdown), page_s = timed(page_load, on_load)
     print(f"\npage load while the default model's download hangs: {page_s:.2f} s")
     assert page_s < 5 and dropdown.value == TINY and banner.visible  # the tiny model built meanwhile (~1 s)
     assert "still downloading" in banner.value and "`gpt2-medium`" in banner.value
     assert wait_until(lambda: not cache.loading(), BUDGET_S + 5)
-    (banner, dropdown), page_s = timed(on_load, progress=lambda *a, **k: None)
+    (banner, dropdown), page_s = timed(page_load, on_load)
     assert page_s < 1 and dropdown.value == TINY  # the recent failure is reported, not retried
     assert "could not be loaded" in banner.value and "stopped answering" in banner.value
     assert "--model DIR" in banner.value
@@ -339,7 +340,7 @@ def test_offline_dashboard_says_what_works_there(monkeypatch, tmp_path, bpe_dir)
     exc = _catch(cache.get, "gpt2")
     assert isinstance(exc, ModelUnavailableHereError) and exc.reason == "offline"
     assert LOCAL_TODO not in str(exc) and "--model DIR" in str(exc) and TINY in str(exc)
-    banner, _ = handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2")(progress=lambda *a, **k: None)
+    banner, _ = page_load(handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2"))
     assert "Offline mode" in banner.value and "--model DIR" in banner.value and LOCAL_TODO not in banner.value
 
 
@@ -353,3 +354,33 @@ def test_choosing_a_model_starts_its_load_and_says_how_it_goes(online, bpe_dir, 
     assert wait_until(lambda: "gpt2-medium" in cache.resident(), 15)
     assert on_model("gpt2-medium").visible is False  # ready: nothing to say
     assert "not available here" in on_model("../etc/passwd").value
+
+
+def test_offline_page_load_shows_the_fallback_first_and_no_progress_that_cannot_progress(monkeypatch, tmp_path,
+                                                                                          bpe_dir):
+    """Offline, the page's first update is the fallback banner and the tiny model's name: no "loading gpt2"
+    progress is shown for a download that cannot happen."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    progress = []
+    on_load = handlers.make_load_handler(ModelCache(bpe_dir=str(bpe_dir)), "gpt2")
+    updates = on_load(progress=lambda *a, **k: progress.append((a, k)))
+    banner, dropdown = next(updates)
+    assert "Offline mode" in banner.value and dropdown.value == TINY and progress == []
+    list(updates)  # the tiny model is built by the time the page settles
+    assert progress == []
+
+
+@pytest.mark.slow
+def test_app_stops_printing_hub_retries_once_it_has_fallen_back(bpe_dir, tmp_path):
+    """The Hub unreachable (nothing listens at HF_ENDPOINT, not offline mode): the app falls back at the first
+    failed request, and the log does not go on with huggingface_hub's "Retrying in 1s/2s/4s/8s"."""
+    from apphelper import AppServer, free_port
+
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    with AppServer(bpe_dir, model="gpt2", log_dir=tmp_path, env=env) as app:
+        assert wait_until(lambda: "could not be loaded" in app.log(), 60), app.log()
+        time.sleep(4)  # the first three retries (after 1, 2 and 4 s) would be in the log by now
+        log = app.log()
+    assert "could not reach the Hugging Face Hub" in log, log
+    assert "Retrying in" not in log and log.count("thrown while requesting") <= 1, log
