@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 from .divergence import effective_divergences, is_greedy, report_divergences
 
 OURS = "#1f6feb"
+OWN = "#6e7781"  # HF's own error at a precision below float32
 HF = "#f59e0b"
 BAD = "#d1242f"
 MUTED = "#8c959f"
@@ -93,8 +94,17 @@ def step_summary(report: dict) -> list[dict]:
             "tv_max": worst_tv[1].tv, "tv_row": worst_tv[0]["row"], "tv_min": min(v.tv for _, v in pts),
             "js": worst_tv[1].js, "kl": worst_tv[1].kl, "exact": all(v.exact for _, v in pts),
             "mismatch_rows": [d["row"] for d, v in pts if v.support_mismatch],
+            # below float32: HF's own error at that precision at this step (largest over rows), else None
+            "hf_own_error": max((d["hf_own_error"] for d, _ in pts if d.get("hf_own_error") is not None),
+                                default=None),
         })
     return out
+
+
+def precision_label(report: dict) -> str | None:
+    """The regime's name when the run was judged below float32 (HF's own error drawn as a band), else None."""
+    p = report.get("precision") or {}
+    return p.get("label") if p.get("factor") else None
 
 
 def _temperature(report: dict) -> float:
@@ -132,16 +142,25 @@ def step_diffs_figure(report: dict) -> go.Figure:
     # panel 1: |Δlogit| and the tolerance, noise shaded below it
     dmax = [e["dlogit_max"] for e in summ]
     tol = [e["tolerance"] for e in summ]
-    positive = [x for x in dmax + tol if _finite(x) and x > 0]
+    own = [e["hf_own_error"] for e in summ if e["hf_own_error"] is not None]
+    positive = [x for x in dmax + tol + own if _finite(x) and x > 0]
     floor = max(_decade_floor(min(positive)) / 10, 1e-12) if positive else 1e-12
     top = max([x for x in dmax + tol if _finite(x)] or [1.0])
     clip = lambda x: max(x, floor) if _finite(x) else None  # noqa: E731 - exact zeros sit on the floor
 
     fig.add_trace(go.Scatter(x=steps, y=[floor] * len(steps), mode="lines", line=dict(width=0), hoverinfo="skip",
                              showlegend=False), row=1, col=1)
+    low = precision_label(report)
     fig.add_trace(go.Scatter(x=steps, y=tol, mode="lines", fill="tonexty", fillcolor=NOISE,
-                             line=dict(color=BAD, dash="dash", width=1.5, shape="hvh"), name="tolerance (below: float noise)",
+                             line=dict(color=BAD, dash="dash", width=1.5, shape="hvh"),
+                             name=f"tolerance (below: {low} rounding)" if low else "tolerance (below: float noise)",
                              hovertemplate="tolerance %{y:.2g}<extra></extra>"), row=1, col=1)
+    if low:
+        fig.add_trace(go.Scatter(x=steps, y=[clip(e["hf_own_error"]) if e["hf_own_error"] is not None else None
+                                             for e in summ], mode="lines", line=dict(color=OWN, width=1.5, shape="hvh"),
+                                 name=f"HF's own error at {low}",
+                                 hovertemplate=f"HF in {low} vs HF in float32: max |Δlogit| %{{y:.2g}}<extra></extra>"),
+                      row=1, col=1)
     if many:
         fig.add_trace(go.Scatter(x=steps, y=[clip(e["dlogit_min"]) for e in summ], mode="lines", line=dict(width=0),
                                  hoverinfo="skip", showlegend=False), row=1, col=1)
@@ -384,7 +403,8 @@ def layers_figure(report: dict) -> go.Figure:
     first = report.get("first_diverging_layer")
     subject = report.get("subject") or "Ours"
     at_all = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in layers]  # max |Δ| at the place that decides
-    shown = [x for x in at_all + [l.get("tolerance") for l in layers] if _finite(x) and x > 0]
+    shown = [x for x in at_all + [l.get("tolerance") for l in layers] + [l.get("hf_own_error") for l in layers]
+             if x is not None and _finite(x) and x > 0]
     floor = max(_decade_floor(min(shown)) / 10, 1e-15) if shown else 1e-12
     top = max(shown or [1.0])
     fig = go.Figure()
@@ -407,11 +427,22 @@ def layers_figure(report: dict) -> go.Figure:
                  [n for n, d in zip(names, at_all) if d == 0])
     fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers",
                              name="tolerance there", line=dict(color="#24292f", dash="dash")))
+    low = precision_label(report)
+    if low:  # below float32 the tolerance is a multiple of HF's own error at that precision, drawn here
+        fig.add_trace(go.Scatter(x=names, y=[l.get("hf_own_error") or None for l in layers], mode="lines+markers",
+                                 name=f"HF's own error at {low}", line=dict(color=OWN),
+                                 hovertemplate=f"%{{x}}: HF in {low} vs HF in float32 there, %{{y:.2g}}"
+                                               "<extra></extra>"))
     # slanted names never run into each other, whatever the width (the first diverging one is in the title)
     fig.update_xaxes(categoryorder="array", categoryarray=names, tickangle=-45, automargin=True)
     fig.update_yaxes(**LOG_AXIS, range=[math.log10(floor), math.log10(top) + 0.3],
                      title_text=f"max |Δ| at its worst place ({subject} vs HF)")
     title = f"Per layer: first diverging layer {first}" if first else "Per layer: every layer within tolerance"
+    if low and not any(l.get("exceeds") for l in layers):  # the first layer named comes from the float32 re-check
+        title = f"Per layer at {low}: every layer within {low}'s band" + (
+            f"; in float32, first diverging layer {first}" if first else "")
+    elif low:
+        title += f" (at {low}: tolerance = {report['precision']['factor']:g} x HF's own error)"
     fig = _layout(fig, title, height=420)
     fig.update_layout(margin=dict(b=60))
     return fig

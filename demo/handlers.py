@@ -26,7 +26,7 @@ from core.errors import ParityLabError
 
 from . import figures, render, text, yours
 from .downloads import expand_report, write_downloads  # noqa: F401 (expand_report: every JSON download names it here)
-from .inputs import INPUT_KEYS, SEED_CASE, parse_inputs, query_values
+from .inputs import INPUT_KEYS, INPUTS, SEED_CASE, parse_inputs, query_values
 from .models import (
     RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError, hub_offline,
 )
@@ -99,10 +99,11 @@ def make_run_handler(cache: ModelCache, components: dict):
     c = components
 
     def run(prompt, model, method, reference, fault, top_k, top_p, temperature, seed, num_sequences,
-            max_new_tokens, progress=gr.Progress(track_tqdm=True)) -> Iterator[dict]:
+            max_new_tokens, precision=INPUTS["precision"].default,
+            progress=gr.Progress(track_tqdm=True)) -> Iterator[dict]:
         try:
             args = parse_inputs(cache, prompt, model, method, reference, fault, top_k, top_p, temperature, seed,
-                                num_sequences, max_new_tokens)
+                                num_sequences, max_new_tokens, precision)
             progress(0, desc=f"loading {model}")
             loaded = cache.get(model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from core.errors import ParityLabError
 from core.faults import FAULTS
+from core.precision import CHOICES as PRECISION_CHOICES
 
 from . import text
 
@@ -25,6 +26,10 @@ MAX_SEQUENCES = 8
 MAX_SEED = 2**31 - 1
 VOCAB = 50257
 NO_FAULT = "none"
+PRECISION_LABELS = {"auto": "auto (float32 for our model; yours: detected)", "float32": "float32",
+                    "bfloat16": "bfloat16 (weights and activations)", "float16": "float16 (weights and activations)",
+                    "bfloat16-autocast": "bfloat16 autocast", "float16-autocast": "float16 autocast",
+                    "tf32": "TF32 (CUDA matmuls; no effect on a CPU)"}
 PROMPT_URL_CHARS = 20_000  # a link's prompt is cut to this many characters (a link is never refused)
 
 
@@ -75,13 +80,18 @@ INPUTS: dict[str, Input] = {i.key: i for i in (
           lo=1, hi=MAX_SEQUENCES, slider=(1, MAX_SEQUENCES, 1)),
     Input("max_new_tokens", "max_new_tokens", "int", "max new tokens", "max new tokens", default=22, lo=1,
           hi=MAX_NEW_TOKENS, slider=(1, MAX_NEW_TOKENS, 1), info="22: the seed's rows of 30 tokens"),
+    # last, so that /run calls written before it existed keep their positions (it takes its default there)
+    Input("precision", "precision", "choice", "precision", "Precision the model runs in", default="auto",
+          choices=tuple((PRECISION_LABELS[name], name) for name in PRECISION_CHOICES),
+          refusal="unknown precision {value!r}; choose one of: " + ", ".join(PRECISION_CHOICES),
+          info=text.HELP_PRECISION),
 )}
 INPUT_KEYS = tuple(INPUTS)
 # "The seed's case" button: the case this lab was made for, every input but the model. A GPT-2 port's top-k loop
 # (nanogpt, top-k 50) against HF's text-generation pipeline called as the seed's author did: 5 rows of 30 tokens
 # (max_length 30: GPT-2's BPE makes the prompt 8 tokens, so 22 new ones), seed 42.
 SEED_CASE = dict(prompt=text.PROMPT_EXAMPLES[0], method="nanogpt", reference="pipeline", fault=NO_FAULT, top_k=50,
-                 top_p=1.0, temperature=1.0, seed=42, num_sequences=5, max_new_tokens=22)
+                 top_p=1.0, temperature=1.0, seed=42, num_sequences=5, max_new_tokens=22, precision="auto")
 SEED_MAX_LENGTH = 30
 # core's messages name arguments as code (top_k=3); the dashboard says what the UI calls them. Core also names
 # two settings the inputs above decide.
@@ -153,11 +163,11 @@ def parse_value(inp: Input, value, cache):
 
 
 def parse_inputs(cache, prompt, model, method, reference, fault, top_k, top_p, temperature, seed,
-                 num_sequences, max_new_tokens) -> dict:
+                 num_sequences, max_new_tokens, precision=INPUTS["precision"].default) -> dict:
     """UI values (in INPUT_KEYS order) -> compare() arguments, refusing anything out of range with a specific
     message (the first bad input, in the table's order)."""
     values = dict(zip(INPUT_KEYS, (prompt, model, method, reference, fault, top_k, top_p, temperature, seed,
-                                   num_sequences, max_new_tokens)))
+                                   num_sequences, max_new_tokens, precision)))
     return {inp.arg: parse_value(inp, values[key], cache) for key, inp in INPUTS.items()}
 
 

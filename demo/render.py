@@ -35,6 +35,15 @@ def verdict_html(report: dict) -> str:
         detail += f" · first diverging layer: <b>{html.escape(report['first_diverging_layer'])}</b>"
     if report["fault"]:
         detail += f" · bug lab: <b>{html.escape(FAULTS[report['fault']].title)}</b> injected into our model"
+    prec = report.get("precision") or {}
+    if prec.get("factor"):  # judged below float32: the regime, how it was known, the yardstick, the re-check
+        check = report.get("float32_check") or {}
+        redo = check.get("verdict") if check.get("possible") else f"not possible ({check.get('why_not')})"
+        detail += (f"<br>precision: <b>{html.escape(prec['label'])}</b> ({html.escape(prec['how'])}); tolerance "
+                   f"{prec['factor']:g} × HF's own error at {html.escape(prec['label'])} "
+                   f"(max {prec['hf_own_error']:.2g}); float32 re-check: {html.escape(str(redo))}")
+    elif prec.get("how", "asked") != "asked":
+        detail += f" · precision: {html.escape(prec['label'])} ({html.escape(prec['how'])})"
     return (f'<div id="verdict" class="verdict-{"ok" if report["agree"] else "bad"}" style="background:{bg};color:{fg};'
             f'padding:14px 18px;border-radius:10px;font-size:1.15em"><b>{icon} {html.escape(report["verdict"])}</b><br>'
             f'<span style="font-size:0.8em">{detail}</span></div>')

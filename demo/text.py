@@ -60,6 +60,9 @@ HELP_REFERENCE = (
     "What HF runs: generate() with the same settings and seed, the text-generation pipeline called as the "
     "seed's author did (set_seed + pipe(prompt, max_length, num_return_sequences)), or no HF sampling at all."
 )
+HELP_PRECISION = (
+    "Below float32 the model is judged against HuggingFace's own error at that precision (HF run the same way on the "
+    "same tokens), drawn as the grey band, and re-run in float32 to show what the precision could hide.")
 HELP_FAULT = "Inject a real porting mistake into OUR model only, and watch the comparison catch it."
 HELP_FAULT_YOURS = ("Off: the bug lab injects its mistakes into our from-scratch GPT-2, and this page compares your "
                     "model ({label}) instead.")

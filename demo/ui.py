@@ -140,6 +140,7 @@ def input_panel(cache: ModelCache, model: str, mine: yours.Yours | None = None) 
     i["model_status"] = gr.Markdown(visible=False, elem_id="model-status")  # loading / failed, per choice
     for key in ("method", "reference"):
         i[key] = gr.Radio(**_choice_props(INPUTS[key]))
+    i["precision"] = gr.Dropdown(**_choice_props(INPUTS["precision"]))
     fault = _choice_props(INPUTS["fault"])
     if mine is not None:
         fault.update(interactive=False, info=text.HELP_FAULT_YOURS.format(label=mine.label))

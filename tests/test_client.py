@@ -142,3 +142,22 @@ def test_client_seed_case_is_the_settings_not_the_model(client, tiny_models, tok
     assert summary["verdict"] == report.verdict and "temperature: ours 1.0 vs HF 0.7" in summary["verdict"]
     assert summary["causes"] == [r.cause for r in report.rows] and set(summary["causes"]) == {"settings"}
     assert summary["ours_texts"] == report.generation.texts and summary["hf_texts"] == [r.ref_text for r in report.rows]
+
+
+def test_client_precision_is_judged_against_hfs_own_error(client, tiny_models, tokenizer):
+    """The precision input (last, so older /run calls keep their positions): bfloat16 weights are consistent with
+    bfloat16, judged as compare() judges them; a fault below bfloat16's resolution is found in float32."""
+    import core
+
+    ours, hf = tiny_models
+    prompt = "Hello, I'm a language model,"
+    job = client.submit(prompt, TINY_MODEL, "hf", "generate", "none", 50, 1.0, 1.0, 42, 2, 8, "bfloat16",
+                        api_name="/run")
+    expected = core.compare((ours, hf), prompt, tokenizer=tokenizer, precision="bfloat16", num_return_sequences=2,
+                            max_new_tokens=8)
+    result = job.result(timeout=RUN_TIMEOUT_S)
+    assert "consistent with bfloat16 precision" in result[VERDICT]
+    assert expected.verdict.split(" (")[0] in result[VERDICT]
+    report = json.loads(Path(result[JSON_FILE]).read_text())
+    assert report["precision"]["name"] == "bfloat16" and report["float32_check"]["agree"] is True
+    assert any(l["hf_own_error"] for l in report["layers"])
