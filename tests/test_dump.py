@@ -700,6 +700,8 @@ def test_cli_export_precision_round_trip(tiny_checkpoint, tmp_path, ours, capsys
         rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "bad", "--precision", bad)
         assert rc == 2 and "export precision must be one of bfloat16" in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "bad").exists()  # refused before anything was loaded or written
+    rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "tf32", "--precision", "tf32")
+    assert rc == 2 and stderr.splitlines()[-1].endswith("export it with HF's model on a CUDA device")
 
 
 @pytest.mark.parametrize("mistake,agree", [("none", True), ("no_mask", False)])

@@ -196,7 +196,10 @@ def make_cases(prompts, tokenizer, seeds: list[int], **settings) -> list[Case]:
 
 def export_precisions(names) -> list[str]:
     """The precisions asked of an export (names or their usual aliases: bf16, fp16, ...) -> the checked names below
-    float32, in order, each once (float32 needs no export of its own: it is always judged)."""
+    float32, in order, each once (float32 needs no export of its own: it is always judged). A string is a comma
+    list."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
     out = []
     for name in names or ():
         try:
