@@ -336,13 +336,18 @@ def main_export(argv=None) -> int:
     ap.add_argument("--top-k", type=int, default=d.top_k, help="top-k filter (0 = off; default 50)")
     ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus filter in (0, 1]")
     ap.add_argument("--temperature", type=float, default=d.temperature, help="> 0 (use --method greedy for argmax)")
+    ap.add_argument("--precision", action="append", default=[], metavar="NAME[,NAME...]",
+                    help="also store HF's own error at this precision, so that results computed in it can be judged "
+                         "(bfloat16, float16, bfloat16-autocast, float16-autocast; tf32 on CUDA only); repeat the "
+                         "flag or give a comma list")
     args = ap.parse_args(argv)
 
     def body() -> int:
         from .loader import load_hf_model
-        from .parity.dump import export_reference, make_cases, save_reference
+        from .parity.dump import export_precisions, export_reference, make_cases, save_reference
         from .tokenizer import load_tokenizer
 
+        precisions = export_precisions([n for flag in args.precision for n in flag.split(",") if n.strip()])
         prompts = read_prompts(args.prompts) if args.prompts else [args.prompt]
         settings = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, top_k=args.top_k,
                         top_p=args.top_p, temperature=args.temperature, method=args.method,
@@ -352,11 +357,14 @@ def main_export(argv=None) -> int:
         hf = load_hf_model(args.model)  # first: an unknown model is named as such, not as missing BPE files
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         cases = make_cases(prompts, tokenizer, args.seeds, **settings)
-        ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer)
+        ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer,
+                               precisions=precisions)
         paths = save_reference(ref, args.out)
         size = paths["tensors"].stat().st_size
+        extra = (", with layers" if args.layers else "") + (
+            f", HF's own error at {', '.join(precisions)}" if precisions else "")
         print(f"wrote {len(cases)} case(s) for {args.model} to {args.out}: {paths['tensors'].name} "
-              f"({size / 2**20:.1f} MiB{', with layers' if args.layers else ''}), {paths['manifest'].name}, "
+              f"({size / 2**20:.1f} MiB{extra}), {paths['manifest'].name}, "
               f"{paths['template'].name} (reference id {ref.id})")
         return 0
 

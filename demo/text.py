@@ -70,8 +70,9 @@ SEED_CASE_BUTTON = "▶ The seed's case: top-k loop vs HF's pipeline"
 UPLOAD_HELP = (
     "Run your own GPT-2 (C, CUDA, Rust, JAX, numpy...) on the reference's token ids and upload the "
     "`.safetensors` file it writes (format: `docs/dump-format.md`; add the manifest `.json` if it is not in "
-    "the file's metadata). Nothing you upload is executed. **Get the reference** gives the seed's case for the "
-    "model chosen above; `python -m core.parity export` makes others."
+    "the file's metadata). Nothing you upload is executed. Logits stored as BF16 or F16 (or a manifest "
+    "`\"precision\"`) are judged against HF's own error at that precision. **Get the reference** gives the seed's "
+    "case for the model chosen above; `python -m core.parity export` makes others."
 )
 
 VERDICT_STYLE = {

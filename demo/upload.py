@@ -1,5 +1,6 @@
 """The dashboard's "Check a result file" panel: a result written by any implementation, uploaded, judged against
-HF's reference for an allowlisted model (computed on demand and cached), then shown in every existing view.
+HF's reference for an allowlisted model (computed on demand and cached; for a result below float32, with HF's own
+error at its precision), then shown in every existing view.
 
 Knows Gradio uploads and the dump format's entry points (core/parity/dump.py): like handlers.py for the Generate
 button, this is the one place that calls core for the panel, and it shows the result through the same outputs.
@@ -21,8 +22,8 @@ import gradio as gr
 
 from core.errors import ParityLabError
 from core.parity.dump import (
-    Case, DumpCheck, Reference, compare_dump, export_reference, load_result, peek_result_manifest, result_model_id,
-    save_reference,
+    Case, DumpCheck, Reference, compare_dump, export_reference, load_result, peek_result_manifest,
+    peek_result_precision, result_model_id, save_reference,
 )
 
 from . import handlers, inputs, render, text
@@ -40,7 +41,8 @@ class UploadError(ParityLabError, ValueError):
 
 
 class ReferenceCache:
-    """HF's references, computed on demand per (model, cases, layers) and kept (the last few) for later uploads."""
+    """HF's references, computed on demand per (model, cases, layers, precisions) and kept (the last few) for later
+    uploads. A result below float32 gets a reference with HF's own error at its precision."""
 
     def __init__(self, max_items: int = REFERENCES_KEPT):
         self.max_items = max_items
@@ -48,13 +50,14 @@ class ReferenceCache:
         self._zips: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def get(self, loaded: LoadedModel, cases: list[Case], layers: bool) -> Reference:
-        key = (loaded.name, json.dumps([c.to_dict() for c in cases], sort_keys=True), bool(layers))
+    def get(self, loaded: LoadedModel, cases: list[Case], layers: bool, precisions: tuple[str, ...] = ()) -> Reference:
+        key = (loaded.name, json.dumps([c.to_dict() for c in cases], sort_keys=True), bool(layers), tuple(precisions))
         with self._lock:  # one export at a time: each is a full HF generate() + forward
             if key in self._refs:
                 self._refs.move_to_end(key)
                 return self._refs[key]
-            ref = export_reference(loaded.hf, cases, model=loaded.name, layers=layers, tokenizer=loaded.tokenizer)
+            ref = export_reference(loaded.hf, cases, model=loaded.name, layers=layers, tokenizer=loaded.tokenizer,
+                                   precisions=precisions)
             self._refs[key] = ref
             while len(self._refs) > self.max_items:
                 self._refs.popitem(last=False)
@@ -138,7 +141,8 @@ def check_upload(cache: ModelCache, refs: ReferenceCache, files) -> tuple[DumpCh
                           f"{', '.join(cache.allowed)}")
     loaded = cache.get(model)
     cases = cases_for_upload(manifest, loaded)
-    ref = refs.get(loaded, cases, layers=bool(manifest.get("layers")))
+    p = peek_result_precision(result_path, manifest, max_bytes=inputs.MAX_UPLOAD_BYTES)
+    ref = refs.get(loaded, cases, layers=bool(manifest.get("layers")), precisions=(p.name,) if p.low else ())
     result = load_result(result_path, ref, manifest_path=manifest_path, max_bytes=inputs.MAX_UPLOAD_BYTES)
     return compare_dump(ref, result, tokenizer=loaded.tokenizer), loaded
 

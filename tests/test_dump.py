@@ -333,10 +333,13 @@ def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
 
 def _hand_written(path, tensors: dict, manifest: dict | None, metadata: dict | None = None) -> Path:
     """A safetensors file as the spec describes it, written without the safetensors library or core.parity."""
-    names = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.int32: "I32"}
+    names = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.float16: "F16",
+             torch.bfloat16: "BF16"}
     header, blobs, offset = {}, [], 0
     for name, t in tensors.items():
-        data = t.contiguous().numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()
+        # numpy has no bfloat16: its 2 bytes per value are written as they are, little-endian, like an int16's
+        arr = (t.contiguous().view(torch.int16) if t.dtype == torch.bfloat16 else t.contiguous()).numpy()
+        data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
         header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
@@ -511,6 +514,236 @@ def test_check_json_reports_bad_input_as_json(ref_dir, spec_tensors, tmp_path, c
         assert err.count("\n") == 1 and data["error"] in err  # the same one line on stderr, as without --json
     rc, out, _ = _cli(capsys, "check", "--json", "--reference", ref_dir, "--yours", good)
     assert rc == 0 and json.loads(out)["agree"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Results below float32: judged against HF's own error at their precision, exported with the reference
+
+
+@pytest.fixture(scope="module")
+def prec_ref_dir(tmp_path_factory, tiny_checkpoint, tokenizer):
+    """ref_dir's very cases, exported again with HF's own error at bfloat16 and float16."""
+    from core.loader import load_hf_model
+
+    hf = load_hf_model(tiny_checkpoint)
+    cases = make_cases([PROMPT], tokenizer, [42, 7], **SETTINGS)
+    cases += make_cases(["The quick brown fox"], tokenizer, [0], method="greedy", max_new_tokens=5)
+    cases[-1].name = "case2"
+    ref = export_reference(hf, cases, model="tiny", layers=True, tokenizer=tokenizer,
+                           precisions=("bfloat16", "fp16"))
+    out = tmp_path_factory.mktemp("prec-ref")
+    save_reference(ref, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prec_ref(prec_ref_dir):
+    return load_reference(prec_ref_dir)
+
+
+def test_export_with_precisions_stores_hfs_own_error(prec_ref, ref, tiny_hf):
+    """HF's own error, recomputed here from HF cast to each dtype against HF in float32 on the reference's streams;
+    everything else (and the reference_id) as in the reference exported without precisions."""
+    import copy
+
+    assert prec_ref.manifest["precisions"] == ["bfloat16", "float16"] and "precisions" not in ref.manifest
+    assert prec_ref.id == ref.id  # a result made for one is a result for the other
+    assert not any(".own_error." in k for k in ref.tensors)
+    for k, v in ref.tensors.items():
+        assert torch.equal(prec_ref.tensors[k], v), k
+    for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        low = copy.deepcopy(tiny_hf).to(dtype)
+        for case in prec_ref.cases:
+            tokens = prec_ref.tensors[f"{case.name}.tokens"]
+            P = len(case.prompt_ids)
+            with torch.no_grad():
+                o32 = tiny_hf(tokens[:, :-1], output_hidden_states=True)
+                o16 = low(tokens[:, :-1], output_hidden_states=True)
+            own = (o16.logits[:, P - 1:].float() - o32.logits[:, P - 1:]).abs().amax(dim=-1)
+            stored = prec_ref.tensors[f"{case.name}.own_error.{name}.logits"]
+            assert stored.shape == own.shape == (tokens.size(0), tokens.size(1) - P)
+            torch.testing.assert_close(stored, own, rtol=1e-5, atol=1e-6)
+            assert own.min() > 0  # a genuine rounding error, not a copy of the float32 logits
+            hidden = prec_ref.tensors[f"{case.name}.own_error.{name}.hidden"]  # [embeddings, block 0, block 1, ln_f]
+            assert hidden.shape == (2 + 2, tokens.size(0), tokens.size(1) - 1)
+            for mine, hfs in ((0, 0), (1, 1), (3, 2)):
+                want = (o16.hidden_states[hfs].float() - o32.hidden_states[hfs]).abs().amax(dim=-1)
+                torch.testing.assert_close(hidden[mine], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_a_correct_result_below_float32_is_consistent_with_its_precision(prec_ref, ours, tokenizer, tmp_path,
+                                                                         precision):
+    manifest, tensors = result_from_gpt(ours, prec_ref, precision=precision)
+    assert tensors["case0.logits"].dtype == getattr(torch, precision)  # the file really holds BF16 / F16
+    assert manifest["precision"] == precision
+    for declared in (True, False):
+        m = manifest if declared else {k: v for k, v in manifest.items() if k != "precision"}
+        check = compare_dump(prec_ref, save_result(tmp_path / f"{declared}.safetensors", m, tensors),
+                             tokenizer=tokenizer)
+        assert check.agree, [r.verdict for r in check.reports]
+        for r in check.reports:
+            assert r.verdict.startswith(f"consistent with {precision} precision"), r.verdict
+            assert r.precision["name"] == precision and r.precision["factor"] is not None
+            assert r.precision["how"] == ("declared in the result's manifest" if declared else
+                                          f"detected: your logits are stored as {precision}")
+            assert r.first_diverging_layer is None and not any(l.exceeds for l in r.layers)
+            assert all(l.hf_own_error is not None for l in r.layers)
+            # nothing re-runs a file in float32: the verdict says what its precision could hide
+            assert r.float32_check["possible"] is False
+            assert "a result file cannot be re-run in float32" in r.float32_check["why_not"]
+            assert f"a fault smaller than {precision}'s resolution cannot be excluded" in r.verdict
+        # the same file by the float32 rule would differ: the precision's yardstick is what makes it agree
+        assert max(r.max_abs_dlogit / r.layers[-1].tolerance for r in check.reports) > 0.05
+    as_float32 = {**manifest, "precision": "float32"}
+    float32_rule = compare_dump(prec_ref, save_result(tmp_path / "f32.safetensors", as_float32, tensors),
+                                tokenizer=tokenizer)
+    assert not float32_rule.agree
+
+
+def test_a_fault_visible_at_the_precision_is_flagged_at_its_layer(prec_ref_dir, prec_ref, ours, tmp_path, capsys):
+    bad = save_result(tmp_path / "bad.safetensors",
+                      *result_from_gpt(apply_fault(ours, "c_proj_not_transposed@0"), prec_ref, precision="bfloat16",
+                                       sampled=False))
+    rc, out, err = _cli(capsys, "check", "--reference", prec_ref_dir, "--yours", bad, "--json")
+    assert rc == 1, err
+    data = json.loads(out)
+    assert {c["first_diverging_layer"] for c in data["cases"]} == {"block 0"}
+    assert all(c["verdict"].startswith("differs beyond bfloat16 precision") for c in data["cases"])
+
+
+def test_a_result_below_float32_needs_hfs_own_error_at_its_precision(ref_dir, prec_ref_dir, ref, ours, tmp_path,
+                                                                      capsys):
+    """Never judged by the float32 rule in silence: exit 2, saying how to export what is missing."""
+    manifest, tensors = result_from_gpt(ours, ref, precision="bfloat16")
+    bf16 = save_result(tmp_path / "bf16.safetensors", {k: v for k, v in manifest.items() if k != "precision"}, tensors)
+    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours", bf16)
+    assert rc == 2 and out == "" and err.count("\n") == 1, (rc, out, err)
+    assert "detected: your logits are stored as bfloat16" in err and "--precision bfloat16" in err
+    assert "at no precision below float32" in err
+    # the same file against the reference exported with that precision (same reference_id): judged
+    rc, out, err = _cli(capsys, "check", "--reference", prec_ref_dir, "--yours", bf16)
+    assert rc == 0 and "consistent with bfloat16 precision" in out, err
+    # a precision the reference lacks, among others it has
+    auto = save_result(tmp_path / "autocast.safetensors",
+                       *result_from_gpt(ours, ref, precision="bfloat16-autocast", sampled=False))
+    rc, out, err = _cli(capsys, "check", "--json", "--reference", prec_ref_dir, "--yours", auto)
+    assert rc == 2 and json.loads(out)["kind"] == "result"
+    assert "only at bfloat16, float16" in err and "--precision bfloat16-autocast" in err
+
+
+def test_declared_float32_with_bf16_logits_is_judged_by_float32_and_says_so(prec_ref, ours, tokenizer, tmp_path):
+    manifest, tensors = result_from_gpt(ours, prec_ref, precision="bfloat16", sampled=False)
+    check = compare_dump(prec_ref, save_result(tmp_path / "f32.safetensors", {**manifest, "precision": "float32"},
+                                               tensors), tokenizer=tokenizer)
+    for r in check.reports:
+        assert r.precision["name"] == "float32" and r.precision["factor"] is None  # the float32 rule
+        assert all(l.hf_own_error is None for l in r.layers)
+        assert ("although float32 was declared in the result's manifest: your logits are stored as bfloat16"
+                in r.verdict), r.verdict
+        assert any('declare "precision": "bfloat16"' in n for n in r.notes), r.notes
+    assert not check.agree
+
+
+def test_result_precision_bad_input(prec_ref, good_result, tmp_path):
+    _, manifest, tensors = good_result
+    _expect(prec_ref, _write(tmp_path, {**manifest, "precision": "int8"}, tensors), "'precision' must be one of")
+    mixed = {**tensors, "case1.logits": tensors["case1.logits"].to(torch.bfloat16)}
+    _expect(prec_ref, _write(tmp_path, manifest, mixed), r"stored in dtypes of different precisions \(case0 F32, "
+                                                         r"case1 BF16, case2 F32\): declare")
+    load_result(_write(tmp_path, {**manifest, "precision": "bfloat16"}, mixed), prec_ref)  # declared: fine
+    own = {**tensors, "case0.own_error.bfloat16.logits": prec_ref.tensors["case0.own_error.bfloat16.logits"]}
+    _expect(prec_ref, _write(tmp_path, manifest, own), "unexpected tensor 'case0.own_error.bfloat16.logits'")
+
+
+def test_reference_precisions_are_checked(prec_ref, tmp_path):
+    def saved(manifest, tensors):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        save_reference(Reference(manifest, tensors), out)
+        return out
+
+    m, t = prec_ref.manifest, prec_ref.tensors
+    with pytest.raises(DumpError, match="'precisions' must list distinct names"):
+        load_reference(saved({**m, "precisions": ["int8"]}, t))
+    with pytest.raises(DumpError, match="lacks tensor case1.own_error.float16.hidden"):
+        load_reference(saved(m, {k: v for k, v in t.items() if k != "case1.own_error.float16.hidden"}))
+    with pytest.raises(DumpError, match=r"unexpected tensor 'case0.own_error.float16.(hidden|logits)' in the refer"):
+        load_reference(saved({**m, "precisions": ["bfloat16"]}, t))
+    own = t["case0.own_error.bfloat16.logits"]
+    with pytest.raises(DumpError, match=r"case0.own_error.bfloat16.logits' has shape \[2, 5\]; expected \[2, 6\]"):
+        load_reference(saved(m, {**t, "case0.own_error.bfloat16.logits": own[:, 1:].contiguous()}))
+    with pytest.raises(DumpError, match="case0.own_error.bfloat16.logits holds negative values"):
+        load_reference(saved(m, {**t, "case0.own_error.bfloat16.logits": -own}))
+
+
+def test_cli_export_precision_round_trip(tiny_checkpoint, tmp_path, ours, capsys):
+    out = tmp_path / "ref"
+    common = ["--model", tiny_checkpoint, "--prompt", "Hello there", "--max-new-tokens", "3",
+              "--num-return-sequences", "2", "--layers"]
+    rc, stdout, stderr = _cli(capsys, "export", *common, "--out", out, "--precision", "bf16",
+                              "--precision", "float16,bfloat16")
+    assert rc == 0, stderr
+    assert "HF's own error at bfloat16, float16" in stdout
+    ref = load_reference(out)
+    assert ref.precisions == ["bfloat16", "float16"]
+    assert {"case0.own_error.bfloat16.logits", "case0.own_error.float16.hidden"} <= set(ref.tensors)
+    rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "plain")
+    assert rc == 0, stderr
+    plain = load_reference(tmp_path / "plain")
+    assert plain.id == ref.id and "precisions" not in plain.manifest
+    for precision in ("bfloat16", "float16"):
+        manifest, tensors = result_from_gpt(ours, ref, precision=precision)
+        res = save_result(tmp_path / f"{precision}.safetensors", manifest, tensors)
+        rc, stdout, stderr = _cli(capsys, "check", "--reference", out, "--yours", res)
+        assert rc == 0, stderr
+        assert f"verdict: AGREE - consistent with {precision} precision" in stdout
+        assert f"precision: {precision} (declared in the result's manifest); tolerance adds" in stdout
+        assert "float32 re-check: not possible: a result file cannot be re-run in float32" in stdout
+    for bad in ("int8", "auto"):
+        rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "bad", "--precision", bad)
+        assert rc == 2 and "export precision must be one of bfloat16" in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "bad").exists()  # refused before anything was loaded or written
+    rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "tf32", "--precision", "tf32")
+    assert rc == 2 and stderr.splitlines()[-1].endswith("export it with HF's model on a CUDA device")
+
+
+@pytest.mark.parametrize("mistake,agree", [("none", True), ("no_mask", False)])
+def test_bf16_result_written_by_hand_from_an_independent_model(prec_ref_dir, tiny_hf, tmp_path, capsys, mistake,
+                                                              agree):
+    """examples/my_gpt2.py cast to bfloat16, its tensors taken by hand (hooks on its own modules), the file written
+    from the spec alone with BF16 logits and residual stream and no "precision" key: the dtype says bfloat16."""
+    from examples.my_gpt2 import from_hf_state_dict
+
+    model = from_hf_state_dict(tiny_hf.state_dict(), tiny_hf.config, mistake).to(torch.bfloat16)
+    manifest = _spec_manifest(prec_ref_dir)
+    manifest["implementation"] = {"name": "my_gpt2 in bfloat16", "dtype": "bfloat16"}
+    tensors = {}
+    with safe_open(str(prec_ref_dir / "reference.safetensors"), framework="pt") as f:
+        for case in manifest["cases"]:
+            tokens = f.get_tensor(case["name"] + ".tokens")
+            P = len(case["prompt_ids"])
+            stream = []
+            hooks = [model.decoder.blocks[0].register_forward_pre_hook(lambda m, args: stream.append(args[0]))]
+            hooks += [m.register_forward_hook(lambda m, args, out: stream.append(out))
+                      for m in (*model.decoder.blocks, model.decoder.norm)]
+            with torch.no_grad():
+                logits, _ = model(tokens[:, :-1])
+            for h in hooks:
+                h.remove()
+            assert logits.dtype == torch.bfloat16 and {h.dtype for h in stream} == {torch.bfloat16}
+            tensors[case["name"] + ".tokens"] = tokens
+            tensors[case["name"] + ".logits"] = logits[:, P - 1:]
+            tensors[case["name"] + ".hidden"] = torch.stack(stream)  # [embeddings, block 0, block 1, ln_f]
+    res = _hand_written(tmp_path / "my_gpt2_bf16.safetensors", tensors, manifest)
+    rc, out, err = _cli(capsys, "check", "--reference", prec_ref_dir, "--yours", res, "--json")
+    assert rc == (0 if agree else 1), err
+    for case in json.loads(out)["cases"]:
+        assert case["precision"]["name"] == "bfloat16"
+        assert case["precision"]["how"] == "detected: your logits are stored as bfloat16"
+        if agree:
+            assert case["verdict"].startswith("consistent with bfloat16 precision"), case["verdict"]
+        else:
+            assert case["first_diverging_layer"] == "block 0" and case["verdict_kind"] == "model"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -695,6 +928,23 @@ def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, 
     side.write_text(json.dumps(manifest))
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(upload_dir))
     assert check([str(bare), str(side)])["state"]["verdict_kind"] == "logits_agree"
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_upload_result_below_float32(panel_env, tiny_app_reference, upload_dir, precision):
+    """The panel builds the reference with HF's own error at the result's precision (from its logits' dtype)."""
+    cache, refs, check = panel_env
+    ours_t, ref = tiny_app_reference  # a reference without precisions: same reference_id as the panel's
+    manifest, tensors = result_from_gpt(ours_t, ref, precision=precision)
+    del manifest["precision"]
+    out = check([str(save_result(upload_dir / f"{precision}.safetensors", manifest, tensors))])
+    assert out["state"]["precision"]["name"] == precision, out["state"]["verdict"]
+    assert out["state"]["verdict"].startswith(f"consistent with {precision} precision") and out["state"]["agree"]
+    assert "✅ agrees" in out["status"]
+    assert any(key[-1] == (precision,) for key in refs._refs)
+    bad = result_from_gpt(apply_fault(ours_t, "c_proj_not_transposed@0"), ref, precision=precision, sampled=False)
+    out = check([str(save_result(upload_dir / f"bad-{precision}.safetensors", *bad))])
+    assert out["state"]["verdict_kind"] == "model" and out["state"]["first_diverging_layer"] == "block 0"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 judged by the same judge as compare() (judge.py): a SubjectRun and an HFRun built from the files.
 
 Knows the dump format (docs/dump-format.md: safetensors tensors + a JSON manifest), how to validate an untrusted
-result before loading a byte of tensor data, and how to export HF's side; knows nothing about the UI or the CLI.
-A result is only ever *data*: nothing in it is executed.
+result before loading a byte of tensor data, and how to export HF's side (and, for results below float32, HF's own
+error at their precision); knows nothing about the UI or the CLI. A result is only ever *data*: nothing in it is
+executed, and it cannot be re-run (in float32 or otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -19,12 +21,14 @@ from pathlib import Path
 import torch
 
 from ..errors import ParityLabError
+from ..precision import PRECISIONS, Precision, PrecisionError
+from ..precision import parse as parse_precision
 from ..sampling import SamplingSettings, assemble_generation
-from .diffs import ATOL, relative_tolerance
+from .diffs import ATOL, PRECISION_FACTOR, relative_tolerance
 from .judge import judge
 from .reference import HFRun, hf_eos_id
 from .report import ParityReport, SettingRow
-from .subject import SubjectRun
+from .subject import Recheck, SubjectRun
 
 FORMAT = "gpt2-parity-dump"
 VERSION = 1
@@ -45,6 +49,14 @@ IMPLEMENTATION_KEYS = ("name", "framework", "dtype", "notes")  # a result's free
 TOLERANCE_RULE = ("each (row, position) against its own scale: a layer differs if, at some row and position, "
                   "max over channels |yours - HF| > rtol * max over channels |HF| + atol there; the logits likewise "
                   "per step and row (max over the vocabulary)")  # core/parity/diffs.py, as the reference states it
+# Below float32 a result is judged against HF's own error at its precision, exported with the reference: per case
+# and precision, caseN.own_error.<precision>.logits (B, S) and, with layers, caseN.own_error.<precision>.hidden
+# (n_layer + 2, B, T - 1): max over channels of |HF in that regime - HF in float32| at each place.
+PRECISION_RULE = ("below float32, each place also tolerates factor * max(HF's own error there at the result's "
+                  "precision, its layer's median relative own error * max over channels |HF| there)")
+LOW_PRECISIONS = tuple(p for p in PRECISIONS if p != "float32")
+STORED = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # logits dtype -> its name
+_STORED_REGIME = {"float64": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 class DumpError(ParityLabError, ValueError):
@@ -114,19 +126,35 @@ class Reference:
     def config(self) -> dict:
         return self.manifest["model"]["config"]
 
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions below float32 at which the reference holds HF's own error (float32 needs none)."""
+        return list(self.manifest.get("precisions", []))
+
+    def own_error(self, case: str, precision: str) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
+        """HF's own error at `precision` in case `case`: per layer [(B, T - 1)] (None without layers), and per step
+        (B, S). The precision must be one the reference was exported with (see require_precision)."""
+        hidden = self.tensors.get(own_error_name(case, precision, "hidden"))
+        logits = self.tensors[own_error_name(case, precision, "logits")].float()
+        return (list(hidden.float().unbind(0)) if hidden is not None else None), logits
+
     def result_template(self) -> dict:
         """What a result must contain: its manifest (to put in the safetensors metadata) and its tensors."""
         tensors = {}
         for case in self.cases:
             rows, length = self.tensors[f"{case.name}.tokens"].shape
             tensors.update(tensor_specs(case, rows, length, self.config, self.manifest["layers"]))
-        return {
-            "manifest": result_manifest(self),
-            "metadata_key": METADATA_KEY,
-            "tensors": tensors,
-            "note": "Write these tensors into one .safetensors file with json.dumps(manifest) under the header's "
-                    f"__metadata__[{METADATA_KEY!r}] (fill in 'implementation'); see docs/dump-format.md.",
-        }
+        note = ("Write these tensors into one .safetensors file with json.dumps(manifest) under the header's "
+                f"__metadata__[{METADATA_KEY!r}] (fill in 'implementation'); see docs/dump-format.md.")
+        if self.precisions:
+            note += (f" A result below float32 ({', '.join(self.precisions)} here) adds \"precision\" to its manifest, "
+                     "or stores its logits in that dtype (BF16, F16).")
+        return {"manifest": result_manifest(self), "metadata_key": METADATA_KEY, "tensors": tensors, "note": note}
+
+
+def own_error_name(case: str, precision: str, what: str) -> str:
+    """The reference's tensor of HF's own error: caseN.own_error.<precision>.logits or .hidden."""
+    return f"{case}.own_error.{precision}.{what}"
 
 
 def model_config(hf_config) -> dict:
@@ -166,13 +194,42 @@ def make_cases(prompts, tokenizer, seeds: list[int], **settings) -> list[Case]:
     return cases
 
 
+def export_precisions(names) -> list[str]:
+    """The precisions asked of an export (names or their usual aliases: bf16, fp16, ...) -> the checked names below
+    float32, in order, each once (float32 needs no export of its own: it is always judged). A string is a comma
+    list."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    out = []
+    for name in names or ():
+        try:
+            p = parse_precision(name)
+        except PrecisionError:
+            p = None
+        if p is None or p == "auto":
+            raise DumpError(f"export precision must be one of {', '.join(LOW_PRECISIONS)} (float32 is always "
+                            f"judged), got {name!r}")
+        if p != "float32" and p not in out:
+            out.append(p)
+    return out
+
+
 @torch.inference_mode()
-def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False, tokenizer=None) -> Reference:
+def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False, tokenizer=None,
+                     precisions=()) -> Reference:
     """HF's side of every case: generate() as users call it (the token streams), then one teacher-forced forward
-    over those streams for the logits at the positions that predicted each new token (and the residual stream)."""
-    from .reference import hf_teacher_forced, run_hf_reference
+    over those streams for the logits at the positions that predicted each new token (and the residual stream).
+    For each of `precisions` (below float32) also HF's own error there: HF run in that regime on the same streams
+    against HF in float32, max over channels at each place (reference.hf_own_error, as compare() computes it).
+    The reference_id does not depend on the precisions: a result is made for the same streams either way."""
+    from .reference import hf_own_error, hf_teacher_forced, run_hf_reference
 
     config = model_config(hf.config)
+    lows = [Precision(p) for p in export_precisions(precisions)]
+    device = next(hf.parameters()).device
+    if any(p.name == "tf32" for p in lows) and device.type != "cuda":
+        raise DumpError(f"precision tf32 changes nothing on a {device.type} device (TF32 is a CUDA matmul mode): "
+                        "export it with HF's model on a CUDA device")
     tensors: dict[str, torch.Tensor] = {}
     for case in cases:
         s = SamplingSettings(**case.settings)
@@ -187,6 +244,12 @@ def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False,
         tensors[f"{case.name}.logits"] = logits.float().cpu().contiguous()
         if layers:
             tensors[f"{case.name}.hidden"] = torch.stack([h.float().cpu() for h in hidden]).contiguous()
+        for p in lows:
+            own_hidden, own_logits = hf_own_error(hf, x, tokens.size(1) - P, p, hidden, logits)
+            tensors[own_error_name(case.name, p.name, "logits")] = own_logits.float().cpu().contiguous()
+            if layers:
+                tensors[own_error_name(case.name, p.name, "hidden")] = torch.stack(
+                    [h.float().cpu() for h in own_hidden]).contiguous()
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": "reference",
         "model": {"id": model, "config": config},
@@ -197,6 +260,9 @@ def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False,
         "tolerance": {"rtol": relative_tolerance(config["mlp_width"]), "atol": ATOL, "rule": TOLERANCE_RULE},
         "tensors": {k: {"dtype": _dtype_name(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
     }
+    if lows:  # a reference without precisions stays exactly as it always was
+        manifest["precisions"] = [p.name for p in lows]
+        manifest["tolerance"]["precision"] = {"factor": PRECISION_FACTOR, "rule": PRECISION_RULE}
     manifest["reference_id"] = reference_id(model, config, cases, {k: v for k, v in tensors.items()
                                                                    if k.endswith(".tokens")})
     return Reference(manifest, tensors)
@@ -245,10 +311,12 @@ def load_reference(path: str | os.PathLike) -> Reference:
 # A result: written by any implementation, read back with every check before and after loading
 
 
-def result_manifest(ref: Reference, implementation: dict | None = None, sampler: str = "other") -> dict:
+def result_manifest(ref: Reference, implementation: dict | None = None, sampler: str = "other",
+                    precision: str | None = None) -> dict:
     """A result's manifest for `ref`: reference_id, model, layers and cases copied unchanged (docs/dump-format.md).
-    Without `implementation`, its fields are left empty for the writer to fill in (a result must name itself)."""
-    return {
+    Without `implementation`, its fields are left empty for the writer to fill in (a result must name itself).
+    `precision`: the regime the result ran in, declared (left out: its logits' dtype says)."""
+    manifest = {
         "format": FORMAT, "version": VERSION, "kind": "result",
         "reference_id": ref.id,
         "model": ref.manifest["model"],
@@ -257,6 +325,9 @@ def result_manifest(ref: Reference, implementation: dict | None = None, sampler:
         "implementation": implementation or {k: "" for k in IMPLEMENTATION_KEYS},
         "sampler": sampler,
     }
+    if precision is not None:
+        manifest["precision"] = precision
+    return manifest
 
 
 def save_result(path: str | os.PathLike, manifest: dict, tensors: dict[str, torch.Tensor]) -> Path:
@@ -270,6 +341,51 @@ def save_result(path: str | os.PathLike, manifest: dict, tensors: dict[str, torc
 class Result:
     manifest: dict
     tensors: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def precision(self) -> "ResultPrecision":
+        return result_precision(self.manifest, {c["name"]: _dtype_name(self.tensors[f"{c['name']}.logits"].dtype)
+                                                for c in self.manifest["cases"]})
+
+
+@dataclass(frozen=True)
+class ResultPrecision:
+    """The regime a result is judged in (declared in its manifest, or detected from its logits' dtype), and what its
+    logits say it ran in where that contradicts a declared float32 (judged by the float32 rule all the same)."""
+
+    judged: Precision
+    stored_as: Precision | None = None
+
+
+def result_precision(manifest: dict, logits_dtypes: dict[str, str]) -> ResultPrecision:
+    """A result's precision from its (checked) manifest and its caseN.logits dtypes (safetensors names, case ->
+    dtype): the manifest's "precision" when given, else what the logits are stored as (BF16 -> bfloat16, F16 ->
+    float16, F32/F64 -> float32; one dtype for every case)."""
+    stored = {case: STORED[d] for case, d in logits_dtypes.items() if d in STORED}
+    low = sorted({v for v in stored.values() if _STORED_REGIME[v] != "float32"})
+    declared = manifest.get("precision")
+    if declared is not None:
+        p = Precision(declared, "declared in the result's manifest")
+        if p.name == "float32" and low:
+            return ResultPrecision(p, Precision(low[0], f"your logits are stored as {low[0]}"))
+        return ResultPrecision(p)
+    regimes = {_STORED_REGIME[v] for v in stored.values()}
+    if len(regimes) > 1:
+        each = ", ".join(f"{case} {logits_dtypes[case]}" for case in sorted(stored, key=lambda c: int(c[4:])))
+        raise DumpError(f"the result's logits are stored in dtypes of different precisions ({each}): declare the "
+                        f"precision it ran in as \"precision\" in its manifest (one of {', '.join(PRECISIONS)})")
+    name = next(iter(stored.values()), "float32")
+    return ResultPrecision(Precision(_STORED_REGIME[name], f"detected: your logits are stored as {name}"))
+
+
+def require_precision(ref: Reference, p: Precision) -> None:
+    """A result below float32 needs HF's own error at its precision in the reference: never the float32 rule."""
+    if p.low and p.name not in ref.precisions:
+        has = f"only at {', '.join(ref.precisions)}" if ref.precisions else "at no precision below float32"
+        raise DumpError(f"the result is in {p.label} ({p.how}), but the reference holds HF's own error {has}: "
+                        f"re-export it with `python -m core.parity export ... --precision {p.name}` (same model, "
+                        "prompts, seeds and settings: the reference_id stays the same, so this result needs no "
+                        "change), or write a float32 result")
 
 
 def read_header(path: Path, max_bytes: int, what: str = "the file") -> dict:
@@ -375,6 +491,12 @@ def _check_manifest(m: dict, kind: str, where: str) -> None:
             raise DumpError(f"{where}: {c['name']}.settings: {exc}") from None
     if kind == "result":
         _check_result_keys(m, where)
+    else:
+        lows = m.get("precisions", [])
+        if not isinstance(lows, list) or len(set(map(str, lows))) != len(lows) or any(
+                p not in LOW_PRECISIONS for p in lows):
+            raise DumpError(f"{where}: 'precisions' must list distinct names among {', '.join(LOW_PRECISIONS)}, got "
+                            f"{lows!r:.100}")
 
 
 def _check_result_keys(m: dict, where: str) -> None:
@@ -400,6 +522,9 @@ def _check_result_keys(m: dict, where: str) -> None:
         raise DumpError(f"{where}: implementation.{bad[0]} must be a string, got {impl[bad[0]]!r:.100}")
     if m.get("sampler", "other") not in SAMPLERS:
         raise DumpError(f"{where}: 'sampler' must be one of {', '.join(SAMPLERS)}, got {m.get('sampler')!r}")
+    if m.get("precision") is not None and m["precision"] not in PRECISIONS:
+        raise DumpError(f"{where}: 'precision' must be one of {', '.join(PRECISIONS)} (or left out: the logits' dtype "
+                        f"then says), got {m['precision']!r:.50}")
 
 
 def result_model_id(manifest: dict) -> str:
@@ -412,20 +537,28 @@ def result_model_id(manifest: dict) -> str:
 def _check_specs(manifest: dict, info: dict[str, tuple[str, list[int]]], kind: str) -> None:
     """Names, dtypes and shapes from the header alone, before any tensor is read."""
     names = {c["name"] for c in manifest["cases"]}
-    suffixes = {"tokens", "logits", "hidden", "sampled"}
+    ndims = {"tokens": 2, "sampled": 2, "logits": 3, "hidden": 4}
+    own = {}  # a reference's HF own error at each of its precisions
+    if kind == "reference":
+        for p in manifest.get("precisions", []):
+            own[f"own_error.{p}.logits"] = 2
+            if manifest.get("layers"):
+                own[f"own_error.{p}.hidden"] = 3
     for name, (dtype, shape) in info.items():
         prefix, _, suffix = name.partition(".")
-        if prefix not in names or suffix not in suffixes:
+        if prefix not in names or suffix not in {**ndims, **own}:
             raise DumpError(f"unexpected tensor {name!r} in the {kind}: expected caseN.tokens, caseN.logits, "
-                            "caseN.hidden or caseN.sampled")
+                            "caseN.hidden or caseN.sampled" + (", or caseN.own_error.<precision>.logits/.hidden "
+                                                               "for a precision the manifest lists" if kind ==
+                                                               "reference" else ""))
         allowed = INT_DTYPES if suffix in ("tokens", "sampled") else FLOAT_DTYPES
         if dtype not in allowed:
             raise DumpError(f"tensor {name!r} has dtype {dtype}; expected one of {', '.join(allowed)}")
-        ndim = {"tokens": 2, "sampled": 2, "logits": 3, "hidden": 4}[suffix]
+        ndim = {**ndims, **own}[suffix]
         if len(shape) != ndim:
             raise DumpError(f"tensor {name!r} has shape {shape}; expected {ndim} dimensions")
     for case in manifest["cases"]:
-        for suffix in ("tokens", "logits"):
+        for suffix in ("tokens", "logits", *own):
             if f"{case['name']}.{suffix}" not in info:
                 raise DumpError(f"the {kind} lacks tensor {case['name']}.{suffix}")
 
@@ -446,9 +579,15 @@ def _check_case_tensors(manifest: dict, case: dict, tensors: dict, where: str, r
         raise DumpError(f"{where}: {name}.tokens has length {T}: expected the {P}-token prompt plus 1 to "
                         f"{s.new_tokens_for(P)} new tokens")
     expect = {f"{name}.logits": [B, S, V], f"{name}.hidden": [n + 2, B, T - 1, C]}
+    for p in manifest.get("precisions", []) if reference else ():
+        expect[own_error_name(name, p, "logits")] = [B, S]
+        expect[own_error_name(name, p, "hidden")] = [n + 2, B, T - 1]
     for key, shape in expect.items():
         if key in tensors and list(tensors[key].shape) != shape:
             raise DumpError(f"{where}: tensor {key!r} has shape {list(tensors[key].shape)}; expected {shape}")
+    for key in expect:
+        if ".own_error." in key and key in tensors and (tensors[key] < 0).any():
+            raise DumpError(f"{where}: {key} holds negative values (an error is a magnitude)")
     for key in (f"{name}.tokens", f"{name}.sampled"):
         if key in tensors:
             t = tensors[key]
@@ -495,6 +634,18 @@ def peek_result_manifest(path: str | os.PathLike, *, manifest_path=None, max_byt
     return manifest
 
 
+def peek_result_precision(path: str | os.PathLike, manifest: dict, *, max_bytes: int = MAX_RESULT_BYTES) -> Precision:
+    """The precision a result is judged in, from its (peeked) manifest and its header's logits dtypes alone (no
+    tensor read): which of HF's own errors a server must compute for it."""
+    header = read_header(Path(path), max_bytes, "the result file")
+    dtypes = {}
+    for c in manifest["cases"]:
+        entry = header.get(f"{c['name']}.logits")
+        if isinstance(entry, dict) and isinstance(entry.get("dtype"), str):
+            dtypes[c["name"]] = entry["dtype"]
+    return result_precision(manifest, dtypes).judged
+
+
 def load_result(path: str | os.PathLike, reference: Reference, *, manifest_path: str | os.PathLike | None = None,
                 max_bytes: int = MAX_RESULT_BYTES) -> Result:
     """Read a result written by any implementation, checking it against `reference` before and after loading."""
@@ -538,6 +689,7 @@ def check_result_against(manifest: dict, tensors: dict, ref: Reference) -> None:
                         f"{manifest['reference_id']!r:.40}, this reference's {ref.id!r}) though the model, cases and "
                         "token streams match: check it against the reference it was made for, or copy this "
                         "reference's reference_id unchanged")
+    require_precision(ref, Result(manifest, tensors).precision.judged)
 
 
 def _check_same_model(manifest: dict, ref: Reference) -> None:
@@ -662,23 +814,36 @@ def subject_run(ref: Reference, res: Result, case: Case, tokenizer) -> SubjectRu
                                   eos)
     else:
         notes.append("no sampled ids in the result: the models are compared, the sampling is not")
+    prec = res.precision
+    p, ran_in = prec.judged, prec.stored_as
+    recheck = Recheck(why_not="a result file cannot be re-run in float32: also write a float32 result to see faults "
+                              f"smaller than {p.label}'s resolution") if p.low else None
+    fix = (f"declare \"precision\": \"{ran_in.name}\" in the result's manifest (or leave it out: the logits' dtype "
+           "then decides)") if ran_in is not None else None
     return SubjectRun(generation=gen, step_logits=logits, hidden=list(hidden.float().unbind(0)) if hidden is not None
-                      else None, label=SUBJECT, sampler=sampler, notes=notes, streams=streams)
+                      else None, label=SUBJECT, sampler=sampler, notes=notes, streams=streams, precision=p,
+                      ran_in=ran_in, float32=recheck, ran_in_fix=fix)
 
 
 def hf_run(ref: Reference, res: Result, case: Case) -> HFRun:
-    """HF's side of one case, from the reference: its token streams, logits and (if exported) residual stream."""
+    """HF's side of one case, from the reference: its token streams, logits and (if exported) residual stream; below
+    float32, HF's own error at the result's precision."""
     config, name = ref.config, case.name
     hidden = ref.tensors.get(f"{name}.hidden")
     sampled = res.tensors.get(f"{name}.sampled") is not None
     notes = []
     if hidden is None and res.tensors.get(f"{name}.hidden") is not None:
         notes.append("per-layer comparison not possible: the reference was exported without --layers")
-    return HFRun(sequences=ref.tensors[f"{name}.tokens"].tolist() if sampled else None,
-                 settings_table=_settings_table(SamplingSettings(**case.settings), res.manifest) if sampled else [],
-                 logits=ref.tensors[f"{name}.logits"].float(),
-                 hidden=list(hidden.float().unbind(0)) if hidden is not None else None,
-                 n_layer=config["n_layer"], mlp_width=config["mlp_width"], notes=notes)
+    run = HFRun(sequences=ref.tensors[f"{name}.tokens"].tolist() if sampled else None,
+                settings_table=_settings_table(SamplingSettings(**case.settings), res.manifest) if sampled else [],
+                logits=ref.tensors[f"{name}.logits"].float(),
+                hidden=list(hidden.float().unbind(0)) if hidden is not None else None,
+                n_layer=config["n_layer"], mlp_width=config["mlp_width"], notes=notes)
+    p = res.precision.judged
+    if p.low:
+        require_precision(ref, p)
+        run.own_error_hidden, run.own_error_logits = ref.own_error(name, p.name)
+    return run
 
 
 def judge_case(ref: Reference, res: Result, case: Case, tokenizer) -> ParityReport:
@@ -716,22 +881,33 @@ def _settings_table(s: SamplingSettings, manifest: dict) -> list[SettingRow]:
 
 @torch.inference_mode()
 def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool = True,
-                    name: str = "GPT-2 Parity Lab core.GPT") -> tuple[dict, dict[str, torch.Tensor]]:
+                    name: str = "GPT-2 Parity Lab core.GPT", precision: str | None = None,
+                    ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Our GPT run on the reference's tokens, as any implementation would: (manifest, tensors). The residual stream
-    is written when `layers` and the reference has it (a result's caseN.hidden needs the reference's)."""
+    is written when `layers` and the reference has it (a result's caseN.hidden needs the reference's).
+    `precision` (one of core.precision.PRECISIONS): run it in that regime (a cast copy, or autocast around each
+    forward), store the logits and residual stream in the dtype they come out in, and declare it in the manifest."""
+    from ..precision import cast_copy, regime
     from ..sampling import generate
 
+    p = Precision(precision) if precision is not None else None
+    if p is not None and p.weights_cast:
+        model = cast_copy(model, p.dtype)
+    ambient = regime(p, model.device.type) if p is not None else contextlib.nullcontext()
+    keep = (lambda t: t.cpu()) if p is not None else (lambda t: t.float().cpu())  # noqa: E731
     tensors = {}
-    for case in ref.cases:
-        tokens = ref.tensors[f"{case.name}.tokens"]
-        P = len(case.prompt_ids)
-        out = model(tokens[:, :-1].to(model.device), return_hidden=True)
-        tensors[f"{case.name}.tokens"] = tokens
-        tensors[f"{case.name}.logits"] = out.logits[:, P - 1:].float().cpu().contiguous()
-        if layers and ref.manifest["layers"]:
-            tensors[f"{case.name}.hidden"] = torch.stack([h.float().cpu() for h in out.hidden]).contiguous()
-        if sampled:
-            gen = generate(model, case.prompt_ids, record=False, **case.settings)
-            tensors[f"{case.name}.sampled"] = torch.tensor(gen.sequences, dtype=torch.long)
-    impl = {"name": name, "framework": "torch", "dtype": str(model.dtype).replace("torch.", ""), "notes": ""}
-    return result_manifest(ref, impl, sampler="torch"), tensors
+    with ambient:
+        for case in ref.cases:
+            tokens = ref.tensors[f"{case.name}.tokens"]
+            P = len(case.prompt_ids)
+            out = model(tokens[:, :-1].to(model.device), return_hidden=True)
+            tensors[f"{case.name}.tokens"] = tokens
+            tensors[f"{case.name}.logits"] = keep(out.logits[:, P - 1:]).contiguous()
+            if layers and ref.manifest["layers"]:
+                tensors[f"{case.name}.hidden"] = torch.stack([keep(h) for h in out.hidden]).contiguous()
+            if sampled:
+                gen = generate(model, case.prompt_ids, record=False, **case.settings)
+                tensors[f"{case.name}.sampled"] = torch.tensor(gen.sequences, dtype=torch.long)
+    dtype = p.name if p is not None else str(model.dtype).replace("torch.", "")
+    impl = {"name": name, "framework": "torch", "dtype": dtype, "notes": ""}
+    return result_manifest(ref, impl, sampler="torch", precision=p.name if p is not None else None), tensors

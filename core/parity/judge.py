@@ -129,9 +129,11 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         agree, kind, text = _precision_verdict(p, agree, kind, text, models, recheck, max_dlogit,
                                                precision["hf_own_error"])
     if subject.ran_in is not None:
-        text += f" (your model ran in {subject.ran_in.label} although float32 was asked: {subject.ran_in.how})"
-        notes.append(f"your model ran in {subject.ran_in.label} although float32 was asked; pass precision="
-                     f"{subject.ran_in.name!r} (or 'auto') to judge it at its own precision")
+        ran, asked = subject.ran_in, p.how  # "asked" (compare()), or "declared in the result's manifest"
+        text += f" (your model ran in {ran.label} although float32 was {asked}: {ran.how})"
+        fix = subject.ran_in_fix or f"pass precision={ran.name!r} (or 'auto')"
+        notes.append(f"your model ran in {ran.label} although float32 was {asked}; {fix} to judge it at its own "
+                     "precision")
     timings = {**(timings or {}), **hf.timings}
     return ParityReport(
         model=model, prompt=gen.prompt, prompt_ids=gen.prompt_ids, settings=gen.settings, reference=reference,

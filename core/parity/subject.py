@@ -47,9 +47,13 @@ class SubjectRun:
     streams: the token streams step_logits and hidden were computed on, when they are not the generation's own
         sequences (a result file's model is run on HF's streams, its own sampled rows beside them); None: its own.
         The generation's records are on these streams.
-    precision: the regime the run is judged in (asked, or detected); float32 keeps the float32 rule.
-    ran_in: what the model was observed to run in, where that contradicts an explicitly asked float32.
+    precision: the regime the run is judged in (asked, declared by a result file, or detected); float32 keeps the
+        float32 rule.
+    ran_in: what the model was observed to run in, where that contradicts an explicitly asked float32 (or, for a
+        result file, a declared one: precision.how says which).
     float32: below float32, the same model re-run in float32 on the same streams (or why it could not be).
+    ran_in_fix: how to have such a run judged at the precision it ran in, where compare()'s precision= argument is
+        not how (a result file's manifest); None: that argument.
     """
 
     generation: Generation
@@ -62,6 +66,7 @@ class SubjectRun:
     precision: Precision = FLOAT32
     ran_in: Precision | None = None
     float32: "Recheck | None" = None
+    ran_in_fix: str | None = None
 
     @property
     def fed_streams(self) -> list[list[int]]:
