@@ -203,3 +203,26 @@ def test_cli_precision_exit_codes(tiny_checkpoint, capsys, args, code):
         assert report["verdict"].startswith("consistent with bfloat16" if code == 0 else "differs beyond bfloat16")
     else:
         assert "error:" in out.err
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs where one is present)")
+
+
+@cuda
+@pytest.mark.parametrize("regime", ["tf32", "bfloat16", "float16", "bfloat16-autocast"])
+def test_cuda_regimes_are_consistent(random_hf, tokenizer, regime):
+    hf = copy.deepcopy(random_hf).to("cuda")
+    r = compare(_example(hf).to("cuda"), PROMPT, hf_model=hf, tokenizer=tokenizer, precision=regime, **SMALL)
+    assert r.agree and r.precision["name"] == regime, r.verdict
+
+
+@cuda
+def test_cuda_tf32_flag_is_detected(random_hf, tokenizer):
+    hf = copy.deepcopy(random_hf).to("cuda")
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        r = compare(_example(hf).to("cuda"), PROMPT, hf_model=hf, tokenizer=tokenizer, **SMALL)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert r.precision["name"] == "tf32" and r.agree, r.verdict
