@@ -674,6 +674,11 @@ class HFSide:
     def on_streams(self, streams: list[list[int]], n_steps: int, precision: Precision = FLOAT32) -> HFRun:
         """HF's own sampling (waited for) and its model on the subject's token streams (B, prompt + n_steps); below
         float32 also HF's own error at that precision on the same streams."""
+        device = next(self.hf.parameters()).device
+        with regime(FLOAT32, device.type):  # HF's side is float32 itself: no TF32 matmuls, no caller's autocast
+            return self._on_streams(streams, n_steps, precision, device)
+
+    def _on_streams(self, streams, n_steps: int, precision: Precision, device) -> HFRun:
         import time
 
         timings, ref, table, trace = {}, None, [], None
@@ -686,7 +691,6 @@ class HFSide:
                                       hf_eos_id(self.hf.config))
         # from HF's own generate() where a row's stream is HF's, teacher-forced for the other rows
         t = time.perf_counter()
-        device = next(self.hf.parameters()).device
         with torch.inference_mode():
             hidden, logits, recomputed = hf_on_streams(self.hf, torch.tensor(streams, device=device), P, n_steps,
                                                        ref, trace, self.key)
