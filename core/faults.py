@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from .errors import ParityLabError
-from .model import GPT, Block, CausalSelfAttention, KVCache, Linear, attend
+from .kernels import Linear, attend
+from .model import GPT, Block, CausalSelfAttention, KVCache
 
 
 class FaultError(ParityLabError, ValueError):

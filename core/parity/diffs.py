@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..model import EPS32
+from ..kernels import EPS32
 from ..sampling import TOP_N, Generation, SamplingSettings, process_logits_hf
 from .report import LayerDiff, StepDiff
 

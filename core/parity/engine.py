@@ -17,7 +17,8 @@ import time
 import torch
 
 from ..faults import FaultError, apply_fault, get_fault
-from ..model import GPT, thread_invariant
+from ..kernels import thread_invariant
+from ..model import GPT
 from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
 from .diffs import ATOL, layer_diffs, relative_tolerance, step_diffs
