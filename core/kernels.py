@@ -132,13 +132,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def thread_invariant(model: "GPT | None" = None) -> bool:
     """Does our forward (of `model`, if given) give the same bits at any thread count? Yes for an fp32 CPU model
-    whose linears run on oneDNN (attention never splits a dot product across threads), unless any of it runs under
-    autocast (aten's bf16 kernels are not checked). The parity engine runs us beside HF only when it does."""
+    whose linears run on oneDNN (attention never splits a dot product across threads), unless any of its modules
+    runs under autocast: aten's bf16 kernels are not checked. A module whose forward enables torch.autocast says so
+    with a class attribute `uses_autocast = True` (the bug lab's bf16_autocast fault does, core/faults.py)."""
     if linear_kernel() != "onednn":
         return False
     if model is None:
         return True
-    return model.dtype == torch.float32 and model.device.type == "cpu" and not model.uses_autocast
+    return (model.dtype == torch.float32 and model.device.type == "cpu"
+            and not any(getattr(m, "uses_autocast", False) for m in model.modules()))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *, causal: bool = True,

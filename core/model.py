@@ -171,8 +171,6 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
-    uses_autocast = False  # the bug lab's bf16_autocast fault sets it on its copy (see kernels.thread_invariant)
-
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
