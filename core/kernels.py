@@ -15,6 +15,8 @@ the parity engine runs our side beside HF's on a share of the cores, and the rep
 linear_kernel() picks oneDNN or aten once per process, lazily at the first fp32 linear: oneDNN when it is available,
 accurate to fp32, thread-invariant and not clearly slower than F.linear on this CPU (a check of ~130 ms, timed on one
 thread, best of interleaved runs, so that a busy machine cannot tip it); $PARITY_LAB_LINEAR=onednn|aten forces one.
+The check runs on a short-lived thread of its own and leaves every thread count as it found it: the caller's, and
+the one threads started later get (torch.set_num_threads sets both; see _set_own_threads).
 thread_invariant() tells whether a model's forward gives the same bits at any thread count.
 
 It does not know the network (core/model.py), where weights come from, nor when the parity engine runs what.
@@ -26,6 +28,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -60,9 +63,19 @@ def _best_ms(fns: list, reps: int = 9) -> list[float]:
     return [b * 1e3 for b in best]
 
 
-def _check_onednn() -> str | None:
-    """Why oneDNN must not run our linears here (None: it may). Accuracy against float64, bits at 1 thread
-    against the current count, then speed against F.linear on decode-sized products in both weight layouts."""
+def _set_own_threads(n: int, default: int) -> None:
+    """The calling thread's torch thread count to `n`, leaving the count threads started later get at `default`.
+    torch.set_num_threads sets both; a short-lived thread that runs no torch work puts the latter back (a thread
+    whose first torch call falls in the instant between the two would take `n`)."""
+    torch.set_num_threads(n)
+    keeper = threading.Thread(target=torch.set_num_threads, args=(default,), name="torch-threads-default")
+    keeper.start()
+    keeper.join()
+
+
+def _check_onednn_on(threads: int) -> str | None:
+    """_check_onednn's work, on a thread of its own that may change its own thread count."""
+    default = torch.get_num_threads()  # a new thread takes the default count at its first torch call
     try:
         if not torch.backends.mkldnn.is_available():
             return "oneDNN is not available in this torch build"
@@ -71,35 +84,38 @@ def _check_onednn() -> str | None:
         w_out_in = torch.randn(3072, 768, generator=g)
         bias = torch.randn(3072, generator=g)
         cases = [(torch.randn(rows, 768, generator=g), w) for rows in (1, 5, 37) for w in (w_in_out.t(), w_out_in)]
-        n = torch.get_num_threads()
+        _set_own_threads(threads, default)
+        results = []
         for x, w in cases:
             got = _onednn(x, w, bias)
             exact = torch.addmm(bias.double(), x.double(), w.double().t())
             # fp32 accumulation of 768 products stays within ~eps * sqrt(K) of the scale; bf16 would be ~1e-3 off
             if not (got - exact).abs().max() <= 4 * EPS32 * math.sqrt(768) * exact.abs().max():
                 return "oneDNN's fp32 matmul is not accurate to fp32 here"
-            if n > 1:
-                torch.set_num_threads(1)
-                try:
-                    single = _onednn(x, w, bias)
-                finally:
-                    torch.set_num_threads(n)
-                if not torch.equal(got, single):
-                    return "oneDNN's results change with the thread count here"
+            results.append(got)
+        _set_own_threads(1, default)  # each kernel's own speed: on a busy machine a thread team waits for its slowest
+        if threads > 1 and not all(torch.equal(got, _onednn(x, w, bias)) for got, (x, w) in zip(results, cases)):
+            return "oneDNN's results change with the thread count here"
         x5 = torch.randn(5, 768, generator=g)
         products = [(x, w) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in)]
-        torch.set_num_threads(1)  # each kernel's own speed: on a busy machine a thread team waits for its slowest
-        try:
-            times = _best_ms([lambda x=x, w=w: _onednn(x, w, bias) for x, w in products]
-                             + [lambda x=x, w=w: F.linear(x, w, bias) for x, w in products])
-        finally:
-            torch.set_num_threads(n)
+        times = _best_ms([lambda x=x, w=w: _onednn(x, w, bias) for x, w in products]
+                         + [lambda x=x, w=w: F.linear(x, w, bias) for x, w in products])
         ours, aten = sum(times[: len(products)]), sum(times[len(products):])
         if ours > ONEDNN_SLOWER_OK * aten:  # a little slower still wins: its bits let us run beside HF
             return f"oneDNN is slower than F.linear here ({ours:.2f} ms vs {aten:.2f} ms)"
         return None
     except (RuntimeError, AttributeError) as exc:  # an op missing from this build, or refusing these inputs
         return f"oneDNN's linear failed here: {exc}"
+
+
+def _check_onednn() -> str | None:
+    """Why oneDNN must not run our linears here (None: it may). Accuracy against float64, bits at the caller's
+    thread count against one thread, then speed against F.linear on one thread, on decode-sized products in both
+    weight layouts. Runs on a short-lived thread of its own, which alone changes its thread count: the caller's
+    count, and the one threads started later get, stay as they were (tests/test_kernels.py)."""
+    threads = torch.get_num_threads()  # the count the caller's forward runs at
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onednn-check") as worker:
+        return worker.submit(_check_onednn_on, threads).result()
 
 
 def linear_kernel() -> str:

@@ -4,6 +4,7 @@ and our whole generation (logits, residual stream, every record) has the same bi
 lets the parity engine run it beside HF (core/parity/reference.py)."""
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -98,6 +99,58 @@ def test_the_check_fails_an_inaccurate_or_slow_kernel(monkeypatch):
 
     monkeypatch.setattr(kernels, "_onednn", slow)
     assert "slower than F.linear" in kernels._check_onednn()
+
+
+def _in_a_new_thread(fn):
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(fn).result()
+
+
+def _threads_of_a_new_thread() -> int:
+    def probe():
+        torch.ones(4).sum()  # a thread's first torch op fixes its thread count
+        return torch.get_num_threads()
+
+    return _in_a_new_thread(probe)
+
+
+def _set_default_threads(n: int) -> None:
+    """The count threads started later get, set from a thread that runs no torch work (the caller's own stays)."""
+    _in_a_new_thread(lambda: torch.set_num_threads(n))
+
+
+@pytest.mark.parametrize("own_is_one", [True, False], ids=["own=1,default=all", "own=all,default=1"])
+def test_the_first_forward_leaves_every_thread_count_alone(monkeypatch, tiny_pair, own_is_one):
+    """The kernel check at the first forward times on one thread and compares bits at the caller's count against one
+    thread, yet leaves the caller's count, and the one threads started later get, as they were: even where the two
+    differ (as while HF runs beside us) and whichever is larger."""
+    n = torch.get_num_threads()
+    assert n > 1, "the test needs at least two threads to compare"
+    own, default = (1, n) if own_is_one else (n, 1)
+    monkeypatch.setattr(kernels, "_KERNEL", None)  # not decided yet: the next fp32 linear runs the check
+    monkeypatch.delenv("PARITY_LAB_LINEAR", raising=False)
+    counts = []  # the thread count each of the check's oneDNN products ran at
+    real = kernels._onednn
+    monkeypatch.setattr(kernels, "_onednn", lambda x, w, b: counts.append(torch.get_num_threads()) or real(x, w, b))
+    ids = torch.tensor([[15496, 11, 314]])
+
+    def caller() -> dict:
+        torch.get_num_threads()  # take the default count, then set this thread's own
+        torch.set_num_threads(own)
+        _set_default_threads(default)
+        with torch.no_grad():
+            tiny_pair[0](ids)
+        return dict(kernel=kernels._KERNEL, own=torch.get_num_threads(), new=_threads_of_a_new_thread())
+
+    try:
+        seen = _in_a_new_thread(caller)
+    finally:
+        _set_default_threads(n)
+    assert seen["kernel"] in kernels.KERNELS, "the forward did not decide the kernel"
+    assert set(counts) == ({1} if own == 1 else {own, 1}), "the check ran at other thread counts"
+    assert seen["own"] == own, "the caller's own thread count changed"
+    assert seen["new"] == default, "the count threads started later get changed"
+    assert torch.get_num_threads() == n, "another thread's count changed"
 
 
 def _run(model, threads: int, **settings):
