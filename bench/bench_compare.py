@@ -10,7 +10,7 @@ medians; every ratio is against HF generate() alone measured in the same rounds:
     and plain, against HF generate()'s speed                                           target >= 1.3x faster
   - the same request again, and one that changes only our side (method nanogpt, a
     bug-lab fault), right after a cold compare: HF's results come from the cache      target <= 0.6x the cold one
-Prints our linear kernel (core.model.linear_kernel) and whether HF's reference runs beside our generation, and the
+Prints our linear kernel (core.kernels.linear_kernel) and whether HF's reference runs beside our generation, and the
 machine's load average before and after. Run: `.venv/bin/python bench/bench_compare.py`
 (`--shapes 124m` for one shape, `--repeats N`).
 """
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     tok = load_tokenizer(bpe_dir())
-    from core.model import linear_kernel, thread_invariant
+    from core.kernels import linear_kernel, thread_invariant
     from core.parity.reference import overlap_reference
 
     print(f"torch {torch.__version__}; {load()} (before)")

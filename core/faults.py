@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from .errors import ParityLabError
-from .model import GPT, Block, CausalSelfAttention, KVCache, Linear, attend
+from .kernels import Linear, attend
+from .model import GPT, Block, CausalSelfAttention, KVCache
 
 
 class FaultError(ParityLabError, ValueError):
@@ -125,7 +126,11 @@ class FaultyAttention(CausalSelfAttention):
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+# Both run aten's bf16 kernels, whose bits are not checked to be the same at any thread count: `uses_autocast` tells
+# core.kernels.thread_invariant so (the parity engine then runs HF's reference after our generation, not beside it).
 class _AutocastGPT(GPT):
+    uses_autocast = True
+
     def forward(self, *args, **kwargs):
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
             out = super().forward(*args, **kwargs)
@@ -137,6 +142,8 @@ class _AutocastGPT(GPT):
 
 
 class _AutocastBlock(Block):
+    uses_autocast = True
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
             out = super().forward(x, cache)
@@ -176,7 +183,6 @@ def apply_fault(model: GPT, name: str | None) -> GPT:
     # deep-copy the modules but not the parameters: the copy shares every weight until a fault replaces one
     faulty = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     h = faulty.transformer.h
-    faulty.uses_autocast = base == "bf16_autocast"  # aten's bf16 kernels: not known to be thread-invariant
     if k is not None:
         _inject(faulty, base, [h[k]])
     elif base == "bf16_autocast":

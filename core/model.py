@@ -1,4 +1,5 @@
-"""GPT-2 in plain PyTorch (inference only): knows the architecture and a KV cache, not where weights come from.
+"""GPT-2 in plain PyTorch (inference only): knows the architecture and a KV cache, not where weights come from,
+nor which kernels compute its linears and attention (core/kernels.py).
 
 Modules are named exactly as in HuggingFace's GPT2LMHeadModel (`transformer.wte`, `transformer.h.N.attn.c_attn`,
 ... `lm_head`), so a state dict maps onto it one key for one key; only the four Conv1D weights per block are
@@ -7,10 +8,6 @@ stored transposed (nn.Linear layout). Dropout is not implemented: this model nev
 
 from __future__ import annotations
 
-import math
-import os
-import threading
-import time
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ParityLabError
-
-EPS32 = float(torch.finfo(torch.float32).eps)
+from .kernels import Linear, attend, prepack_bf16
 
 # HF activation names we implement, and how. gelu_new and gelu_pytorch_tanh are the same function (tanh
 # approximation); HF computes the first in Python ops, the second in C: they agree to float rounding.
@@ -112,160 +108,6 @@ class KVCache:
         self.max_len = max_len
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Kernels. The product's numbers must not depend on which BLAS runs them beyond float rounding, nor on the thread
-# count at all (the parity engine runs our side beside HF's on a share of the cores: same bits either way).
-#   - MKL (F.linear): at 2-16 rows it splits the dot products across threads, so its bits change with the thread
-#     count; on an AMD EPYC (Zen 4) it ran GPT-2's decode-sized products 2-5x slower than oneDNN.
-#   - oneDNN's fp32 matmul (torch.ops.mkldnn._linear_pointwise, the kernel torch.compile emits for CPU linears):
-#     reads the weight where it is (HF's (in, out) Conv1D storage seen transposed: no copy), fp32 accumulation,
-#     the same bits at any thread count (checked).
-# linear_kernel() picks one per process: oneDNN when it is available, accurate to fp32, thread-invariant and not
-# clearly slower than F.linear on this CPU (a check of ~130 ms at first use, timed on one thread, best of
-# interleaved runs, so that a busy machine cannot tip it); $PARITY_LAB_LINEAR=onednn|aten forces one.
-
-KERNELS = ("onednn", "aten")
-ONEDNN_SLOWER_OK = 1.25  # oneDNN is chosen unless it is more than this much slower than F.linear
-_KERNEL: str | None = None
-_KERNEL_LOCK = threading.Lock()
-
-
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
-
-
-def _best_ms(fns: list, reps: int = 9) -> list[float]:
-    """Each function's best time of `reps`, interleaved: a busy machine slows some runs, never speeds one up."""
-    for fn in fns:
-        fn()  # oneDNN builds its kernel for a shape at first use
-    best = [math.inf] * len(fns)
-    for _ in range(reps):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return [b * 1e3 for b in best]
-
-
-def _check_onednn() -> str | None:
-    """Why oneDNN must not run our linears here (None: it may). Accuracy against float64, bits at 1 thread
-    against the current count, then speed against F.linear on decode-sized products in both weight layouts."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return "oneDNN is not available in this torch build"
-        g = torch.Generator().manual_seed(0)
-        w_in_out = torch.randn(768, 3072, generator=g)  # HF's Conv1D storage; the weight is its transposed view
-        w_out_in = torch.randn(3072, 768, generator=g)
-        bias = torch.randn(3072, generator=g)
-        cases = [(torch.randn(rows, 768, generator=g), w) for rows in (1, 5, 37) for w in (w_in_out.t(), w_out_in)]
-        n = torch.get_num_threads()
-        for x, w in cases:
-            got = _onednn(x, w, bias)
-            exact = torch.addmm(bias.double(), x.double(), w.double().t())
-            # fp32 accumulation of 768 products stays within ~eps * sqrt(K) of the scale; bf16 would be ~1e-3 off
-            if not (got - exact).abs().max() <= 4 * EPS32 * math.sqrt(768) * exact.abs().max():
-                return "oneDNN's fp32 matmul is not accurate to fp32 here"
-            if n > 1:
-                torch.set_num_threads(1)
-                try:
-                    single = _onednn(x, w, bias)
-                finally:
-                    torch.set_num_threads(n)
-                if not torch.equal(got, single):
-                    return "oneDNN's results change with the thread count here"
-        x5 = torch.randn(5, 768, generator=g)
-        products = [(x, w) for x in (x5, x5[:1]) for w in (w_in_out.t(), w_out_in)]
-        torch.set_num_threads(1)  # each kernel's own speed: on a busy machine a thread team waits for its slowest
-        try:
-            times = _best_ms([lambda x=x, w=w: _onednn(x, w, bias) for x, w in products]
-                             + [lambda x=x, w=w: F.linear(x, w, bias) for x, w in products])
-        finally:
-            torch.set_num_threads(n)
-        ours, aten = sum(times[: len(products)]), sum(times[len(products):])
-        if ours > ONEDNN_SLOWER_OK * aten:  # a little slower still wins: its bits let us run beside HF
-            return f"oneDNN is slower than F.linear here ({ours:.2f} ms vs {aten:.2f} ms)"
-        return None
-    except (RuntimeError, AttributeError) as exc:  # an op missing from this build, or refusing these inputs
-        return f"oneDNN's linear failed here: {exc}"
-
-
-def linear_kernel() -> str:
-    """The kernel our fp32 CPU linears use in this process: "onednn" or "aten" (F.linear); decided once."""
-    global _KERNEL
-    if _KERNEL is None:
-        with _KERNEL_LOCK:
-            if _KERNEL is None:
-                forced = os.environ.get("PARITY_LAB_LINEAR", "auto").strip().lower() or "auto"
-                if forced not in (*KERNELS, "auto"):
-                    raise ValueError(f"PARITY_LAB_LINEAR must be onednn, aten or auto, got {forced!r}")
-                if forced == "aten" or (forced == "auto" and _check_onednn() is not None):
-                    _KERNEL = "aten"
-                else:
-                    _KERNEL = "onednn"
-    return _KERNEL
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, computed by linear_kernel()'s choice for fp32 on the CPU. Autocast and autograd need aten's op
-    (oneDNN's has no backward, and autocast does not see it), so they always get F.linear."""
-    if (weight.dtype == torch.float32 and x.dtype == torch.float32 and weight.device.type == "cpu"
-            and (weight.is_contiguous() or weight.t().is_contiguous())
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and linear_kernel() == "onednn"):
-        return _onednn(x, weight, bias)
-    return F.linear(x, weight, bias)
-
-
-def thread_invariant(model: "GPT | None" = None) -> bool:
-    """Does our forward (of `model`, if given) give the same bits at any thread count? Yes for an fp32 CPU model
-    whose linears run on oneDNN (attention never splits a dot product across threads), unless any of it runs under
-    autocast (aten's bf16 kernels are not checked). The parity engine runs us beside HF only when it does."""
-    if linear_kernel() != "onednn":
-        return False
-    if model is None:
-        return True
-    return model.dtype == torch.float32 and model.device.type == "cpu" and not model.uses_autocast
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, *, causal: bool = True,
-           scale: float | None = None) -> torch.Tensor:
-    """Attention of T queries at positions start.. over the keys 0 .. start+T-1: (B, nh, T, hs) -> (B, nh, T, hs).
-    One fp32 query (a decoding step) is q @ k^T, softmax, @ v: SDPA's one-query kernel splits the keys across
-    threads, which makes its bits depend on the thread count (bf16, never run beside HF, keeps SDPA: ~10% faster)."""
-    T = q.size(2)
-    if T == 1 and start > 0 and q.dtype == torch.float32:  # one new token sees every cached one
-        att = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.size(-1)))
-        return att.softmax(dim=-1) @ v  # (B, nh, 1, hs)
-    if not causal or T == 1:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    if start == 0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    # a chunk after a cached prefix: query i sees keys 0 .. start+i
-    mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
-def _bf16_prepack_available() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        return False
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state-dict keys) computed with `linear` above, or, for bf16 on the CPU
-    after GPT.use_decode_layout, with a oneDNN-prepacked copy of the weight (bit-identical to F.linear, ~1.4x
-    faster at decode batch sizes; this is the kernel torch.compile's inductor emits for bf16 linears)."""
-
-    packed: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.dtype == torch.bfloat16:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return linear(x, self.weight, self.bias)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -276,9 +118,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T, C = x.size()
+        B, T, C = x.size()  # batch, sequence length, embedding width (n_embd)
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -291,8 +133,8 @@ class CausalSelfAttention(nn.Module):
             k = cache.k[self.layer_idx, :, :, :end]  # (B, nh, start+T, hs)
             v = cache.v[self.layer_idx, :, :, :end]
         y = attend(q, k, v, start)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.c_proj(y)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): the heads side by side
+        return self.c_proj(y)  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -303,7 +145,8 @@ class MLP(nn.Module):
         self.approximate = config.gelu_approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        h = F.gelu(self.c_fc(x), approximate=self.approximate)  # (B, T, mlp_width)
+        return self.c_proj(h)  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -316,7 +159,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
 @dataclass
@@ -328,8 +171,6 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
-    uses_autocast = False  # the bug lab's bf16_autocast fault sets it on its copy (see thread_invariant)
-
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -403,17 +244,14 @@ class GPT(nn.Module):
         """Store every weight contiguous in nn.Linear's (out, in) layout, in place; returns self.
 
         The port gives the four Conv1D weights per block as transposed views of HF's (in, out) storage. For
-        decoding on the CPU the (out, in) layout is faster (see `linear`; bench/bench_generate.py), but each
+        decoding on the CPU the (out, in) layout is faster (core/kernels.py; bench/bench_generate.py), but each
         re-laid weight is a copy: a model that shares HF's storage (the parity pair) stops sharing it. So
         `load_pretrained`, whose model shares nothing, uses this; the pair does not.
         """
         for block in self.transformer.h:
             for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
                 lin.weight = nn.Parameter(lin.weight.contiguous(), requires_grad=False)
-        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and _bf16_prepack_available():
-            for lin in self.modules():  # a prepacked copy per weight: bf16 decoding keeps two copies
-                if isinstance(lin, Linear):
-                    lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight, 1)
+        prepack_bf16(self)  # bf16 on the CPU: a oneDNN-prepacked copy per weight (core/kernels.py)
         return self
 
     def num_parameters(self) -> int:

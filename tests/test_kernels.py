@@ -1,9 +1,10 @@
-"""The kernels under our fp32 forward (core/model.py): oneDNN's linear is fp32-exact against float64 on every layout
+"""The kernels under our fp32 forward (core/kernels.py): oneDNN's linear is fp32-exact against float64 on every layout
 we use, gives way to aten's under autocast and autograd, is chosen by a check that a slow or inaccurate kernel fails,
 and our whole generation (logits, residual stream, every record) has the same bits at any thread count, which is what
 lets the parity engine run it beside HF (core/parity/reference.py)."""
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from conftest import WIDE
 
 from core import generate, port_from_hf
-from core import model as model_mod
+from core import kernels
 from core.faults import apply_fault
 from core.sampling import Capture
 from core.structured import random_gpt2
@@ -24,7 +25,7 @@ def kernel(monkeypatch):
     """Force the process's kernel choice for one test."""
 
     def use(name: str) -> None:
-        monkeypatch.setattr(model_mod, "_KERNEL", name)
+        monkeypatch.setattr(kernels, "_KERNEL", name)
 
     return use
 
@@ -52,7 +53,7 @@ def test_linear_is_fp32_exact_on_every_layout(kernel, name):
         for x in (torch.randn(1, 96, generator=g), torch.randn(5, 96, generator=g), torch.randn(3, 7, 96, generator=g),
                   torch.randn(3, 7, 96, generator=g)[:, -1:, :]):  # 3-D, and a non-contiguous last-position slice
             for b in (bias, None):
-                _close_to_float64(model_mod.linear(x, w, b), x, w, b)
+                _close_to_float64(kernels.linear(x, w, b), x, w, b)
 
 
 def test_onednn_gives_way_under_autocast_and_autograd(kernel):
@@ -60,45 +61,97 @@ def test_onednn_gives_way_under_autocast_and_autograd(kernel):
     w = torch.randn(64, 32)
     x = torch.randn(4, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the bug lab's bf16_autocast fault relies on this
-        assert model_mod.linear(x, w).dtype == torch.bfloat16
+        assert kernels.linear(x, w).dtype == torch.bfloat16
     wg = w.clone().requires_grad_(True)
-    y = model_mod.linear(x, wg)
+    y = kernels.linear(x, wg)
     assert y.grad_fn is not None
     y.sum().backward()
     torch.testing.assert_close(wg.grad, x.sum(0).expand_as(w))
 
 
 def test_kernel_choice(monkeypatch):
-    monkeypatch.setattr(model_mod, "_KERNEL", None)
+    monkeypatch.setattr(kernels, "_KERNEL", None)
     monkeypatch.setenv("PARITY_LAB_LINEAR", "aten")
-    assert model_mod.linear_kernel() == "aten" and not model_mod.thread_invariant()
-    monkeypatch.setattr(model_mod, "_KERNEL", None)
+    assert kernels.linear_kernel() == "aten" and not kernels.thread_invariant()
+    monkeypatch.setattr(kernels, "_KERNEL", None)
     monkeypatch.setenv("PARITY_LAB_LINEAR", "onednn")
-    assert model_mod.linear_kernel() == "onednn" and model_mod.thread_invariant()
-    monkeypatch.setattr(model_mod, "_KERNEL", None)
+    assert kernels.linear_kernel() == "onednn" and kernels.thread_invariant()
+    monkeypatch.setattr(kernels, "_KERNEL", None)
     monkeypatch.setenv("PARITY_LAB_LINEAR", "blas")
     with pytest.raises(ValueError, match="PARITY_LAB_LINEAR must be onednn, aten or auto"):
-        model_mod.linear_kernel()
+        kernels.linear_kernel()
     monkeypatch.delenv("PARITY_LAB_LINEAR")
     for verdict, chosen in ((None, "onednn"), ("oneDNN is slower than F.linear here", "aten")):
-        monkeypatch.setattr(model_mod, "_KERNEL", None)
-        monkeypatch.setattr(model_mod, "_check_onednn", lambda v=verdict: v)
-        assert model_mod.linear_kernel() == chosen
+        monkeypatch.setattr(kernels, "_KERNEL", None)
+        monkeypatch.setattr(kernels, "_check_onednn", lambda v=verdict: v)
+        assert kernels.linear_kernel() == chosen
 
 
 def test_the_check_fails_an_inaccurate_or_slow_kernel(monkeypatch):
-    real = model_mod._onednn
-    assert model_mod._check_onednn() is None  # this machine's oneDNN: accurate, thread-invariant, fast enough
-    monkeypatch.setattr(model_mod, "_onednn", lambda x, w, b: real(x.bfloat16().float(), w.bfloat16().float(), b))
-    assert "not accurate" in model_mod._check_onednn()  # what a bf16 "fp32" matmul would look like
+    real = kernels._onednn
+    assert kernels._check_onednn() is None  # this machine's oneDNN: accurate, thread-invariant, fast enough
+    monkeypatch.setattr(kernels, "_onednn", lambda x, w, b: real(x.bfloat16().float(), w.bfloat16().float(), b))
+    assert "not accurate" in kernels._check_onednn()  # what a bf16 "fp32" matmul would look like
 
     def slow(x, w, b):
         for _ in range(3):
             real(x, w, b)
         return real(x, w, b)
 
-    monkeypatch.setattr(model_mod, "_onednn", slow)
-    assert "slower than F.linear" in model_mod._check_onednn()
+    monkeypatch.setattr(kernels, "_onednn", slow)
+    assert "slower than F.linear" in kernels._check_onednn()
+
+
+def _in_a_new_thread(fn):
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(fn).result()
+
+
+def _threads_of_a_new_thread() -> int:
+    def probe():
+        torch.ones(4).sum()  # a thread's first torch op fixes its thread count
+        return torch.get_num_threads()
+
+    return _in_a_new_thread(probe)
+
+
+def _set_default_threads(n: int) -> None:
+    """The count threads started later get, set from a thread that runs no torch work (the caller's own stays)."""
+    _in_a_new_thread(lambda: torch.set_num_threads(n))
+
+
+@pytest.mark.parametrize("own_is_one", [True, False], ids=["own=1,default=all", "own=all,default=1"])
+def test_the_first_forward_leaves_every_thread_count_alone(monkeypatch, tiny_pair, own_is_one):
+    """The kernel check at the first forward times on one thread and compares bits at the caller's count against one
+    thread, yet leaves the caller's count, and the one threads started later get, as they were: even where the two
+    differ (as while HF runs beside us) and whichever is larger."""
+    n = torch.get_num_threads()
+    assert n > 1, "the test needs at least two threads to compare"
+    own, default = (1, n) if own_is_one else (n, 1)
+    monkeypatch.setattr(kernels, "_KERNEL", None)  # not decided yet: the next fp32 linear runs the check
+    monkeypatch.delenv("PARITY_LAB_LINEAR", raising=False)
+    counts = []  # the thread count each of the check's oneDNN products ran at
+    real = kernels._onednn
+    monkeypatch.setattr(kernels, "_onednn", lambda x, w, b: counts.append(torch.get_num_threads()) or real(x, w, b))
+    ids = torch.tensor([[15496, 11, 314]])
+
+    def caller() -> dict:
+        torch.get_num_threads()  # take the default count, then set this thread's own
+        torch.set_num_threads(own)
+        _set_default_threads(default)
+        with torch.no_grad():
+            tiny_pair[0](ids)
+        return dict(kernel=kernels._KERNEL, own=torch.get_num_threads(), new=_threads_of_a_new_thread())
+
+    try:
+        seen = _in_a_new_thread(caller)
+    finally:
+        _set_default_threads(n)
+    assert seen["kernel"] in kernels.KERNELS, "the forward did not decide the kernel"
+    assert set(counts) == ({1} if own == 1 else {own, 1}), "the check ran at other thread counts"
+    assert seen["own"] == own, "the caller's own thread count changed"
+    assert seen["new"] == default, "the count threads started later get changed"
+    assert torch.get_num_threads() == n, "another thread's count changed"
 
 
 def _run(model, threads: int, **settings):
@@ -133,7 +186,7 @@ def test_generation_has_the_same_bits_at_any_thread_count(kernel, wide_pair, fau
 def test_one_query_attention_matches_sdpa():
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(3, 12, n, 64, generator=g) for n in (1, 40, 40))
-    got = model_mod.attend(q, k, v, start=39)
+    got = kernels.attend(q, k, v, start=39)
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
-    got = model_mod.attend(q, k, v, start=39, scale=1.0)
+    got = kernels.attend(q, k, v, start=39, scale=1.0)
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, scale=1.0), rtol=1e-5, atol=1e-6)

@@ -240,6 +240,6 @@ def test_decode_layout_matches_hf_and_bf16_prepack_is_exact():
     packed = port_from_hf(hf).to(torch.bfloat16).use_decode_layout()
     with torch.no_grad():
         assert torch.equal(packed(idx), plain(idx))
-    from core.model import _bf16_prepack_available
+    from core.kernels import bf16_prepack_available
 
-    assert (packed.transformer.h[0].attn.c_attn.packed is not None) == _bf16_prepack_available()
+    assert (packed.transformer.h[0].attn.c_attn.packed is not None) == bf16_prepack_available()

@@ -346,12 +346,12 @@ def test_compare_restores_thread_counts(pair, tokenizer, monkeypatch):
 def test_reference_beside_our_generation_gives_the_serial_report(tokenizer, monkeypatch, overlap, width):
     """HF at the full thread count on its worker, ours on a share of the cores: not one bit of the report moves
     (at GPT-2's width MKL's decode products, and SDPA's one-query kernel, change bits with the thread count)."""
-    from core import model as model_mod
+    from core import kernels
 
     shape = ODD if width == "odd" else WIDE
     hf = random_gpt2(seed=21, logit_std=2.5, **shape)
     pair = (port_from_hf(hf), hf)
-    monkeypatch.setattr(model_mod, "_KERNEL", "onednn")  # thread-invariant on any CPU that has oneDNN
+    monkeypatch.setattr(kernels, "_KERNEL", "onednn")  # thread-invariant on any CPU that has oneDNN
     monkeypatch.setattr(refmod, "OVERLAP_REFERENCE", False)
     refmod.REFERENCE_CACHE.clear()
     case = dict(fault="qk_swapped", **SEED_CASE)
@@ -366,17 +366,17 @@ def test_reference_beside_our_generation_gives_the_serial_report(tokenizer, monk
 
 
 def test_no_overlap_for_a_subject_whose_bits_follow_its_thread_count(pair, tokenizer, monkeypatch):
-    from core import model as model_mod
+    from core import kernels
 
-    monkeypatch.setattr(model_mod, "_KERNEL", "aten")  # MKL: its decode products change bits with the thread count
+    monkeypatch.setattr(kernels, "_KERNEL", "aten")  # MKL: its decode products change bits with the thread count
     refmod.REFERENCE_CACHE.clear()
     report = compare(pair, PROMPT, tokenizer=tokenizer, **SEED_CASE)
-    assert report.timings["overlapped"] == 0.0 and not refmod.overlap_reference(model_mod.thread_invariant())
-    monkeypatch.setattr(model_mod, "_KERNEL", "onednn")
+    assert report.timings["overlapped"] == 0.0 and not refmod.overlap_reference(kernels.thread_invariant())
+    monkeypatch.setattr(kernels, "_KERNEL", "onednn")
     assert refmod.overlap_reference(True) == (torch.get_num_threads() > 1)
     ours, hf = pair
-    assert model_mod.thread_invariant(ours) and not model_mod.thread_invariant(apply_fault(ours, "bf16_autocast"))
-    assert not model_mod.thread_invariant(port_from_hf(hf).to(torch.bfloat16))
+    assert kernels.thread_invariant(ours) and not kernels.thread_invariant(apply_fault(ours, "bf16_autocast"))
+    assert not kernels.thread_invariant(port_from_hf(hf).to(torch.bfloat16))
     for fault in ("bf16_autocast", "bf16_autocast@1"):  # aten's bf16 kernels run: one after the other
         refmod.REFERENCE_CACHE.clear()  # HF not cached: it would otherwise run beside us
         assert compare(pair, PROMPT, tokenizer=tokenizer, fault=fault, **SEED_CASE).timings["overlapped"] == 0.0

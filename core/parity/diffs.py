@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model import EPS32
+from ..kernels import EPS32
 from ..sampling import TOP_N, Generation, SamplingSettings, sampling_distribution
 from .report import LayerDiff, StepDiff
 

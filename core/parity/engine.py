@@ -15,7 +15,8 @@ import time
 import torch
 
 from ..faults import FaultError, apply_fault, get_fault
-from ..model import GPT, thread_invariant
+from ..kernels import thread_invariant
+from ..model import GPT
 from ..precision import PrecisionError
 from ..precision import parse as _parse
 from ..sampling import SamplingSettings, prepare
