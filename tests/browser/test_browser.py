@@ -16,7 +16,7 @@ The end-to-end test saves a screenshot of the dashboard to a temporary folder, o
 width tests save theirs to a temporary folder, or to $PARITY_SHOTS_DIR when set (never into docs/).
 
 Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, else /usr/bin/chromium or `chromium`
-on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/test_browser.py`.
+on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/browser/test_browser.py`.
 """
 
 from __future__ import annotations

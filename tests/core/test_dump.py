@@ -23,7 +23,7 @@ from core.parity.dump import (
     make_cases, result_from_gpt, save_reference, save_result,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Hello, I'm a language model,"
 SETTINGS = dict(num_return_sequences=2, max_new_tokens=6)
 
