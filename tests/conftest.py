@@ -1,6 +1,8 @@
 """Shared fixtures: random-init HF GPT-2 checkpoints made on the spot (core.structured.random_gpt2, the one recipe
-for a random GPT-2), and GPT-2's genuine BPE files."""
+for a random GPT-2), GPT-2's genuine BPE files, and the stand-in Hub that the Hub tests in tests/app and tests/cli
+share."""
 
+import json
 import os
 from pathlib import Path
 
@@ -74,3 +76,38 @@ def tiny_checkpoint(tmp_path_factory, tiny_hf):
     (path / "vocab.json").write_bytes((BPE_DIR / "encoder.json").read_bytes())
     (path / "merges.txt").write_bytes((BPE_DIR / "vocab.bpe").read_bytes())
     return path
+
+
+@pytest.fixture(scope="module")
+def odd_checkpoint(tmp_path_factory, bpe_dir):
+    """A save_pretrained directory of the ODD-shaped model, served as gpt2-medium by the stand-in Hub."""
+    from core.structured import random_gpt2
+
+    path = tmp_path_factory.mktemp("odd-gpt2")
+    random_gpt2(seed=1, **ODD).save_pretrained(path)
+    (path / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
+    (path / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_checkpoint, odd_checkpoint):
+    """The stand-in Hub (fake_hub.py) on 127.0.0.1 with the repos the Hub tests ask for, one per module."""
+    from fake_hub import FakeHub, checkpoint_files
+
+    files = checkpoint_files(tiny_checkpoint)
+    files["README.md"] = b"# a model card nobody needs to download\n"
+    files["pytorch_model.bin"] = b"pickled weights that must never be fetched"
+    config = json.loads(files["config.json"])
+    with FakeHub(max_stall_s=30) as hub:
+        hub.add_repo("openai-community/gpt2", files, alias="gpt2")
+        hub.add_repo("openai-community/gpt2-medium", checkpoint_files(odd_checkpoint), alias="gpt2-medium")
+        hub.add_repo("distilbert/distilgpt2", files, alias="distilgpt2")
+        hub.add_repo("google-bert/bert-base-uncased", {"config.json": json.dumps({"model_type": "bert"}).encode(),
+                                                       "model.safetensors": b"\0" * 4096})
+        hub.add_repo("someone/gpt2-bin-only", {"config.json": json.dumps(config).encode(),
+                                               "pytorch_model.bin": b"pickle"})
+        hub.add_repo("someone/gated-gpt2", files, gated=True)
+        hub.add_repo("someone/gpt2-cross-attention", {**files, "config.json": json.dumps(
+            {**config, "add_cross_attention": True}).encode()})
+        yield hub

@@ -71,3 +71,12 @@ def test_cli_precision_exit_codes(tiny_checkpoint, capsys, args, code):
         assert report["verdict"].startswith("consistent with bfloat16" if code == 0 else "differs beyond bfloat16")
     else:
         assert "error:" in out.err
+
+
+def test_python_m_entry_points_print_no_runtime_warning():
+    """Issue 12 item 6: `python -m core.parity` must not be a module that `core/__init__` imports first."""
+    for module in ("core.parity", "core.generate"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=90, env=dict(os.environ, PYTHONWARNINGS="default"))
+        assert proc.returncode == 0, proc.stderr
+        assert "RuntimeWarning" not in proc.stderr, f"{module}: {proc.stderr}"
