@@ -1,6 +1,6 @@
-"""The Hub path end to end against a stand-in Hub on 127.0.0.1 (tests/fake_hub.py): the Python API and
-the dashboard's model cache (the CLI's: tests/cli/test_hub_cli.py), healthy and with every kind of failure. Time limits are set small (1 s per request,
-a few seconds per model) so each failure shows up in bounded time."""
+"""The Hub path end to end against a stand-in Hub on 127.0.0.1 (tests/fake_hub.py): the Python API and the
+dashboard's model cache (the command line's: tests/cli/test_hub_cli.py), healthy and with every kind of failure.
+Time limits are set small (1 s per request, a few seconds per model) so each failure shows up in bounded time."""
 
 import socket
 import threading
