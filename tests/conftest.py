@@ -1,6 +1,6 @@
 """Shared fixtures: random-init HF GPT-2 checkpoints made on the spot (core.structured.random_gpt2, the one recipe
-for a random GPT-2), GPT-2's genuine BPE files, and the stand-in Hub that the Hub tests in tests/app and tests/cli
-share."""
+for a random GPT-2), GPT-2's genuine BPE files, the stand-in Hub that the Hub tests in tests/app and tests/cli
+share, and the result files that the upload tests in tests/app and tests/browser share."""
 
 import json
 import os
@@ -111,3 +111,35 @@ def hub(tiny_checkpoint, odd_checkpoint):
         hub.add_repo("someone/gpt2-cross-attention", {**files, "config.json": json.dumps(
             {**config, "add_cross_attention": True}).encode()})
         yield hub
+
+
+@pytest.fixture(scope="module")
+def tiny_app_reference():
+    """What the dashboard computes for its built-in tiny model and a small case (the server builds the reference
+    for the cases a result names), computed here independently."""
+    from core.parity.dump import export_reference
+    from demo import upload
+    from demo.models import TINY, build_tiny_pair
+    from core import load_tokenizer
+
+    ours_t, hf_t = build_tiny_pair()
+    tok = load_tokenizer(None)
+    small = {**upload.SEED_SETTINGS, "num_return_sequences": 2, "max_length": None, "max_new_tokens": 4}
+    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), small)
+    return ours_t, export_reference(hf_t, [case], model=TINY, layers=True, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def upload_files(tiny_app_reference, tmp_path_factory):
+    """Result files for the dashboard's upload panel: one that agrees, one with a late-block bug, one not tensors."""
+    from core.faults import apply_fault
+    from core.parity.dump import result_from_gpt, save_result
+
+    ours_t, ref = tiny_app_reference
+    folder = tmp_path_factory.mktemp("uploads")
+    good = save_result(folder / "good.safetensors", *result_from_gpt(ours_t, ref))
+    bad = save_result(folder / "late_block_bug.safetensors",
+                      *result_from_gpt(apply_fault(ours_t, "untied_lm_head"), ref, sampled=False))
+    text = folder / "notes.safetensors"
+    text.write_text("not tensors at all, just some text")
+    return {"good": good, "bad": bad, "text": text}
