@@ -37,7 +37,7 @@ test-fast: $(BIN)/.installed-dev
 # Refresh the README's picture (docs/screenshot.png) from the browser test's clean run; `make test` never writes it.
 screenshot: $(BIN)/.installed-dev chromium
 	HF_HUB_OFFLINE=1 PARITY_SCREENSHOT=$(abspath docs/screenshot.png) $(BIN)/python -m pytest -q -m browser \
-	  tests/test_browser.py -k end_to_end $(PYTEST_ARGS)
+	  tests/browser/test_browser.py -k end_to_end $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_generate.py

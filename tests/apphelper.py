@@ -1,8 +1,9 @@
 """Start the dashboard (`python app.py`) as a real server process for end-to-end tests, and stop it again.
 
-Used by test_browser.py (Playwright + Chromium) and test_client.py (gradio_client): both drive the same
+Used by tests/browser (Playwright + Chromium) and tests/app/test_client.py (gradio_client): both drive the same
 subprocess, started exactly as a user would start it, on a free local port, offline. Also: what the page-load
-handler finally shows (page_load), for the tests that call it directly.
+handler finally shows (page_load), for the tests that call it directly; and the server started with a user's own
+model (`--yours`, start_yours_app).
 """
 
 from __future__ import annotations
@@ -117,3 +118,29 @@ def page_load(on_load):
     updates = list(on_load(progress=lambda *a, **k: None))
     assert updates, "the page-load handler showed nothing"
     return updates[-1]
+
+
+YOURS_FILE = '''  # a user's model file for `--yours FILE.py:model`: HF's tiny model, re-implemented
+import sys
+sys.path.insert(0, {root!r})
+from demo.models import build_tiny_pair
+from examples.my_gpt2 import from_hf_state_dict
+
+_, hf = build_tiny_pair()
+model = from_hf_state_dict(hf.state_dict(), hf.config)
+'''
+
+
+def write_yours_file(folder: Path) -> Path:
+    """YOURS_FILE written to folder/mine.py, for `python app.py --yours mine.py:model`."""
+    path = folder / "mine.py"
+    path.write_text(YOURS_FILE.format(root=str(ROOT)))
+    return path
+
+
+def start_yours_app(request, bpe_dir, user_file: Path, log_dir) -> AppServer:
+    """`python app.py --yours USER_FILE:model` on the tiny model, stopped at the end of the requesting scope."""
+    server = AppServer(bpe_dir, model=TINY_MODEL, log_dir=log_dir)
+    server.cmd += ["--yours", f"{user_file}:model"]
+    request.addfinalizer(server.stop)
+    return server.start(120)

@@ -1,6 +1,8 @@
 """Shared fixtures: random-init HF GPT-2 checkpoints made on the spot (core.structured.random_gpt2, the one recipe
-for a random GPT-2), and GPT-2's genuine BPE files."""
+for a random GPT-2), GPT-2's genuine BPE files, the stand-in Hub that the Hub tests in tests/app and tests/cli
+share, and the result files that the upload tests in tests/app and tests/browser share."""
 
+import json
 import os
 from pathlib import Path
 
@@ -74,3 +76,70 @@ def tiny_checkpoint(tmp_path_factory, tiny_hf):
     (path / "vocab.json").write_bytes((BPE_DIR / "encoder.json").read_bytes())
     (path / "merges.txt").write_bytes((BPE_DIR / "vocab.bpe").read_bytes())
     return path
+
+
+@pytest.fixture(scope="module")
+def odd_checkpoint(tmp_path_factory, bpe_dir):
+    """A save_pretrained directory of the ODD-shaped model, served as gpt2-medium by the stand-in Hub."""
+    from core.structured import random_gpt2
+
+    path = tmp_path_factory.mktemp("odd-gpt2")
+    random_gpt2(seed=1, **ODD).save_pretrained(path)
+    (path / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
+    (path / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_checkpoint, odd_checkpoint):
+    """The stand-in Hub (fake_hub.py) on 127.0.0.1 with the repos the Hub tests ask for, one per module."""
+    from fake_hub import FakeHub, checkpoint_files
+
+    files = checkpoint_files(tiny_checkpoint)
+    files["README.md"] = b"# a model card nobody needs to download\n"
+    files["pytorch_model.bin"] = b"pickled weights that must never be fetched"
+    config = json.loads(files["config.json"])
+    with FakeHub(max_stall_s=30) as hub:
+        hub.add_repo("openai-community/gpt2", files, alias="gpt2")
+        hub.add_repo("openai-community/gpt2-medium", checkpoint_files(odd_checkpoint), alias="gpt2-medium")
+        hub.add_repo("distilbert/distilgpt2", files, alias="distilgpt2")
+        hub.add_repo("google-bert/bert-base-uncased", {"config.json": json.dumps({"model_type": "bert"}).encode(),
+                                                       "model.safetensors": b"\0" * 4096})
+        hub.add_repo("someone/gpt2-bin-only", {"config.json": json.dumps(config).encode(),
+                                               "pytorch_model.bin": b"pickle"})
+        hub.add_repo("someone/gated-gpt2", files, gated=True)
+        hub.add_repo("someone/gpt2-cross-attention", {**files, "config.json": json.dumps(
+            {**config, "add_cross_attention": True}).encode()})
+        yield hub
+
+
+@pytest.fixture(scope="module")
+def tiny_app_reference():
+    """What the dashboard computes for its built-in tiny model and a small case (the server builds the reference
+    for the cases a result names), computed here independently."""
+    from core.parity.dump import export_reference
+    from demo import upload
+    from demo.models import TINY, build_tiny_pair
+    from core import load_tokenizer
+
+    ours_t, hf_t = build_tiny_pair()
+    tok = load_tokenizer(None)
+    small = {**upload.SEED_SETTINGS, "num_return_sequences": 2, "max_length": None, "max_new_tokens": 4}
+    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), small)
+    return ours_t, export_reference(hf_t, [case], model=TINY, layers=True, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def upload_files(tiny_app_reference, tmp_path_factory):
+    """Result files for the dashboard's upload panel: one that agrees, one with a late-block bug, one not tensors."""
+    from core.faults import apply_fault
+    from core.parity.dump import result_from_gpt, save_result
+
+    ours_t, ref = tiny_app_reference
+    folder = tmp_path_factory.mktemp("uploads")
+    good = save_result(folder / "good.safetensors", *result_from_gpt(ours_t, ref))
+    bad = save_result(folder / "late_block_bug.safetensors",
+                      *result_from_gpt(apply_fault(ours_t, "untied_lm_head"), ref, sampled=False))
+    text = folder / "notes.safetensors"
+    text.write_text("not tensors at all, just some text")
+    return {"good": good, "bad": bad, "text": text}

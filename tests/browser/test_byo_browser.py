@@ -1,88 +1,26 @@
-"""`python app.py --yours FILE.py:NAME`: the dashboard compares the user's own model, labelled "Yours", through
-gradio_client on a real server; a bad --yours stops the start with one line and exit status 2."""
+"""`python app.py --yours FILE.py:NAME` in headless Chromium: the dashboard labels the user's model "Yours", draws
+its per-layer view from the user's own blocks, and turns the bug lab off. The same server through gradio_client:
+tests/app/test_client.py."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from apphelper import ROOT, TINY_MODEL, AppServer
+from apphelper import start_yours_app, write_yours_file
 
 pytestmark = pytest.mark.slow
-
-USER_FILE = '''
-import sys
-sys.path.insert(0, {root!r})
-from demo.models import build_tiny_pair
-from examples.my_gpt2 import from_hf_state_dict
-
-_, hf = build_tiny_pair()
-model = from_hf_state_dict(hf.state_dict(), hf.config)
-'''
-SUMMARY, OURS, VERDICT = 11, 1, 0
 
 
 @pytest.fixture(scope="module")
 def user_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("user") / "mine.py"
-    path.write_text(USER_FILE.format(root=str(ROOT)))
-    return path
+    return write_yours_file(tmp_path_factory.mktemp("user"))
 
 
 @pytest.fixture(scope="module")
 def app(request, bpe_dir, user_file, tmp_path_factory):
-    server = AppServer(bpe_dir, model=TINY_MODEL, log_dir=tmp_path_factory.mktemp("app-log"))
-    server.cmd += ["--yours", f"{user_file}:model"]
-    request.addfinalizer(server.stop)
-    return server.start(120)
-
-
-def test_dashboard_with_yours_labels_and_compares_the_users_model(app, user_file, tokenizer):
-    import gradio_client
-
-    import core
-    from core.usercode import load_model
-    from demo.models import build_tiny_pair
-
-    client = gradio_client.Client(app.url, verbose=False)
-    prompt = "Hello, I'm a language model,"
-    job = client.submit(prompt, TINY_MODEL, "hf", "generate", "none", 50, 1.0, 1.0, 42, 3, 8, api_name="/run")
-    _, hf = build_tiny_pair()
-    mine = load_model(f"{user_file}:model")
-    expected = core.compare(mine, prompt, hf_model=hf, tokenizer=tokenizer, num_return_sequences=3,
-                            max_new_tokens=8, seed=42)
-    result = job.result(timeout=180)
-    summary = result[SUMMARY]
-    assert summary["subject"] == "Yours", app.log()[-2000:]
-    assert summary["verdict"] == expected.verdict == "identical to HuggingFace"
-    assert summary["ours_texts"] == expected.generation.texts and summary["hf_texts"] == summary["ours_texts"]
-    assert 0 < summary["max_abs_dlogit"] < expected.steps[0][0].tolerance
-    assert summary["max_abs_dlogit"] == pytest.approx(expected.max_abs_dlogit, rel=0.5)
-    assert '<div class="pl-head">Yours' in result[OURS] and result[OURS].count('class="pl-row"') == 3
-    # the models offered are HF's checkpoint for the user's model only, and faults (ours only) are refused
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError, match="our GPT only"):
-        client.submit(prompt, TINY_MODEL, "hf", "generate", "qk_swapped", 50, 1.0, 1.0, 42, 1, 4,
-                      api_name="/run").result(timeout=180)
-    with pytest.raises(AppError, match="not in the list of choices|not available here"):
-        client.submit(prompt, "gpt2", "hf", "generate", "none", 50, 1.0, 1.0, 42, 1, 4,
-                      api_name="/run").result(timeout=180)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--yours", "missing.py:model"], "no such file: missing.py"),
-    (["--yours-step", "x.py:f"], "go with --yours"),
-])
-def test_bad_yours_stops_the_app_with_one_line(bpe_dir, args, message):
-    proc = subprocess.run([sys.executable, "app.py", "--model", TINY_MODEL, "--bpe-dir", str(bpe_dir), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 2 and proc.stderr.strip() == f"app.py: error: {message}" or message in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    return start_yours_app(request, bpe_dir, user_file, log_dir=tmp_path_factory.mktemp("app-log"))
 
 
 @pytest.mark.browser

@@ -2,22 +2,18 @@
 logits (computed here, teacher-forced) are the references; the bug lab's faults must be caught where they are."""
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import ODD, ROOT, hf_generate
+from conftest import ODD, hf_generate
 
 from core import FAULTS, ParityError, ParityReport, SettingsError, compare, port_from_hf
 from core.faults import FaultError, apply_fault
 from core.parity import layer_diffs, relative_tolerance, teacher_forced
-from core.cli import main_parity
 from core.structured import random_gpt2
 
 PROMPT = "Hello, I'm a language model,"
@@ -208,46 +204,6 @@ def test_block_faults_by_name(pair):
     faulty = apply_fault(ours, "erf_gelu@1")
     assert [b.mlp.approximate for b in faulty.transformer.h] == ["tanh", "none", "tanh"]
     assert [b.mlp.approximate for b in ours.transformer.h] == ["tanh"] * 3
-
-
-def test_cli_no_fault_exits_0(tiny_checkpoint, capsys):
-    code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--json"])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 0
-    assert out["agree"] is True and out["verdict_kind"] == "logits_agree" and out["fault"] is None
-
-
-@pytest.mark.parametrize("name", list(FAULTS))
-def test_cli_exits_1_for_every_fault(tiny_checkpoint, capsys, name):
-    code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", name, "--json"])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 1
-    assert out["agree"] is False and out["verdict_kind"] == "model" and out["fault"] == name
-    assert out["first_diverging_layer"] == FAULTS[name].expected_layer(2)  # on the 2-layer, 32-dim model too
-
-
-def test_cli_fault_in_one_block(tiny_checkpoint, capsys):
-    code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", "erf_gelu@1", "--json"])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 1 and out["first_diverging_layer"] == "block 1" and out["fault"] == "erf_gelu@1"
-    for bad, match in (("erf_gelu@9", "blocks 0 to 1"), ("erf_gelu@x", "unknown fault")):
-        code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", bad])
-        err = capsys.readouterr().err
-        assert code == 2 and match in err.strip().splitlines()[-1] and "Traceback" not in err, err
-
-
-def test_python_m_core_parity(tiny_checkpoint, bpe_dir):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GPT2_BPE_DIR=str(bpe_dir))
-    proc = subprocess.run(
-        [sys.executable, "-m", "core.parity", "--model", str(tiny_checkpoint), "--reference", "logits",
-         "--fault", "no_causal_mask", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == 1, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["agree"] is False and out["fault"] == "no_causal_mask"
-    assert out["first_diverging_layer"] == FAULTS["no_causal_mask"].first_layer
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ The end-to-end test saves a screenshot of the dashboard to a temporary folder, o
 width tests save theirs to a temporary folder, or to $PARITY_SHOTS_DIR when set (never into docs/).
 
 Needs the `playwright` Python package and a Chromium binary ($CHROMIUM, else /usr/bin/chromium or `chromium`
-on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/test_browser.py`.
+on PATH); `make test` installs both, and a missing one fails the test (never a silent skip). Run: `python -m pytest -m browser tests/browser/test_browser.py`.
 """
 
 from __future__ import annotations
@@ -493,3 +493,33 @@ def test_check_a_result_file_sits_by_the_verdict_and_says_which_button(sized_pag
     no_error_badges_or_toasts(page)
     page.screenshot(path=str(shots / f"check-refused-{page.width}.png"), full_page=False)
     assert not page.js_errors, page.js_errors
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The "Check a result file" panel (its handlers in-process: tests/app/test_upload.py)
+
+
+@pytest.mark.browser
+def test_upload_in_browser(app, upload_files):
+    from playwright import sync_api
+    from playwright.sync_api import expect
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(15_000)
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(app.url)
+            page.get_by_text("Check a result file (any language)").click()
+            page.locator("#result-upload input[type=file]").set_input_files(str(upload_files["bad"]))
+            page.locator("#check-result").click()
+            expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
+            expect(page.locator("#verdict")).to_contain_text("lm_head")
+            assert page.locator("#upload-status").inner_text().count("lm_head") == 1
+            page.get_by_role("tab", name="Per layer").click()
+            expect(page.locator("#layers-fig .main-svg").first).to_be_visible()
+            assert not errors, errors
+        finally:
+            browser.close()

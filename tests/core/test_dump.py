@@ -23,7 +23,7 @@ from core.parity.dump import (
     make_cases, result_from_gpt, save_reference, save_result,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Hello, I'm a language model,"
 SETTINGS = dict(num_return_sequences=2, max_new_tokens=6)
 
@@ -272,7 +272,7 @@ def test_reference_dir_errors(tmp_path, good_result):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CLI
+# The command line in-process (its own tests: tests/cli/test_dump_cli.py)
 
 
 def _cli(capsys, *args):
@@ -285,45 +285,6 @@ def _cli(capsys, *args):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def test_cli_export_and_check(tiny_checkpoint, tmp_path, ours, tokenizer, capsys):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Hello there\nThe quick brown fox\n")
-    out = tmp_path / "ref"
-    rc, stdout, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--prompts", prompts, "--out", out, "--seeds",
-                              "1", "2", "--max-new-tokens", "3", "--num-return-sequences", "2")
-    assert rc == 0, stderr
-    assert "wrote 4 case(s)" in stdout and "MiB" in stdout
-    ref = load_reference(out)
-    assert "case0.hidden" not in ref.tensors and not ref.manifest["layers"]
-    good = save_result(tmp_path / "good.safetensors", *result_from_gpt(ours, ref, layers=False))
-    rc, stdout, _ = _cli(capsys, "check", "--reference", out, "--yours", good)
-    assert rc == 0 and "verdict: AGREE - identical to HuggingFace" in stdout and "4 of 4 case(s) agree" in stdout
-    bad = save_result(tmp_path / "bad.safetensors", *result_from_gpt(apply_fault(ours, "untied_lm_head"), ref,
-                                                                     layers=False))
-    rc, stdout, _ = _cli(capsys, "check", "--reference", out, "--yours", bad, "--json")
-    data = json.loads(stdout)
-    assert rc == 1 and data["agree"] is False
-    assert {c["verdict_kind"] for c in data["cases"]} == {"model"}
-    # without hidden states no layer can be named (as compare() says of a model whose layers it cannot see)
-    assert all(c["first_diverging_layer"] is None and "per-layer comparison not available" in c["verdict"]
-               for c in data["cases"])
-    rc, stdout, stderr = _cli(capsys, "check", "--reference", out, "--yours", prompts)
-    assert rc == 2 and stderr.count("\n") == 1 and "not a safetensors file" in stderr and "Traceback" not in stderr
-    rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--seeds", "-1")
-    assert rc == 2 and "seed" in stderr and stderr.count("\n") == 1
-    rc, _, stderr = _cli(capsys, "export", "--model", tmp_path / "no-such-checkpoint", "--out", out)
-    assert rc == 2 and "no-such-checkpoint" in stderr and "BPE" not in stderr
-    rc, _, stderr = _cli(capsys, "export", "--model", tiny_checkpoint, "--out", out, "--method", "nanogpt")
-    assert rc == 2 and "invalid choice" in stderr
-
-
-def test_cli_without_subcommand_unchanged(tiny_checkpoint, capsys):
-    rc, stdout, stderr = _cli(capsys, "--model", tiny_checkpoint, "--reference", "logits", "--max-new-tokens", "2",
-                              "--num-return-sequences", "1")
-    assert rc == 0, stderr
-    assert stdout.startswith("verdict: AGREE")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -676,37 +637,6 @@ def test_reference_precisions_are_checked(prec_ref, tmp_path):
         load_reference(saved(m, {**t, "case0.own_error.bfloat16.logits": -own}))
 
 
-def test_cli_export_precision_round_trip(tiny_checkpoint, tmp_path, ours, capsys):
-    out = tmp_path / "ref"
-    common = ["--model", tiny_checkpoint, "--prompt", "Hello there", "--max-new-tokens", "3",
-              "--num-return-sequences", "2", "--layers"]
-    rc, stdout, stderr = _cli(capsys, "export", *common, "--out", out, "--precision", "bf16",
-                              "--precision", "float16,bfloat16")
-    assert rc == 0, stderr
-    assert "HF's own error at bfloat16, float16" in stdout
-    ref = load_reference(out)
-    assert ref.precisions == ["bfloat16", "float16"]
-    assert {"case0.own_error.bfloat16.logits", "case0.own_error.float16.hidden"} <= set(ref.tensors)
-    rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "plain")
-    assert rc == 0, stderr
-    plain = load_reference(tmp_path / "plain")
-    assert plain.id == ref.id and "precisions" not in plain.manifest
-    for precision in ("bfloat16", "float16"):
-        manifest, tensors = result_from_gpt(ours, ref, precision=precision)
-        res = save_result(tmp_path / f"{precision}.safetensors", manifest, tensors)
-        rc, stdout, stderr = _cli(capsys, "check", "--reference", out, "--yours", res)
-        assert rc == 0, stderr
-        assert f"verdict: AGREE - consistent with {precision} precision" in stdout
-        assert f"precision: {precision} (declared in the result's manifest); tolerance adds" in stdout
-        assert "float32 re-check: not possible: a result file cannot be re-run in float32" in stdout
-    for bad in ("int8", "auto"):
-        rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "bad", "--precision", bad)
-        assert rc == 2 and "export precision must be one of bfloat16" in stderr and stderr.count("\n") == 1
-    assert not (tmp_path / "bad").exists()  # refused before anything was loaded or written
-    rc, _, stderr = _cli(capsys, "export", *common, "--out", tmp_path / "tf32", "--precision", "tf32")
-    assert rc == 2 and stderr.splitlines()[-1].endswith("export it with HF's model on a CUDA device")
-
-
 @pytest.mark.parametrize("mistake,agree", [("none", True), ("no_mask", False)])
 def test_bf16_result_written_by_hand_from_an_independent_model(prec_ref_dir, tiny_hf, tmp_path, capsys, mistake,
                                                               agree):
@@ -811,211 +741,3 @@ def test_rows_ending_early_with_eos(eos_setup, tokenizer, tmp_path):
     check = compare_dump(ref_dir, _hand_written(tmp_path / "copied.safetensors", tensors, manifest),
                          tokenizer=tokenizer)
     assert not check.agree and check.reports[0].verdict_kind == "model"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The dashboard's "Check a result file" panel (handlers; the real server below)
-
-
-@pytest.fixture(scope="module")
-def tiny_app_reference():
-    """What the dashboard computes for its built-in tiny model and a small case (the server builds the reference
-    for the cases a result names), computed here independently."""
-    from demo import upload
-    from demo.models import TINY, build_tiny_pair
-    from core import load_tokenizer
-
-    ours_t, hf_t = build_tiny_pair()
-    tok = load_tokenizer(None)
-    small = {**upload.SEED_SETTINGS, "num_return_sequences": 2, "max_length": None, "max_new_tokens": 4}
-    case = upload.Case("case0", upload.SEED_PROMPT, tok.encode(upload.SEED_PROMPT), small)
-    return ours_t, export_reference(hf_t, [case], model=TINY, layers=True, tokenizer=tok)
-
-
-@pytest.fixture
-def upload_dir(tmp_path, monkeypatch):
-    """Gradio's upload folder, in a tmp dir: the only place the panel reads files from."""
-    folder = tmp_path / "gradio-uploads"
-    folder.mkdir()
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def panel_env(bpe_dir):
-    from demo import upload
-    from demo.handlers import OUTPUT_KEYS
-    from demo.models import ModelCache
-
-    cache = ModelCache(bpe_dir=str(bpe_dir))
-    refs = upload.ReferenceCache()
-    c = {k: k for k in OUTPUT_KEYS}  # outputs_for keys its values by component; names stand in for them here
-    panel = {k: k for k in ("status", "case", "checked")}
-    handler = upload.make_check_handler(cache, refs, c, panel)
-
-    def check(files):
-        """The handler's last update (it yields the reason before raising gr.Error on a refused upload)."""
-        updates = []
-        try:
-            for update in handler(files):
-                updates.append(update)
-        except Exception:
-            assert updates and updates[-1]["state"] is None and updates[-1]["status"].startswith("❌")
-            raise
-        return updates[-1]
-
-    return cache, refs, check
-
-
-def test_upload_check_shows_every_view(panel_env, tiny_app_reference, upload_dir):
-    from demo.handlers import OUTPUT_KEYS
-
-    cache, refs, check = panel_env
-    ours_t, ref = tiny_app_reference
-    good = save_result(upload_dir / "ours.safetensors", *result_from_gpt(ours_t, ref))
-    out = check([str(good)])
-    assert set(OUTPUT_KEYS) <= set(out)
-    assert out["state"]["verdict_kind"] == "identical" and out["state"]["subject"] == "Result file"
-    assert "identical to HuggingFace" in out["verdict"] and "✅ agrees" in out["status"]
-    assert len(out["state"]["layers"]) == 4 + 2 + 1  # tiny model: embeddings, 4 blocks, ln_f, lm_head
-    for key in ("step_fig", "top50_fig", "heat_fig", "entropy_fig", "layers_fig"):
-        assert out[key] is not None and len(out[key].data) > 0, key
-    # the mistake a port can make shows as such, at its layer
-    bad = save_result(upload_dir / "bad.safetensors", *result_from_gpt(apply_fault(ours_t, "c_proj_not_transposed"),
-                                                                       ref))
-    out = check([str(bad)])
-    assert out["state"]["verdict_kind"] == "model" and out["state"]["first_diverging_layer"] == "block 0"
-    assert "❌ differs" in out["status"]
-    assert len(refs._refs) == 1  # the second upload reused the cached reference
-
-
-def test_upload_bad_inputs(panel_env, tiny_app_reference, upload_dir, tmp_path, monkeypatch):
-    import gradio as gr
-    from demo import inputs
-
-    cache, refs, check = panel_env
-    ours_t, ref = tiny_app_reference
-    manifest, tensors = result_from_gpt(ours_t, ref, layers=False, sampled=False)
-
-    def refused(files, match):
-        with pytest.raises(gr.Error, match=match):
-            check(files)
-
-    refused(None, "upload a result file")
-    refused(["/etc/passwd"], "file paths are not accepted")
-    outside = save_result(tmp_path / "outside.safetensors", manifest, tensors)
-    refused([str(outside)], "file paths are not accepted")
-    refused([{"path": str(outside)}], "file paths are not accepted")
-    text = upload_dir / "result.safetensors"
-    text.write_text("hello")
-    refused([str(text)], "not a safetensors file")
-    two = save_result(upload_dir / "two.safetensors", manifest, tensors)
-    refused([str(two), str(two)], "upload one result file")
-    refused([str(_write(upload_dir, {**manifest, "model": "my-gpt2"}, tensors))], "does not serve")
-    refused([str(_write(upload_dir, {**manifest, "version": 3}, tensors))], "format version 3")
-    nan = tensors["case0.logits"].clone()
-    nan[0, 0, 0] = float("nan")
-    refused([str(_write(upload_dir, manifest, {**tensors, "case0.logits": nan}))], "NaN/Inf")
-    many = {**manifest, "cases": [dict(manifest["cases"][0], name=f"case{i}") for i in range(5)]}
-    refused([str(_write(upload_dir, many, tensors))], "at most 4")
-    monkeypatch.setattr(inputs, "MAX_UPLOAD_BYTES", 1 << 20)
-    refused([str(two)], "the limit is 1 MiB")
-    monkeypatch.undo()
-    # a separate manifest file is accepted
-    bare = upload_dir / "bare.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(bare))
-    side = upload_dir / "manifest.json"
-    side.write_text(json.dumps(manifest))
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(upload_dir))
-    assert check([str(bare), str(side)])["state"]["verdict_kind"] == "logits_agree"
-
-
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
-def test_upload_result_below_float32(panel_env, tiny_app_reference, upload_dir, precision):
-    """The panel builds the reference with HF's own error at the result's precision (from its logits' dtype)."""
-    cache, refs, check = panel_env
-    ours_t, ref = tiny_app_reference  # a reference without precisions: same reference_id as the panel's
-    manifest, tensors = result_from_gpt(ours_t, ref, precision=precision)
-    del manifest["precision"]
-    out = check([str(save_result(upload_dir / f"{precision}.safetensors", manifest, tensors))])
-    assert out["state"]["precision"]["name"] == precision, out["state"]["verdict"]
-    assert out["state"]["verdict"].startswith(f"consistent with {precision} precision") and out["state"]["agree"]
-    assert "✅ agrees" in out["status"]
-    assert any(key[-1] == (precision,) for key in refs._refs)
-    bad = result_from_gpt(apply_fault(ours_t, "c_proj_not_transposed@0"), ref, precision=precision, sampled=False)
-    out = check([str(save_result(upload_dir / f"bad-{precision}.safetensors", *bad))])
-    assert out["state"]["verdict_kind"] == "model" and out["state"]["first_diverging_layer"] == "block 0"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The panel on a real server: gradio_client and a browser
-
-
-@pytest.fixture(scope="module")
-def app_server(request, bpe_dir, tmp_path_factory):
-    from apphelper import start_app
-
-    return start_app(request, bpe_dir, log_dir=tmp_path_factory.mktemp("app-log"))
-
-
-@pytest.fixture(scope="module")
-def upload_files(tiny_app_reference, tmp_path_factory):
-    ours_t, ref = tiny_app_reference
-    folder = tmp_path_factory.mktemp("uploads")
-    good = save_result(folder / "good.safetensors", *result_from_gpt(ours_t, ref))
-    bad = save_result(folder / "late_block_bug.safetensors",
-                      *result_from_gpt(apply_fault(ours_t, "untied_lm_head"), ref, sampled=False))
-    text = folder / "notes.safetensors"
-    text.write_text("not tensors at all, just some text")
-    return {"good": good, "bad": bad, "text": text}
-
-
-@pytest.mark.slow
-def test_upload_through_gradio_client(app_server, upload_files):
-    import zipfile
-
-    from gradio_client import Client, handle_file
-
-    client = Client(app_server.url, verbose=False)
-    out = client.predict([handle_file(str(upload_files["good"]))], api_name="/check_result")
-    verdict, status = out[0], out[14]  # outputs: the 14 shown views (the run's State is not sent), status, case
-    assert "identical to HuggingFace" in verdict and "✅ agrees" in status
-    out = client.predict([handle_file(str(upload_files["bad"]))], api_name="/check_result")
-    assert "first diverging layer" in out[0] and "lm_head" in out[0] and "❌ differs" in out[14]
-    assert out[14].count("lm_head") == 1 and out[0].count("lm_head") == 1  # the layer named once per line
-    with pytest.raises(Exception, match="not a safetensors file"):
-        client.predict([handle_file(str(upload_files["text"]))], api_name="/check_result")
-    with pytest.raises(Exception, match="upload a result file"):
-        client.predict([], api_name="/check_result")
-    zipped = client.predict("tiny-random-gpt2", api_name="/get_reference")  # the server kept serving
-    names = set(zipfile.ZipFile(zipped).namelist())
-    assert {"manifest.json", "reference.safetensors", "result_template.json"} <= names
-    assert app_server.alive()
-
-
-@pytest.mark.browser
-def test_upload_in_browser(app_server, upload_files):
-    from playwright import sync_api
-    from playwright.sync_api import expect
-
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
-
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(15_000)
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(app_server.url)
-            page.get_by_text("Check a result file (any language)").click()
-            page.locator("#result-upload input[type=file]").set_input_files(str(upload_files["bad"]))
-            page.locator("#check-result").click()
-            expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
-            expect(page.locator("#verdict")).to_contain_text("lm_head")
-            assert page.locator("#upload-status").inner_text().count("lm_head") == 1
-            page.get_by_role("tab", name="Per layer").click()
-            expect(page.locator("#layers-fig .main-svg").first).to_be_visible()
-            assert not errors, errors
-        finally:
-            browser.close()

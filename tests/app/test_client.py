@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from apphelper import TINY_MODEL, start_app
+from apphelper import TINY_MODEL, start_app, start_yours_app, write_yours_file
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +161,77 @@ def test_client_precision_is_judged_against_hfs_own_error(client, tiny_models, t
     report = json.loads(Path(result[JSON_FILE]).read_text())
     assert report["precision"]["name"] == "bfloat16" and report["float32_check"]["agree"] is True
     assert any(l["hf_own_error"] for l in report["layers"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `python app.py --yours FILE.py:NAME`: the user's own model, labelled "Yours"
+
+
+@pytest.fixture(scope="module")
+def yours_file(tmp_path_factory):
+    return write_yours_file(tmp_path_factory.mktemp("user"))
+
+
+@pytest.fixture(scope="module")
+def yours_app(request, bpe_dir, yours_file, tmp_path_factory):
+    return start_yours_app(request, bpe_dir, yours_file, log_dir=tmp_path_factory.mktemp("app-log"))
+
+
+def test_dashboard_with_yours_labels_and_compares_the_users_model(yours_app, yours_file, tokenizer):
+    import gradio_client
+
+    import core
+    from core.usercode import load_model
+    from demo.models import build_tiny_pair
+
+    client = gradio_client.Client(yours_app.url, verbose=False)
+    prompt = "Hello, I'm a language model,"
+    job = client.submit(prompt, TINY_MODEL, "hf", "generate", "none", 50, 1.0, 1.0, 42, 3, 8, api_name="/run")
+    _, hf = build_tiny_pair()
+    mine = load_model(f"{yours_file}:model")
+    expected = core.compare(mine, prompt, hf_model=hf, tokenizer=tokenizer, num_return_sequences=3,
+                            max_new_tokens=8, seed=42)
+    result = job.result(timeout=180)
+    summary = result[SUMMARY]
+    assert summary["subject"] == "Yours", yours_app.log()[-2000:]
+    assert summary["verdict"] == expected.verdict == "identical to HuggingFace"
+    assert summary["ours_texts"] == expected.generation.texts and summary["hf_texts"] == summary["ours_texts"]
+    assert 0 < summary["max_abs_dlogit"] < expected.steps[0][0].tolerance
+    assert summary["max_abs_dlogit"] == pytest.approx(expected.max_abs_dlogit, rel=0.5)
+    assert '<div class="pl-head">Yours' in result[OURS] and result[OURS].count('class="pl-row"') == 3
+    # the models offered are HF's checkpoint for the user's model only, and faults (ours only) are refused
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="our GPT only"):
+        client.submit(prompt, TINY_MODEL, "hf", "generate", "qk_swapped", 50, 1.0, 1.0, 42, 1, 4,
+                      api_name="/run").result(timeout=180)
+    with pytest.raises(AppError, match="not in the list of choices|not available here"):
+        client.submit(prompt, "gpt2", "hf", "generate", "none", 50, 1.0, 1.0, 42, 1, 4,
+                      api_name="/run").result(timeout=180)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The "Check a result file" panel's endpoints (its handlers in-process: tests/app/test_upload.py)
+
+
+@pytest.mark.slow
+def test_upload_through_gradio_client(app, upload_files):
+    import zipfile
+
+    from gradio_client import Client, handle_file
+
+    client = Client(app.url, verbose=False)
+    out = client.predict([handle_file(str(upload_files["good"]))], api_name="/check_result")
+    verdict, status = out[0], out[14]  # outputs: the 14 shown views (the run's State is not sent), status, case
+    assert "identical to HuggingFace" in verdict and "✅ agrees" in status
+    out = client.predict([handle_file(str(upload_files["bad"]))], api_name="/check_result")
+    assert "first diverging layer" in out[0] and "lm_head" in out[0] and "❌ differs" in out[14]
+    assert out[14].count("lm_head") == 1 and out[0].count("lm_head") == 1  # the layer named once per line
+    with pytest.raises(Exception, match="not a safetensors file"):
+        client.predict([handle_file(str(upload_files["text"]))], api_name="/check_result")
+    with pytest.raises(Exception, match="upload a result file"):
+        client.predict([], api_name="/check_result")
+    zipped = client.predict("tiny-random-gpt2", api_name="/get_reference")  # the server kept serving
+    names = set(zipfile.ZipFile(zipped).namelist())
+    assert {"manifest.json", "reference.safetensors", "result_template.json"} <= names
+    assert app.alive()

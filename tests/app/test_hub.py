@@ -1,12 +1,8 @@
-"""The Hub path end to end against a stand-in Hub on 127.0.0.1 (tests/fake_hub.py): the CLI, the Python API and
-the dashboard's model cache, healthy and with every kind of failure. Time limits are set small (1 s per request,
-a few seconds per model) so each failure shows up in bounded time."""
+"""The Hub path end to end against a stand-in Hub on 127.0.0.1 (tests/fake_hub.py): the Python API and the
+dashboard's model cache (the command line's: tests/cli/test_hub_cli.py), healthy and with every kind of failure.
+Time limits are set small (1 s per request, a few seconds per model) so each failure shows up in bounded time."""
 
-import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,48 +10,17 @@ import huggingface_hub.constants as hub_constants
 import pytest
 import torch
 from apphelper import page_load
-from conftest import ODD, ROOT
-from fake_hub import FakeHub, checkpoint_files, wait_until
+from fake_hub import wait_until
 
 from core import ModelNotAvailableError, load_pretrained, load_tokenizer
 from core.errors import HubTimeoutError
 from core.loader import resolve_checkpoint
-from core.structured import random_gpt2
 from demo import handlers, inputs
 from demo.models import TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError
 
 PROMPT = "Hello, I'm a language model,"
 LOCAL_TODO = "pass a local checkpoint directory"
 BUDGET_S = 3.0  # per model, in the in-process tests
-
-
-@pytest.fixture(scope="module")
-def odd_checkpoint(tmp_path_factory, bpe_dir):
-    path = tmp_path_factory.mktemp("odd-gpt2")
-    random_gpt2(seed=1, **ODD).save_pretrained(path)
-    (path / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
-    (path / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
-    return path
-
-
-@pytest.fixture(scope="module")
-def hub(tiny_checkpoint, odd_checkpoint):
-    files = checkpoint_files(tiny_checkpoint)
-    files["README.md"] = b"# a model card nobody needs to download\n"
-    files["pytorch_model.bin"] = b"pickled weights that must never be fetched"
-    config = json.loads(files["config.json"])
-    with FakeHub(max_stall_s=30) as hub:
-        hub.add_repo("openai-community/gpt2", files, alias="gpt2")
-        hub.add_repo("openai-community/gpt2-medium", checkpoint_files(odd_checkpoint), alias="gpt2-medium")
-        hub.add_repo("distilbert/distilgpt2", files, alias="distilgpt2")
-        hub.add_repo("google-bert/bert-base-uncased", {"config.json": json.dumps({"model_type": "bert"}).encode(),
-                                                       "model.safetensors": b"\0" * 4096})
-        hub.add_repo("someone/gpt2-bin-only", {"config.json": json.dumps(config).encode(),
-                                               "pytorch_model.bin": b"pickle"})
-        hub.add_repo("someone/gated-gpt2", files, gated=True)
-        hub.add_repo("someone/gpt2-cross-attention", {**files, "config.json": json.dumps(
-            {**config, "add_cross_attention": True}).encode()})
-        yield hub
 
 
 @pytest.fixture
@@ -177,70 +142,6 @@ def test_offline_names_the_switch_that_is_on(online, monkeypatch):
     assert online.requests == []
     with pytest.raises(ModelNotAvailableError, match="did you mean 'gpt2-xl'"):
         resolve_checkpoint("gpt2-xxl")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line, in a subprocess pointed at the stand-in Hub (HF_ENDPOINT is read at import)
-
-
-CLI_BUDGET_S = 6  # per model; the healthy case runs with the default budget
-
-
-def run_cli(hub, tmp_path, argv, budget=True):
-    full_env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    full_env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="0",
-                    PARITY_LAB_HUB_TIMEOUT="1")
-    if budget:
-        full_env["PARITY_LAB_HUB_BUDGET"] = str(CLI_BUDGET_S)
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "core.generate", *argv], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=90)
-    return proc, time.monotonic() - start
-
-
-CLI_CASES = [
-    ("healthy", "gpt2", [], 0, None),
-    ("stalled Hub", "gpt2", [dict(path=".", stall=True)], 2, "stopped answering while getting config.json of 'gpt2'"),
-    ("stalled weights", "gpt2", [dict(path="^/lfs/", stall_body=True)], 2, "while getting the weights and tokenizer"),
-    ("Hub answering 503", "gpt2", [dict(path="resolve", status=503)], 2, "HTTP 503 Service Unavailable"),
-    ("typo", "gpt-2", [], 2, "there is no model 'gpt-2' on the Hugging Face Hub"),
-]
-
-
-@pytest.mark.parametrize("label,model,faults,code,text", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_against_the_stand_in_hub(hub, tmp_path, tiny_hf, label, model, faults, code, text):
-    hub.clear()
-    for f in faults:
-        hub.fault(**f)
-    proc, elapsed = run_cli(hub, tmp_path, ["--model", model, "--json", "--num-return-sequences", "2",
-                                            "--max-new-tokens", "4"], budget=code != 0)
-    hub.clear()
-    print(f"\n[{label}] exit {proc.returncode} in {elapsed:.1f} s: {proc.stderr.strip().splitlines()[-1:] }")
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert elapsed < 60
-    if code == 0:
-        rows = json.loads(proc.stdout)["rows"]
-        ids = torch.tensor([json.loads(proc.stdout)["prompt_ids"]])
-        torch.manual_seed(42)
-        expected = tiny_hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=50,
-                                    max_new_tokens=4, num_return_sequences=2).tolist()
-        assert [r["token_ids"] for r in rows] == expected
-        return
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("python -m core.generate: error: ") and text in last, proc.stderr
-    assert proc.stdout == ""
-    if label.startswith("stalled"):
-        assert elapsed < CLI_BUDGET_S + 25, elapsed  # the budget plus interpreter start-up and imports
-
-
-def test_python_m_entry_points_print_no_runtime_warning():
-    """Issue 12 item 6: `python -m core.parity` must not be a module that `core/__init__` imports first."""
-    for module in ("core.parity", "core.generate"):
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=90, env=dict(os.environ, PYTHONWARNINGS="default"))
-        assert proc.returncode == 0, proc.stderr
-        assert "RuntimeWarning" not in proc.stderr, f"{module}: {proc.stderr}"
 
 
 # ---------------------------------------------------------------------------------------------------------
