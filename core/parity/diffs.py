@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels import EPS32
 from ..sampling import TOP_N, Generation, SamplingSettings, sampling_distribution

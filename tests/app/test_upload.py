@@ -3,10 +3,17 @@ shows at its layer, bad uploads are refused with a clear message, and results be
 precision. The same panel through gradio_client: tests/app/test_client.py; in a browser: tests/browser/test_browser.py.
 The dump format itself: tests/core/test_dump.py."""
 
+import json
+
 import pytest
+from safetensors.torch import save_file
 
 from core.faults import apply_fault
 from core.parity.dump import result_from_gpt, save_result
+
+
+def _write(tmp_path, manifest, tensors, name="bad.safetensors"):
+    return save_result(tmp_path / name, manifest, tensors)
 
 
 @pytest.fixture
