@@ -222,6 +222,30 @@ def test_nanogpt_method_against_hf_generate_is_sampling_order(pair, tokenizer, h
     assert not any(l.exceeds for l in r.layers)
 
 
+def test_rows_never_call_the_models_the_same_when_the_verdict_says_they_differ(pair, tokenizer):
+    """A run whose hidden states differ at block 1 while every sampled step's logits agree (the verdict: DIFFER),
+    sampled with the seed's loop: its rows diverge from HF's by the draws, and must say that the models differ too
+    rather than 'same model'. The same run untouched: its rows do say 'same model'."""
+    from core.parity import compare_run, run_ours
+    from core.sampling import SamplingSettings
+
+    s = SamplingSettings(method="nanogpt", num_return_sequences=N, seed=SEED)
+    run = run_ours(pair[0], PROMPT, s, tokenizer=tokenizer)
+    ok = compare_run(run, pair[1], settings=s, tokenizer=tokenizer)
+    assert ok.agree and divergent(ok) and all(row.explanation.startswith("same model") for row in divergent(ok))
+    run.hidden = [h.clone() for h in run.hidden]
+    run.hidden[2][:, 1:] += 1.0  # block 1's output, every position after the first: the logits are untouched
+    r = compare_run(run, pair[1], settings=s, tokenizer=tokenizer)
+    assert not r.agree and r.verdict_kind == "model" and r.first_diverging_layer == "block 1"
+    assert not any(d.exceeds for st in r.steps for d in st if d is not None)
+    rows = divergent(r)
+    assert rows and all(row.cause == "sampling_order" for row in rows)
+    for row in rows:
+        assert "same model" not in row.explanation, row.explanation
+        assert "the models also differ (from block 1 on)" in row.explanation
+        assert row.evidence["model_differs"] == "from block 1 on"
+
+
 def test_pipeline_reference_uses_the_pipelines_defaults(pair, tokenizer, bpe_dir):
     from transformers import GPT2TokenizerFast, pipeline, set_seed
 
