@@ -523,3 +523,19 @@ def test_upload_in_browser(app, upload_files):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_precision_choice_names_the_regime_and_draws_hfs_own_error(page, app):
+    """The precision input (here from a link): the verdict says the run is consistent with bfloat16 and names the
+    yardstick and the float32 re-check; the per-layer view draws HF's own error at bfloat16."""
+    expect = _expect()
+    page.goto(app.url + "?precision=bfloat16&num_sequences=2&max_new_tokens=6")
+    expect(page.locator("#precision input")).to_have_value(re.compile("bfloat16"), timeout=30_000)
+    generate(page)
+    wait_verdict(page, app, "consistent with bfloat16 precision")
+    expect(page.locator("#verdict")).to_contain_text("HF's own error at bfloat16")
+    expect(page.locator("#verdict")).to_contain_text("float32 re-check")
+    open_tab(page, "Per layer")
+    expect_plot(page, "layers-fig")
+    page.wait_for_function("() => { const gd = document.querySelector('#layers-fig .js-plotly-plot');"
+                           " return gd && gd.data && gd.data.some((d) => d.name === \"HF's own error at bfloat16\"); }")
