@@ -117,12 +117,15 @@ def test_client_bad_input_is_a_clear_error_and_server_keeps_serving(client, app,
 
 def test_client_sees_the_same_endpoints_and_not_the_pages_buttons(client):
     """The page's buttons (Generate, The seed's case, Check, Get the reference) show a refusal in the page; the
-    API keeps its three endpoints, with /run's eleven inputs, and its errors (the tests above)."""
+    API keeps its three endpoints, with /run's eleven inputs and, last and optional, the precision (so calls written
+    before it existed keep working: the tests above pass eleven), and its errors (the tests above)."""
     api = client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == {"/run", "/check_result", "/get_reference"}, api["named_endpoints"].keys()
-    assert [p["parameter_name"] for p in api["named_endpoints"]["/run"]["parameters"]] == [
+    params = api["named_endpoints"]["/run"]["parameters"]
+    assert [p["parameter_name"] for p in params] == [
         "prompt", "model", "method", "reference", "fault", "top_k", "top_p", "temperature", "seed", "num_sequences",
-        "max_new_tokens"]
+        "max_new_tokens", "precision"]
+    assert params[-1]["parameter_has_default"] and params[-1]["parameter_default"] == "auto"
     assert not api["unnamed_endpoints"]
 
 
