@@ -500,29 +500,28 @@ def test_check_a_result_file_sits_by_the_verdict_and_says_which_button(sized_pag
 
 
 @pytest.mark.browser
-def test_upload_in_browser(app, upload_files):
-    from playwright import sync_api
-    from playwright.sync_api import expect
-
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(15_000)
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(app.url)
-            page.get_by_text("Check a result file (any language)").click()
-            page.locator("#result-upload input[type=file]").set_input_files(str(upload_files["bad"]))
-            page.locator("#check-result").click()
-            expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
-            expect(page.locator("#verdict")).to_contain_text("lm_head")
-            assert page.locator("#upload-status").inner_text().count("lm_head") == 1
-            page.get_by_role("tab", name="Per layer").click()
-            expect(page.locator("#layers-fig .main-svg").first).to_be_visible()
-            assert not errors, errors
-        finally:
-            browser.close()
+def test_upload_in_browser(browser, app, upload_files):
+    """A result file through the page: the panel reports it, the verdict names the layer once, the views draw it
+    (on the module's browser: one Playwright per process)."""
+    expect = _expect()
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(app.url)
+        page.get_by_text("Check a result file (any language)").click()
+        page.locator("#result-upload input[type=file]").set_input_files(str(upload_files["bad"]))
+        page.locator("#check-result").click()
+        expect(page.locator("#upload-status")).to_contain_text("differs", timeout=90_000)
+        expect(page.locator("#verdict")).to_contain_text("lm_head")
+        assert page.locator("#upload-status").inner_text().count("lm_head") == 1
+        open_tab(page, "Per layer")
+        expect_plot(page, "layers-fig")
+        assert not errors, errors
+    finally:
+        context.close()
 
 
 def test_precision_choice_names_the_regime_and_draws_hfs_own_error(page, app):
