@@ -54,18 +54,25 @@ def _describe(out) -> str:
     return f"an object of type {type(out).__name__}"
 
 
+def _unwrapped(out):
+    """The logits inside what a forward returned: itself, `out["logits"]`, `out.logits`, or the first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out:
+        return out[0]
+    return out
+
+
 def logits_from_output(out, batch: int, length: int, vocab: int) -> torch.Tensor:
     """The last position's logits (B, V') from whatever a GPT-2 forward returns: a tensor (B, T, V) or (B, 1, V)
     or (B, V); a tuple/list whose first item is that ((logits, loss)); an object or mapping with `.logits`.
     V' >= vocab (a padded vocabulary is allowed; the caller compares the first `vocab`)."""
     got = _describe(out)
-    if not isinstance(out, torch.Tensor):
-        if isinstance(out, Mapping) and "logits" in out:
-            out = out["logits"]
-        elif hasattr(out, "logits"):
-            out = out.logits
-        elif isinstance(out, (tuple, list)) and out:
-            out = out[0]
+    out = _unwrapped(out)
     expect = (f"expected logits of shape ({batch}, {length}, {vocab}) or ({batch}, 1, {vocab}), alone, first in a "
               "tuple such as (logits, loss), or as .logits")
     if not isinstance(out, torch.Tensor):
@@ -403,12 +410,7 @@ def run_foreign(
 
 def _full_logits(out, batch: int, length: int, vocab: int) -> torch.Tensor | None:
     """Every position's logits (B, T, V') when the model returned them all, else None (it returns the last only)."""
-    if isinstance(out, Mapping) and "logits" in out:
-        out = out["logits"]
-    elif hasattr(out, "logits"):
-        out = out.logits
-    elif isinstance(out, (tuple, list)) and out:
-        out = out[0]
+    out = _unwrapped(out)
     if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dim() == 3 \
             and tuple(out.shape[:2]) == (batch, length) and out.size(-1) >= vocab:
         return out
