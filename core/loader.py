@@ -176,6 +176,10 @@ def _bound_hub_requests() -> None:
     def factory():
         client = _http.default_client_factory()
         client._transport = BoundedTransport()  # the same client, its transport bounded
+        # huggingface_hub closes its shared client when any request fails to connect: a request in flight on it in
+        # another thread (another model's download) would die with "Bad file descriptor". The client is replaced
+        # and dropped instead; its connections close when it is collected.
+        client.close = lambda: None
         return client
 
     factory._parity_lab = True

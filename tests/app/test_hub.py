@@ -285,3 +285,24 @@ def test_app_stops_printing_hub_retries_once_it_has_fallen_back(bpe_dir, tmp_pat
         log = app.log()
     assert "could not reach the Hugging Face Hub" in log, log
     assert "Retrying in" not in log and log.count("thrown while requesting") <= 1, log
+
+
+def test_a_connection_failure_elsewhere_does_not_break_a_download_in_flight(online):
+    """huggingface_hub closes its one shared HTTP client whenever any request fails to connect (another model's
+    download, an unreachable mirror): a request in flight on that client in another thread must still finish."""
+    from huggingface_hub.utils import _http
+
+    online.fault("gpt2/resolve/main/config.json", method="HEAD", delay_s=1.5, times=1)
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("PARITY_LAB_HUB_TIMEOUT", "10")
+    result = {}
+    loading = threading.Thread(target=lambda: result.update(error=_catch(load_pretrained, "gpt2")))
+    try:
+        loading.start()
+        assert wait_until(lambda: any(r.startswith("HEAD /gpt2/") for r in online.requests))
+        time.sleep(0.3)  # the HEAD is now held back by the hub, waiting on the shared client's connection
+        _http.close_session()  # what huggingface_hub does on a ConnectError in any thread
+        loading.join(30)
+    finally:
+        monkey.undo()
+    assert not loading.is_alive() and result["error"] is None, result

@@ -89,7 +89,9 @@ def test_kernel_choice(monkeypatch):
 
 def test_the_check_fails_an_inaccurate_or_slow_kernel(monkeypatch):
     real = kernels._onednn
-    assert kernels._check_onednn() is None  # this machine's oneDNN: accurate, thread-invariant, fast enough
+    # this machine's oneDNN: accurate, thread-invariant, fast enough (speed: in one of three checks, as a busy
+    # machine can slow any one of them)
+    assert any(kernels._check_onednn() is None for _ in range(3))
     monkeypatch.setattr(kernels, "_onednn", lambda x, w, b: real(x.bfloat16().float(), w.bfloat16().float(), b))
     assert "not accurate" in kernels._check_onednn()  # what a bf16 "fp32" matmul would look like
 

@@ -188,7 +188,7 @@ def test_per_layer_figure_shows_the_deciding_place(pairs, tokenizer):
     r = compare(pairs("block1-1x1000"), PROMPTS[0], tokenizer=tokenizer, reference="logits", fault="erf_gelu@2",
                 num_return_sequences=2, max_length=20, seed=0).to_dict()
     fig = figures.layers_figure(r)
-    line = next(t for t in fig.data if t.type == "scatter")
+    line = next(t for t in fig.data if t.name == "tolerance there")  # not the exact-zero markers on the floor
     tol = dict(zip(line.x, line.y))
     bars = {x: y for t in fig.data if t.type == "bar" for x, y in zip(t.x, t.y)}
     for layer in r["layers"]:
