@@ -159,6 +159,9 @@ def compare(
     subject = apply_fault(subject, fault) if faulty else subject
     lab_loaded = isinstance(model_or_name, (str, os.PathLike)) or faulty
     p, ran_in = regimes.choose(subject, asked, prompt_ids, lab_loaded=lab_loaded)
+    if faulty and fault.partition("@")[0] == "bf16_autocast" and p.weights_cast and p.dtype == torch.float16:
+        raise ParityError("the bug lab's bf16_autocast fault runs our GPT under bfloat16 autocast, which cannot "
+                          "take float16 weights (precision fp16): choose another precision or another fault")
     model, in_regime = regimes.prepared(subject, p)
     if ours and sampling_step is None and layers is None:
         # perf: HF's own sampling depends on nothing of ours: it starts first and, when our bits do not depend on
