@@ -13,8 +13,10 @@ import sys
 
 import torch
 
+from . import progress
 from .parity.judge import REFERENCES
 from .precision import CHOICES as PRECISION_CHOICES
+from .progress import Bar
 from .sampling import METHODS, SamplingSettings
 
 SEED_PROMPT = "Hello, I'm a language model,"
@@ -173,6 +175,8 @@ def main_parity(argv=None) -> int:
                     help="the regime the model runs and is judged in: float32, bfloat16/float16 (weights and "
                          "activations), bfloat16-autocast/float16-autocast, tf32 (CUDA); auto (default) detects "
                          "what --yours does; --dtype bfloat16 means --precision bfloat16")
+    ap.add_argument("--html", default=None, metavar="FILE",
+                    help="also write the report as one self-contained HTML page (opens offline in any browser)")
     add_yours_args(ap)
     args = ap.parse_args(argv)
 
@@ -189,6 +193,8 @@ def main_parity(argv=None) -> int:
         device, dtype = resolve_dtype_device(args)
         settings = settings_from_args(args)
         SamplingSettings.from_kwargs(**settings).validate()
+        if args.html:
+            check_writable(args.html, "--html")  # before minutes of work, not after
         if args.fault is not None:
             try:
                 get_fault(args.fault)  # a listed fault or "<mistake>@<block>"
@@ -214,15 +220,43 @@ def main_parity(argv=None) -> int:
         if precision is None:  # our model, loaded by the lab: float32 unless asked; yours: detected
             precision = "auto" if yours is not None else "float32"
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-        report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
-                         precision=precision, **extra, **settings)
+        new_tokens = SamplingSettings.from_kwargs(**settings).new_tokens_for(len(tokenizer.encode(args.prompt)))
+        with Bar(new_tokens, "sampling", "token", progress.wanted(args.json)) as bar:
+            def on_step(ev) -> None:
+                bar.update()
+                if ev.step + 1 == new_tokens or all(ev.finished):
+                    bar.describe("comparing with HuggingFace")
+
+            report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference,
+                             fault=args.fault, precision=precision, on_step=on_step, **extra, **settings)
         if args.json:
             print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
         else:
             print(format_report(report))
+        if args.html:
+            write_html(report, args.html, quiet=args.json)
         return 0 if report.agree else 1
 
     return run_guarded(prog, body)
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Refuse an output file whose folder does not exist, or that is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path!r} is a directory: give a file name, e.g. {os.path.join(path, 'report.html')}")
+    if not os.path.isdir(folder):
+        raise CliError(f"{flag} {path!r}: no such directory {folder!r}")
+
+
+def write_html(report, path: str, quiet: bool = False) -> None:
+    """report.save_html(path), saying where it went (not under --json: stdout is one JSON object then)."""
+    try:
+        report.save_html(path)
+    except OSError as exc:
+        raise CliError(f"cannot write --html {path!r}: {exc.strerror}") from None
+    if not quiet:
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB): the report as one page, opens offline")
 
 
 def add_yours_args(ap: argparse.ArgumentParser) -> None:
@@ -357,8 +391,9 @@ def main_export(argv=None) -> int:
         hf = load_hf_model(args.model)  # first: an unknown model is named as such, not as missing BPE files
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         cases = make_cases(prompts, tokenizer, args.seeds, **settings)
-        ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer,
-                               precisions=precisions)
+        with Bar(len(cases), "exporting HF's reference", "case", progress.wanted(False)) as bar:
+            ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer,
+                                   precisions=precisions, on_case=lambda case: bar.update())
         paths = save_reference(ref, args.out)
         size = paths["tensors"].stat().st_size
         extra = (", with layers" if args.layers else "") + (

@@ -19,18 +19,7 @@ from .models import HUB_ALLOWLIST, TINY, ModelCache
 CSS = """
 #verdict {min-height: 3.2em}
 .gradio-container {max-width: 1400px !important}
-/* the two texts: one line per row, tokens inline, long runs scroll inside the panel */
-.pl-text .pl-row {white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 0.45em 0; line-height: 1.55}
-.pl-text .pl-n {color: #57606a; font-size: 0.85em}
-.pl-text .tok {cursor: pointer; border-radius: 3px}
-.pl-text .tok:hover {outline: 1px solid #1f6feb; background: #ddf4ff}
-.pl-text .tok.first {background: #ff6b6b; color: #fff}
-.pl-text .tok.after {background: #d0d7de}
-.pl-text .tok.picked {outline: 2px solid #1f6feb}
-.pl-text .pl-head {position: sticky; top: 0; z-index: 1; background: var(--block-background-fill); font-weight: 600;
-  padding: 2px 0 6px 0}
-.pl-text .pl-legend {margin-bottom: 0.5em; font-size: 0.85em}
-.pl-text .pl-legend .tok {padding: 1px 6px; cursor: default}
+""" + render.TEXT_CSS + """
 #settings-table .table-wrap, #settings-table .table-container {overflow-x: auto !important}
 .pl-caption {font-size: 0.85em; color: #57606a; padding: 0 8px}
 .pl-caption p {margin: 2px 0 6px 0}

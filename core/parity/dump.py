@@ -216,12 +216,13 @@ def export_precisions(names) -> list[str]:
 
 @torch.inference_mode()
 def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False, tokenizer=None,
-                     precisions=()) -> Reference:
+                     precisions=(), on_case=None) -> Reference:
     """HF's side of every case: generate() as users call it (the token streams), then one teacher-forced forward
     over those streams for the logits at the positions that predicted each new token (and the residual stream).
     For each of `precisions` (below float32) also HF's own error there: HF run in that regime on the same streams
     against HF in float32, max over channels at each place (reference.hf_own_error, as compare() computes it).
-    The reference_id does not depend on the precisions: a result is made for the same streams either way."""
+    The reference_id does not depend on the precisions: a result is made for the same streams either way.
+    `on_case(case)` is called after each case (progress)."""
     from .reference import hf_own_error, hf_teacher_forced, run_hf_reference
 
     config = model_config(hf.config)
@@ -250,6 +251,8 @@ def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False,
             if layers:
                 tensors[own_error_name(case.name, p.name, "hidden")] = torch.stack(
                     [h.float().cpu() for h in own_hidden]).contiguous()
+        if on_case is not None:
+            on_case(case)
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": "reference",
         "model": {"id": model, "config": config},
