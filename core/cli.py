@@ -24,6 +24,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EXIT_BAD_INPUT = 2
 
 
+def program(module: str, command: str = "") -> str:
+    """How the user called us, for usage and error lines: the installed command (`gpt2-parity ...`), else
+    `python -m core.parity ...`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    base = name if name.startswith("gpt2-parity") else f"python -m {module}"
+    return f"{base} {command}".strip()
+
+
 class CliError(Exception):
     """Bad input from the command line: printed as one line, exit status 2. `kind` says which input was bad, for
     the JSON error object of `--json` (see run_guarded)."""
@@ -117,7 +125,7 @@ def resolve_dtype_device(args) -> tuple[torch.device, torch.dtype]:
 
 
 def main_generate(argv=None) -> int:
-    prog = "python -m core.generate"
+    prog = program("core.generate")
     ap = parser(prog, "Sample from our GPT-2 (the seed's example by default).")
     add_model_args(ap)
     add_sampling_args(ap)
@@ -160,7 +168,7 @@ def main_parity(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DUMP_COMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py)
         return DUMP_COMMANDS[argv[0]](argv[1:])
-    prog = "python -m core.parity"
+    prog = program("core.parity")
     ap = parser(prog, "Compare our GPT-2 (or yours: --yours) with HuggingFace's while generating; exit 0 if they "
                       "agree, 1 if not, 2 on bad input. For implementations that cannot run in this process: "
                       "`export` (HF's reference to files) and `check` (a result file against it); see "
@@ -352,7 +360,7 @@ def read_prompts(path: str) -> list[str]:
 
 
 def main_export(argv=None) -> int:
-    prog = "python -m core.parity export"
+    prog = program("core.parity", "export")
     ap = parser(prog, "Write HuggingFace's reference for some prompts (token streams, logits, optionally the "
                       "residual stream) and a template of what a result must contain. See docs/dump-format.md.")
     ap.add_argument("--model", default="gpt2", help="Hub id or a local checkpoint directory")
@@ -407,7 +415,7 @@ def main_export(argv=None) -> int:
 
 
 def main_check(argv=None) -> int:
-    prog = "python -m core.parity check"
+    prog = program("core.parity", "check")
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = parser(prog, "Judge a result written by any implementation against an exported reference: the same "
                       "report as `python -m core.parity`; exit 0 if every case agrees, 1 if not, 2 on bad input "
