@@ -189,6 +189,9 @@ def output_panels(c: dict, ours_label: str | None = None) -> dict:
             with gr.Row():
                 c["json_file"] = gr.File(label="Run as JSON", elem_id="json-file")
                 c["csv_file"] = gr.File(label="Per-step table as CSV", elem_id="csv-file")
+            with gr.Row():  # made on request: the page carries plotly.js (~5 MB), not worth writing for every run
+                c["html_button"] = gr.Button(text.HTML_BUTTON, size="sm", elem_id="html-button")
+                c["html_file"] = gr.File(label="Report as one HTML page (opens offline)", elem_id="html-file")
             c["summary"] = gr.JSON(label="Summary", elem_id="summary")
     with gr.Accordion("How to read the plots, and how to use this from code", open=False):
         gr.Markdown(text.PLOT_HELP + text.USAGE)
@@ -221,6 +224,8 @@ def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> 
     c["step"].input(handlers.show_step, view_in, views, **private)
     c["row"].input(handlers.show_row, view_in, views, **private)
     c["log"].change(handlers.show_step, view_in, views, **private)
+    c["html_button"].click(handlers.html_download, [c["state"]], [c["html_file"]], **private)
+    c["state"].change(lambda: None, None, [c["html_file"]], **private)  # a new run: the old page is not this run's
     for key in ("ours", "hf"):
         c[key].click(handlers.pick_token, [c["state"], c["log"]],
                      [c["step"], c["row"], c["top50_fig"], c["heat_fig"], c["entropy_fig"], c["tabs"]], **private)
