@@ -121,7 +121,8 @@ class ParityReport:
                  f"precision {self.precision.get('label', 'float32')}, fault {self.fault or 'none'}",
                  f"  max |Δlogit| {self.max_abs_dlogit:.3g}, first diverging layer: "
                  f"{self.first_diverging_layer or 'none'}; {len(self.rows)} row(s), {len(bad)} differ(s)"]
-        lines += [f"  row {r.row}: step {r.first_divergent_step}, {r.cause}: {_clip(r.explanation)}" for r in bad[:5]]
+        lines += [f"  row {r.row}: first difference at step {r.first_divergent_step} ({r.cause})"
+                  + ("" if self.verdict.startswith(r.explanation) else f": {_clip(r.explanation)}") for r in bad[:5]]
         if len(bad) > 5:
             lines.append(f"  ... {len(bad) - 5} more")
         return "\n".join(lines) + ">"
