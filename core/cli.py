@@ -17,7 +17,7 @@ from . import progress
 from .parity.judge import REFERENCES
 from .precision import CHOICES as PRECISION_CHOICES
 from .progress import Bar
-from .sampling import METHODS, SamplingSettings
+from .sampling import METHODS, SamplingSettings, encode_prompt
 
 SEED_PROMPT = "Hello, I'm a language model,"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -228,7 +228,8 @@ def main_parity(argv=None) -> int:
         if precision is None:  # our model, loaded by the lab: float32 unless asked; yours: detected
             precision = "auto" if yours is not None else "float32"
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-        new_tokens = SamplingSettings.from_kwargs(**settings).new_tokens_for(len(tokenizer.encode(args.prompt)))
+        _, prompt_ids = encode_prompt(args.prompt, tokenizer)  # refused here as compare() would refuse it
+        new_tokens = SamplingSettings.from_kwargs(**settings).new_tokens_for(len(prompt_ids))
         with Bar(new_tokens, "sampling", "token", progress.wanted(args.json)) as bar:
             def on_step(ev) -> None:
                 bar.update()

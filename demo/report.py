@@ -4,7 +4,8 @@ dashboard's HTML download) and the notebook's view of a report or a generation (
 Built from the same pieces as the dashboard: render.py's verdict panel, texts (a span per token, its numbers on
 hover) and settings rows, figures.py's figures, downloads.py's compact JSON, which the page carries so that
 read_report_html() (and the dashboard's upload panel) can load the run back. Pages work offline: plotly's JS is
-inlined (once per page; in a notebook, once per kernel: the first output that draws a figure carries it).
+inlined (once per page; in a notebook, once per kernel: the first output that draws a figure carries it; on Colab,
+whose outputs are separate frames, every output).
 
 Knows the report's dict (ParityReport.to_dict()) and HTML; knows nothing of Gradio, models or tensors.
 """
@@ -188,11 +189,18 @@ def notebook_html(report: dict) -> str:
     step, per layer). plotly's JS comes with the kernel's first such output only."""
     global _plotly_js_sent
     figs = [figures.step_diffs_figure(report), figures.layers_figure(report)]
-    js = "" if _plotly_js_sent else plotly_js()
+    js = "" if _plotly_js_sent and not _own_frame_per_output() else plotly_js()
     _plotly_js_sent = True
     return (f'<div class="parity-report"><style>{render.TEXT_CSS}{NOTEBOOK_CSS}</style>{js}'
             + render.verdict_html(report) + facts_html(report) + texts_html(report, token_text_for(report))
             + "".join(figure_html(f) for f in figs) + "</div>")
+
+
+def _own_frame_per_output() -> bool:
+    """Google Colab draws each output in a frame of its own: there every output needs plotly's JS."""
+    import sys
+
+    return "google.colab" in sys.modules
 
 
 def generation_html(gen: dict) -> str:
