@@ -21,7 +21,7 @@ __all__ = ["build_demo", "parse_args", "launch_kwargs", "QUEUE"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import ui
+        from . import app, ui
 
-        return getattr(ui, name)
+        return getattr(app if name == "parse_args" else ui, name)
     raise AttributeError(f"module 'demo' has no attribute {name!r}")

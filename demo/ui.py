@@ -7,7 +7,6 @@ Knows nothing of how a comparison runs or how its results are drawn.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import gradio as gr
@@ -65,21 +64,6 @@ QUEUE = dict(default_concurrency_limit=8, max_size=32)
 TEXT_MAX_HEIGHT = 380  # px: long runs scroll inside the text panels instead of pushing the plots down
 # Gradio's own copies of served files (the downloads): swept every 10 minutes, deleted after an hour.
 DELETE_CACHE = (600, 3600)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="GPT-2 Parity Lab dashboard")
-    ap.add_argument("--model", default="gpt2",
-                    help=f"default model: a Hub id ({', '.join(HUB_ALLOWLIST)}), a local checkpoint directory, or {TINY}")
-    ap.add_argument("--host", default=None,
-                    help="address to listen on (default: $GRADIO_SERVER_NAME, which Spaces sets, else 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    ap.add_argument("--bpe-dir", default=None,
-                    help="directory with GPT-2's vocab.json + merges.txt (or encoder.json + vocab.bpe) for offline use; "
-                         "defaults to $GPT2_BPE_DIR")
-    ap.add_argument("--max-models", type=int, default=1, help="models kept in memory at once (switching evicts)")
-    yours.add_args(ap)
-    return ap.parse_args(argv)
 
 
 def launch_kwargs() -> dict:

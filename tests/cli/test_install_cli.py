@@ -104,10 +104,9 @@ print(json.dumps({"core": core.__file__, "demo": demo.__file__, "gradio_imported
     assert got["pytest11"] == ["core.pytest_plugin"]
 
 
-def test_console_scripts(installed):
-    """Each command's own flags (every flag and subcommand is the same code as `python -m core.parity`: tests/cli)."""
-    parity = run(installed, "gpt2-parity", "export", "--help")
-    assert parity.returncode == 0 and "--prompts" in parity.stdout and parity.stdout.startswith("usage: gpt2-parity export")
+def test_dashboard_command(installed):
+    """`gpt2-parity-app` is app.py's program (`gpt2-parity` itself runs in test_yours_from_another_folder; every
+    flag and subcommand is the same code as `python -m core.parity`: tests/cli)."""
     app = run(installed, "gpt2-parity-app", "--help")
     assert app.returncode == 0 and "--yours" in app.stdout and "--bpe-dir" in app.stdout
 

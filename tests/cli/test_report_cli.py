@@ -5,15 +5,13 @@ import fcntl
 import json
 import os
 import struct
-import subprocess
 import sys
 import termios
+import threading
 from io import StringIO
 
-from conftest import ROOT
-
 from core import progress
-from core.cli import main_parity
+from core.cli import main_export, main_parity
 from demo.report import read_report_html
 
 ARGS = ["--max-new-tokens", "6", "--num-return-sequences", "2", "--fault", "untied_lm_head"]
@@ -50,27 +48,37 @@ def test_progress_wanted_only_at_a_terminal():
     assert not progress.wanted(False, StringIO(), Tty()) and not progress.wanted(False, Tty(), StringIO())
 
 
-def test_progress_bars_on_a_terminal(tiny_checkpoint, tmp_path):
-    """A compare and an export of several cases, run on a pseudo-terminal (80 columns) as a person would."""
+def test_progress_bars_on_a_terminal(tiny_checkpoint, tmp_path, monkeypatch):
+    """A compare and an export of several cases with stdout and stderr on a pseudo-terminal (80 columns), as a
+    person at a terminal runs them (in this process: the streams are the terminal's own file descriptor)."""
     main, tty = os.openpty()
     fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    script = (f"from core.cli import main_parity, main_export\n"
-              f"main_parity(['--model', {str(tiny_checkpoint)!r}, '--max-new-tokens', '30'])\n"
-              f"main_export(['--model', {str(tiny_checkpoint)!r}, '--out', {str(tmp_path / 'ref')!r}, "
-              f"'--seeds', '1', '2', '3', '--max-new-tokens', '4'])\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=tty, stdout=tty, stderr=tty)
+    seen = []
+    reader = threading.Thread(target=_drain, args=(main, seen), daemon=True)
+    reader.start()
+    with open(tty, "w", buffering=1, encoding="utf-8", closefd=False) as terminal:
+        monkeypatch.setattr(sys, "stdout", terminal)
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main_parity(["--model", str(tiny_checkpoint), "--max-new-tokens", "30"]) == 0
+        assert main_export(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "ref"), "--seeds", "1", "2", "3",
+                            "--max-new-tokens", "4"]) == 0
+        monkeypatch.undo()
     os.close(tty)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    assert proc.wait(timeout=120) == 0
-    text = seen.decode(errors="replace")
+    reader.join(timeout=30)
+    os.close(main)
+    text = b"".join(seen).decode(errors="replace")
     assert "sampling:" in text and "comparing with HuggingFace:" in text and "/30 [" in text
     assert "exporting HF's reference:" in text and "3/3 [" in text
     assert "verdict: AGREE" in text and "wrote 3 case(s)" in text
+
+
+def _drain(fd: int, into: list) -> None:
+    """Read the terminal's other end until it closes (a full terminal buffer would block the writer)."""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        into.append(chunk)
