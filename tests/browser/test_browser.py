@@ -1,8 +1,8 @@
 """End to end in a real browser: the dashboard served by `python app.py`, driven by headless Chromium.
 
 One test walks a user's path: type a prompt, Generate, read the verdict and both texts, look at every plot
-(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON, and inject a
-bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
+(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON and as one HTML
+page, and inject a bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
 a token opens its step and row, an error replaces the verdict and stays, and a phone-width page shows the verdict
 on its first screen after Generate. One server for the whole module.
 
