@@ -2,8 +2,6 @@
 the first run exports HF's golden reference, later runs judge offline against it, a broken model fails with a
 readable message, --parity-regen exports again, and a golden reference for other cases is refused by name."""
 
-import pytest
-
 pytest_plugins = ["pytester"]
 
 # The user's test file: their model is our GPT loaded from the tiny checkpoint (a bug-lab fault when BROKEN=1);
