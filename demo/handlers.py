@@ -25,7 +25,7 @@ from core import compare
 from core.errors import ParityLabError
 
 from . import figures, render, text, yours
-from .downloads import expand_report, write_downloads  # noqa: F401 (expand_report: every JSON download names it here)
+from .downloads import expand_report, write_downloads, write_html  # noqa: F401 (expand_report: every JSON download names it here)
 from .inputs import INPUT_KEYS, INPUTS, SEED_CASE, parse_inputs, query_values
 from .models import (
     RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError, hub_offline,
@@ -188,6 +188,13 @@ def outputs_for(report: dict, token_text, c: dict) -> dict:
         c["row"]: gr.Dropdown(choices=[(f"row {i + 1}", i) for i in range(len(report["rows"]))], value=row,
                               interactive=True),
     }
+
+
+def html_download(report: dict | None) -> str:
+    """The Download tab's HTML button: the shown run as one self-contained page (demo/report.py)."""
+    if not report:
+        raise gr.Error(text.HTML_NO_RUN, print_exception=False)
+    return write_html(report)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -97,6 +97,22 @@ def _hf_token_tip(step: int, row: int, tid: int, token: str, rec: dict | None, d
     return tip + "\nclick: top-50 at this step"
 
 
+# The texts' styles (the dashboard's CSS and the HTML report's both include them): one line per row, tokens inline,
+# the first difference red, later tokens grey.
+TEXT_CSS = """
+.pl-text .pl-row {white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 0.45em 0; line-height: 1.55}
+.pl-text .pl-n {color: #57606a; font-size: 0.85em}
+.pl-text .tok {cursor: pointer; border-radius: 3px}
+.pl-text .tok:hover {outline: 1px solid #1f6feb; background: #ddf4ff}
+.pl-text .tok.first {background: #ff6b6b; color: #fff}
+.pl-text .tok.after {background: #d0d7de}
+.pl-text .tok.picked {outline: 2px solid #1f6feb}
+.pl-text .pl-head {position: sticky; top: 0; z-index: 1; background: var(--block-background-fill, #fff);
+  font-weight: 600; padding: 2px 0 6px 0}
+.pl-text .pl-legend {margin-bottom: 0.5em; font-size: 0.85em}
+.pl-text .pl-legend .tok {padding: 1px 6px; cursor: default}
+"""
+
 TEXT_HEADS = {"ours": "Ours", "hf": "HuggingFace"}
 
 

@@ -98,6 +98,8 @@ DOWNLOAD_FORMAT = (
     "the report's own shape."
 )
 
+HTML_BUTTON = "Make the report as one HTML page"
+HTML_NO_RUN = "Nothing to put in a report yet: press Generate (or check a result file) first."
 RUNNING = "⏳ Generating with our GPT-2 …"
 COMPARING = "⏳ Comparing with HuggingFace (teacher-forced pass and HF's own sampling) …"
 

@@ -216,12 +216,13 @@ def export_precisions(names) -> list[str]:
 
 @torch.inference_mode()
 def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False, tokenizer=None,
-                     precisions=()) -> Reference:
+                     precisions=(), on_case=None) -> Reference:
     """HF's side of every case: generate() as users call it (the token streams), then one teacher-forced forward
     over those streams for the logits at the positions that predicted each new token (and the residual stream).
     For each of `precisions` (below float32) also HF's own error there: HF run in that regime on the same streams
     against HF in float32, max over channels at each place (reference.hf_own_error, as compare() computes it).
-    The reference_id does not depend on the precisions: a result is made for the same streams either way."""
+    The reference_id does not depend on the precisions: a result is made for the same streams either way.
+    `on_case(case)` is called after each case (progress)."""
     from .reference import hf_own_error, hf_teacher_forced, run_hf_reference
 
     config = model_config(hf.config)
@@ -250,6 +251,8 @@ def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False,
             if layers:
                 tensors[own_error_name(case.name, p.name, "hidden")] = torch.stack(
                     [h.float().cpu() for h in own_hidden]).contiguous()
+        if on_case is not None:
+            on_case(case)
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": "reference",
         "model": {"id": model, "config": config},
@@ -911,3 +914,28 @@ def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool
     dtype = p.name if p is not None else str(model.dtype).replace("torch.", "")
     impl = {"name": name, "framework": "torch", "dtype": dtype, "notes": ""}
     return result_manifest(ref, impl, sampler="torch", precision=p.name if p is not None else None), tensors
+
+
+def result_from_model(model, ref: Reference, *, layers=None, name: str | None = None) -> Result:
+    """Any GPT-2 (a torch.nn.Module or a function ids (B, T) -> logits, as compare() takes) run on the reference's
+    token streams, teacher-forced: its logits, and its residual stream where the reference has one and the model's
+    blocks are found (`layers` as compare()'s). No sampled ids: the models are judged, not the sampling.
+    In memory; save_result() writes it as a file."""
+    from types import SimpleNamespace
+
+    from .foreign import replay
+
+    shape = SimpleNamespace(config=SimpleNamespace(**ref.config))  # all that replay() reads of HF's model
+    tensors: dict[str, torch.Tensor] = {}
+    for case in ref.cases:
+        tokens = ref.tensors[f"{case.name}.tokens"]
+        P = len(case.prompt_ids)
+        logits, hidden = replay(model, shape, tokens.tolist(), P, tokens.size(1) - P, layers)
+        tensors[f"{case.name}.tokens"] = tokens
+        tensors[f"{case.name}.logits"] = logits.cpu().contiguous()
+        if hidden is not None and ref.manifest["layers"]:
+            tensors[f"{case.name}.hidden"] = torch.stack([h.cpu() for h in hidden]).contiguous()
+    impl = {"name": name or type(model).__name__, "framework": "torch", "dtype": "float32", "notes": ""}
+    manifest = result_manifest(ref, impl, sampler="other")
+    check_result_against(manifest, tensors, ref)
+    return Result(manifest, tensors)

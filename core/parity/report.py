@@ -113,6 +113,40 @@ class ParityReport:
     def to_dict(self) -> dict:
         return _plain(self)
 
+    def __repr__(self) -> str:
+        """One screen: the verdict and where the models part (the whole report is to_dict(); text: core.cli)."""
+        bad = [r for r in self.rows if not r.identical]
+        lines = [f"<ParityReport {'AGREE' if self.agree else 'DIFFER'}: {self.verdict}",
+                 f"  model {self.model!r}, under test: {self.subject}, reference {self.reference}, "
+                 f"precision {self.precision.get('label', 'float32')}, fault {self.fault or 'none'}",
+                 f"  max |Δlogit| {self.max_abs_dlogit:.3g}, first diverging layer: "
+                 f"{self.first_diverging_layer or 'none'}; {len(self.rows)} row(s), {len(bad)} differ(s)"]
+        lines += [f"  row {r.row}: first difference at step {r.first_divergent_step} ({r.cause})"
+                  + ("" if self.verdict.startswith(r.explanation) else f": {_clip(r.explanation)}") for r in bad[:5]]
+        if len(bad) > 5:
+            lines.append(f"  ... {len(bad) - 5} more")
+        return "\n".join(lines) + ">"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: verdict, both texts with the first difference marked, per-step and per-layer figures."""
+        from demo.report import notebook_html
+
+        return notebook_html(self.to_dict())
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (works offline) with everything the dashboard shows for this run, and the
+        run's data to load it back (demo.report.read_report_html)."""
+        from demo.report import page_html
+
+        return page_html(self.to_dict())
+
+    def save_html(self, path) -> str:
+        """to_html() written to `path` (returned)."""
+        from pathlib import Path
+
+        Path(path).write_text(self.to_html(), encoding="utf-8")
+        return str(path)
+
     @classmethod
     def from_dict(cls, d: dict) -> "ParityReport":
         from ..sampling import StepRecord
@@ -129,6 +163,10 @@ class ParityReport:
 
 
 _SCALARS = (int, float, str, bool, type(None))
+
+
+def _clip(text: str, chars: int = 110) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def _plain(obj):

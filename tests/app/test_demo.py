@@ -796,3 +796,18 @@ def test_yours_mode_turns_the_bug_lab_off_and_speaks_of_your_model():
                  and "GPT-2 Parity Lab" in str(c["props"].get("value")))
     assert "Your GPT-2 (`mine.py:model`)" in intro and "Our from-scratch" not in intro and "/somewhere" not in intro
     assert "your next-token scores" in props["steps-caption"]["value"]
+
+
+def test_html_download_is_the_shown_run_as_one_page(cache):
+    """The Download tab's HTML button: the run in the state as one page that carries the run for reloading."""
+    from demo.report import read_report_html
+
+    report, loaded = handlers.run_compare(cache, {**inputs.parse_inputs(cache, *GOOD.values()), "fault": "untied_lm_head"})
+    report = report.to_dict()
+    path = handlers.html_download(report)
+    page = open(path, encoding="utf-8").read()
+    assert render.verdict_html(report) in page and report["verdict"] in page
+    back = read_report_html(page)
+    assert back["rows"] == report["rows"] and back["generation"]["texts"] == report["generation"]["texts"]
+    with pytest.raises(gr.Error, match="press Generate"):
+        handlers.html_download(None)

@@ -1,8 +1,8 @@
 """End to end in a real browser: the dashboard served by `python app.py`, driven by headless Chromium.
 
 One test walks a user's path: type a prompt, Generate, read the verdict and both texts, look at every plot
-(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON, and inject a
-bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
+(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON and as one HTML
+page, and inject a bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
 a token opens its step and row, an error replaces the verdict and stays, and a phone-width page shows the verdict
 on its first screen after Generate. One server for the whole module.
 
@@ -208,6 +208,16 @@ def test_dashboard_end_to_end(page, app, tmp_path):
     assert report["verdict"] == "identical to HuggingFace"
     assert report["prompt"] == PROMPT and len(report["rows"]) == 5 and len(report["steps"]) == 22
     expect(page.locator("#csv-file a[download]").first).to_be_visible()
+    # ... and, on request, as one HTML page carrying the same run
+    page.locator("#html-button").click()
+    link = page.locator("#html-file a[download]").first
+    expect(link).to_be_visible(timeout=UI_TIMEOUT_MS)
+    with page.expect_download() as info:
+        link.click()
+    assert info.value.suggested_filename == "parity_report.html"
+    from demo.report import read_report_html
+
+    assert read_report_html(Path(info.value.path()).read_text(encoding="utf-8"))["rows"] == report["rows"]
 
     # 5. Bug lab: swap q and k in our model; the verdict names the first diverging layer.
     page.locator("#fault input").click()
