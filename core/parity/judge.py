@@ -9,6 +9,8 @@ thread produced them.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -16,9 +18,10 @@ import torch
 from ..sampling import SamplingSettings
 from ..tokenizer import Tokenizer
 from ..precision import Precision
-from .diffs import (ATOL, PRECISION_FACTOR, layer_diffs, logits_layer_diff, relative_tolerance, step_checks,
-                    step_diffs)
+from .diffs import (ATOL, PRECISION_FACTOR, error_shape, layer_diffs, logits_layer_diff, place_diff,
+                    relative_tolerance, step_checks, step_diffs)
 from .explain import explain_rows, models_verdict, sampler_notes, verdict
+from .localise import Localiser, matched_sentence, unmatched_sentence
 from .reference import HFRun
 from .report import ParityError, ParityReport
 from .subject import SubjectRun
@@ -80,7 +83,8 @@ def _float32_check(subject: SubjectRun, hf: HFRun, P: int) -> dict:
 
 def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference: str, *,
           tokenizer: Tokenizer | None = None, model: str = "custom", fault: str | None = None,
-          timings: dict | None = None) -> ParityReport:
+          timings: dict | None = None, localiser: Localiser | None = None,
+          on_verdict: Callable[[ParityReport], None] | None = None) -> ParityReport:
     """Per layer (where both sides have the residual stream) and per step on the subject's streams, every
     divergent row explained, one verdict. `reference` "logits" compares the models only (no HF sampling).
     Below float32 (subject.precision) each place also tolerates PRECISION_FACTOR times HF's own error at that
@@ -135,7 +139,7 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         notes.append(f"your model ran in {ran.label} although float32 was {asked}; {fix} to judge it at its own "
                      "precision")
     timings = {**(timings or {}), **hf.timings}
-    return ParityReport(
+    report = ParityReport(
         model=model, prompt=gen.prompt, prompt_ids=gen.prompt_ids, settings=gen.settings, reference=reference,
         fault=fault if fault not in ("", "none") else None, agree=agree, verdict=text, verdict_kind=kind,
         rtol=relative_tolerance(hf.mlp_width), atol=ATOL, max_abs_dlogit=max_dlogit,
@@ -143,6 +147,60 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         generation=gen, ref_sequences=hf.sequences, timings=timings, subject=subject.label, sampler=subject.sampler,
         notes=notes, precision=precision, float32_check=recheck,
     )
+    if models is not None and per_layer and localiser is not None and hf.hidden is not None:
+        report.localisation = "pending"
+        if on_verdict is not None:
+            on_verdict(report)
+        t = time.perf_counter()
+        localise(report, localiser, hf, relative_tolerance(hf.mlp_width), low)
+        report.timings["localise_s"] = time.perf_counter() - t
+    elif on_verdict is not None:
+        on_verdict(report)
+    return report
+
+
+def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: bool) -> None:
+    """The localisation fields of `report` (the models differ): the first sub-layer that differs on the model's own
+    stream, every block whose output differs on HF's input, and for each the catalogue's verdict."""
+    try:
+        with torch.inference_mode():
+            r = loc.readings(hf.hidden)
+    except Exception as exc:  # the model under test cannot be run again with hooks: say why, keep the verdict
+        report.localisation = f"not possible: {type(exc).__name__}: {exc}"
+        report.notes.append(f"localisation not possible: {exc}")
+        return
+    n, layers = hf.n_layer, report.layers
+    noise = (lambda xs, k: xs[k] if low and xs is not None else None)  # noqa: E731
+    if r.mid is not None:
+        report.sublayers = [place_diff(f"block {k} attention", r.mid[k], r.hf_mid[k], rtol, noise(r.noise_mid, k),
+                                       index=k + 1) for k in range(n)]
+        if not layers[0].exceeds:
+            for k in range(n):
+                if report.sublayers[k].exceeds or layers[k + 1].exceeds:
+                    part = "attention" if report.sublayers[k].exceeds else "MLP"
+                    report.first_diverging_sublayer = f"block {k} {part}"
+                    break
+    report.isolated = [place_diff(f"block {k}", r.iso_out[k], hf.hidden[k + 1], rtol, noise(r.noise_iso_out, k),
+                                  index=k + 1) for k in range(n)]
+    report.diverging_blocks = [k for k, d in enumerate(report.isolated) if d.exceeds]
+    for k in report.diverging_blocks:
+        parts = []  # (part, its input, the model's output there, HF's output there, noise)
+        if r.iso_mid is not None:
+            if place_diff("", r.iso_mid[k], r.hf_mid[k], rtol, noise(r.noise_iso_mid, k)).exceeds:
+                parts.append(("attention", hf.hidden[k], r.iso_mid[k], r.hf_mid[k], noise(r.noise_iso_mid, k)))
+            if place_diff("", r.iso_out[k], r.hf_mlp[k], rtol, noise(r.noise_iso_out, k)).exceeds:
+                parts.append(("MLP", r.iso_mid[k], r.iso_out[k], r.hf_mlp[k], noise(r.noise_iso_out, k)))
+        if not parts:
+            parts = [("block", hf.hidden[k], r.iso_out[k], hf.hidden[k + 1], noise(r.noise_iso_out, k))]
+        for part, x, got, ref, nz in parts:
+            with torch.inference_mode():
+                tried = [(place_diff(c.name, got, y, rtol, nz).ratio, i, c) for i, (c, y) in
+                         enumerate(loc.tries(k, part, x))]
+            matched = [c for ratio, _, c in sorted(tried, key=lambda t: (t[0], t[1])) if ratio <= 1.0]
+            report.diagnosis.append(matched_sentence(k, part, matched) if matched else
+                                    unmatched_sentence(k, part, error_shape(got, ref, rtol, nz)))
+    report.notes += [note for note in r.notes if note not in report.notes]
+    report.localisation = "done"
 
 
 def _precision_verdict(p: Precision, agree: bool, kind: str, text: str, models, recheck: dict | None,
