@@ -17,7 +17,7 @@ import torch
 from ..faults import FaultError, apply_fault, get_fault
 from ..kernels import thread_invariant
 from ..model import GPT
-from ..precision import PrecisionError
+from ..precision import FLOAT32, PrecisionError
 from ..precision import parse as _parse
 from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -191,9 +191,18 @@ def compare(
         t = time.perf_counter()
         run.float32 = regimes.float32_recheck(subject, hf, run, layers)
         timings["float32_recheck_s"] = time.perf_counter() - t
-    localiser = _localiser(model, hf, run, ours and sampling_step is None and layers is None, layers, p) \
-        if localise else None
+    localiser = None
+    if localise:
+        mine = ours and sampling_step is None and layers is None
+        localiser = _localiser(model, hf, run, mine, layers, p)
+        if localiser is not None and p.low and _float32_weights(subject):
+            localiser.twin = _localiser(subject, hf, run, mine, layers, FLOAT32)
     return _judged(run, side, s, reference, tokenizer, name, fault, timings, localiser, on_verdict)
+
+
+def _float32_weights(model) -> bool:
+    return isinstance(model, torch.nn.Module) and all(t.dtype == torch.float32 for t in model.parameters()
+                                                      if t.is_floating_point())
 
 
 def _localiser(model, hf, run: SubjectRun, ours: bool, layers, p):

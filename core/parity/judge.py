@@ -21,7 +21,7 @@ from ..precision import Precision
 from .diffs import (ATOL, PRECISION_FACTOR, error_shape, layer_diffs, logits_layer_diff, place_diff,
                     relative_tolerance, step_checks, step_diffs)
 from .explain import explain_rows, models_verdict, sampler_notes, verdict
-from .localise import Localiser, matched_sentence, unmatched_sentence
+from .localise import Localiser, diagnosis_sentences, outside
 from .reference import HFRun
 from .report import ParityError, ParityReport
 from .subject import SubjectRun
@@ -147,21 +147,30 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         generation=gen, ref_sequences=hf.sequences, timings=timings, subject=subject.label, sampler=subject.sampler,
         notes=notes, precision=precision, float32_check=recheck,
     )
-    if models is not None and per_layer and localiser is not None and hf.hidden is not None:
+    flagged, loc = [(l.name, l.exceeds) for l in layers], localiser if models is not None else None
+    if models is None and recheck is not None and recheck["agree"] is False and localiser is not None \
+            and recheck.get("layers") and len(recheck["layers"]) == len(layers):
+        loc, low = localiser.twin, False  # what only float32 shows is localised in float32, on the same streams
+        flagged = [(l["name"], l["exceeds"]) for l in recheck["layers"]]
+        notes.append("localised in float32 (the model re-run in float32 on the same streams): at "
+                     f"{p.label} the difference is within HF's own error")
+    if loc is not None and per_layer and hf.hidden is not None:
         report.localisation = "pending"
         if on_verdict is not None:
             on_verdict(report)
         t = time.perf_counter()
-        localise(report, localiser, hf, relative_tolerance(hf.mlp_width), low)
+        localise(report, loc, hf, relative_tolerance(hf.mlp_width), low, flagged)
         report.timings["localise_s"] = time.perf_counter() - t
     elif on_verdict is not None:
         on_verdict(report)
     return report
 
 
-def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: bool) -> None:
+def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: bool,
+             flagged: list[tuple[str, bool]]) -> None:
     """The localisation fields of `report` (the models differ): the first sub-layer that differs on the model's own
-    stream, every block whose output differs on HF's input, and for each the catalogue's verdict."""
+    stream, every block whose output differs on HF's input, and for each the catalogue's verdict. `flagged`: each
+    layer's name and whether it differs on the model's own stream (the report's layers, or the float32 re-check's)."""
     try:
         with torch.inference_mode():
             r = loc.readings(hf.hidden)
@@ -169,20 +178,21 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
         report.localisation = f"not possible: {type(exc).__name__}: {exc}"
         report.notes.append(f"localisation not possible: {exc}")
         return
-    n, layers = hf.n_layer, report.layers
+    n = hf.n_layer
     noise = (lambda xs, k: xs[k] if low and xs is not None else None)  # noqa: E731
     if r.mid is not None:
         report.sublayers = [place_diff(f"block {k} attention", r.mid[k], r.hf_mid[k], rtol, noise(r.noise_mid, k),
                                        index=k + 1) for k in range(n)]
-        if not layers[0].exceeds:
+        if not flagged[0][1]:
             for k in range(n):
-                if report.sublayers[k].exceeds or layers[k + 1].exceeds:
+                if report.sublayers[k].exceeds or flagged[k + 1][1]:
                     part = "attention" if report.sublayers[k].exceeds else "MLP"
                     report.first_diverging_sublayer = f"block {k} {part}"
                     break
     report.isolated = [place_diff(f"block {k}", r.iso_out[k], hf.hidden[k + 1], rtol, noise(r.noise_iso_out, k),
                                   index=k + 1) for k in range(n)]
     report.diverging_blocks = [k for k, d in enumerate(report.isolated) if d.exceeds]
+    found = []  # (block, part, matched candidates, or the error's shape)
     for k in report.diverging_blocks:
         parts = []  # (part, its input, the model's output there, HF's output there, noise)
         if r.iso_mid is not None:
@@ -197,8 +207,8 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
                 tried = [(place_diff(c.name, got, y, rtol, nz).ratio, i, c) for i, (c, y) in
                          enumerate(loc.tries(k, part, x))]
             matched = [c for ratio, _, c in sorted(tried, key=lambda t: (t[0], t[1])) if ratio <= 1.0]
-            report.diagnosis.append(matched_sentence(k, part, matched) if matched else
-                                    unmatched_sentence(k, part, error_shape(got, ref, rtol, nz)))
+            found.append((k, part, matched or error_shape(got, ref, rtol, nz)))
+    report.diagnosis = diagnosis_sentences(found, outside(flagged, report.diverging_blocks))
     report.notes += [note for note in r.notes if note not in report.notes]
     report.localisation = "done"
 

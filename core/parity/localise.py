@@ -306,6 +306,7 @@ class Localiser:
         self.n_head, self.eps = int(cfg.n_head), float(cfg.layer_norm_epsilon)
         self.gelu = "none" if getattr(cfg, "activation_function", "gelu_new") == "gelu" else "tanh"
         self.candidates = catalogue(cfg)
+        self.twin: Localiser | None = None  # below float32: the same model in float32 (for what only float32 shows)
 
     def _hf_run(self, model):
         return lambda ids: model(ids, use_cache=False)
@@ -381,15 +382,57 @@ def where(k: int, part: str) -> str:
     return f"block {k}" if part == "block" else f"block {k}'s {part}"
 
 
-def matched_sentence(k: int, part: str, cands: list[Candidate]) -> str:
-    """The diagnosis when candidates reproduce the output of `part` of block k."""
-    subject = where(k, part) if part != "block" else f"block {k}"
+def _blocks_words(ks: list[int]) -> str:
+    return f"block {ks[0]}" if len(ks) == 1 else f"blocks {_ranges(ks)}"
+
+
+def matched_sentence(ks: list[int], part: str, cands: list[Candidate]) -> str:
+    """The diagnosis when candidates reproduce the output of `part` of blocks `ks`."""
     first = cands[0]
-    part_words = "" if part != "block" else f" (its {first.part})"
-    text = f"{subject}{part_words} matches HuggingFace with {first.says}"
+    if part == "block":
+        subject = f"{_blocks_words(ks)} (its {first.part})" if len(ks) == 1 else \
+            f"{_blocks_words(ks)} (their {first.part})"
+    else:
+        subject = f"{_blocks_words(ks)}'s {part}" if len(ks) == 1 else f"the {part} of {_blocks_words(ks)}"
+    text = f"{subject} match{'es' if len(ks) == 1 else ''} HuggingFace with {first.says}"
     if len(cands) > 1:
         text += "; equally consistent: " + "; ".join(c.says for c in cands[1:])
     return text
+
+
+def outside(flagged: list[tuple[str, bool]], diverging_blocks: list[int]) -> str | None:
+    """Where the difference is when it is not in a block (each layer's name and whether it differs; no block
+    differs on HF's input): a sentence, or None."""
+    if diverging_blocks or not flagged:
+        return None
+    first = next((name for name, exceeds in flagged if exceeds), None)
+    if first == "embeddings":
+        return ("the embeddings already differ (before any block; e.g. positions counted from 1, wpe missing or "
+                "wte/wpe swapped); every block matches HuggingFace on HuggingFace's own input")
+    if first == "ln_f":
+        return "every block matches HuggingFace on its own input; the difference starts at the final LayerNorm ln_f"
+    if first == "lm_head":
+        return ("every block and ln_f match HuggingFace; the difference is in lm_head (e.g. not tied to wte, "
+                "or a padded vocabulary read wrongly)")
+    return None
+
+
+def diagnosis_sentences(found: list[tuple[int, str, object]], outside_words: str | None) -> list[str]:
+    """found: (block, part, matched candidates or diffs.error_shape's numbers) in block order -> the sentences;
+    a mistake named the same in several blocks is one sentence."""
+    out, groups = [], {}
+    for k, part, what in found:
+        if isinstance(what, dict):
+            out.append((k, unmatched_sentence(k, part, what)))
+            continue
+        key = (part, tuple(c.name for c in what))
+        if key not in groups:
+            groups[key] = ([], what, len(out))
+            out.append(None)
+        groups[key][0].append(k)
+    for (part, _), (ks, cands, i) in groups.items():
+        out[i] = (ks[0], matched_sentence(ks, part, cands))
+    return [text for _, text in out] + ([outside_words] if outside_words else [])
 
 
 def _ranges(xs: list[int]) -> str:
@@ -429,5 +472,6 @@ def sublayer_name(k: int, part: str) -> str:
 
 
 __all__ = ["ATTN_NAMES", "MLP_NAMES", "Candidate", "Localiser", "Readings", "Variant", "attention_half",
-           "block_readings", "catalogue", "find_sublayers", "matched_sentence", "mlp_half",
+           "block_readings", "catalogue", "diagnosis_sentences", "find_sublayers", "matched_sentence",
+           "outside", "mlp_half",
            "sublayer_name", "unmatched_sentence", "where"]
