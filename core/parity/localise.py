@@ -418,21 +418,24 @@ def outside(flagged: list[tuple[str, bool]], diverging_blocks: list[int]) -> str
 
 
 def diagnosis_sentences(found: list[tuple[int, str, object]], outside_words: str | None) -> list[str]:
-    """found: (block, part, matched candidates or diffs.error_shape's numbers) in block order -> the sentences;
-    a mistake named the same in several blocks is one sentence."""
+    """found: (block, part, matched candidates best first, or diffs.error_shape's numbers) in block order -> the
+    sentences; a mistake named first in several blocks is one sentence (with what is equally consistent in all)."""
     out, groups = [], {}
     for k, part, what in found:
         if isinstance(what, dict):
-            out.append((k, unmatched_sentence(k, part, what)))
+            out.append(unmatched_sentence(k, part, what))
             continue
-        key = (part, tuple(c.name for c in what))
+        key = (part, what[0].name)
         if key not in groups:
-            groups[key] = ([], what, len(out))
+            groups[key] = ([], list(what), len(out))
             out.append(None)
-        groups[key][0].append(k)
+        ks, cands, _ = groups[key]
+        ks.append(k)
+        names = {c.name for c in what}
+        cands[:] = [c for c in cands if c.name in names]
     for (part, _), (ks, cands, i) in groups.items():
-        out[i] = (ks[0], matched_sentence(ks, part, cands))
-    return [text for _, text in out] + ([outside_words] if outside_words else [])
+        out[i] = matched_sentence(ks, part, cands)
+    return out + ([outside_words] if outside_words else [])
 
 
 def _ranges(xs: list[int]) -> str:
