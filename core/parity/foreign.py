@@ -354,6 +354,10 @@ def run_foreign(
                   "afterwards)")
     taps = find_layers(model, n_layer, layers)
     recorder = None
+    if not isinstance(taps, str) and layers and ("attn" in layers or "mlp" in layers):
+        from .localise import find_sublayers
+
+        find_sublayers(taps.blocks, layers)  # sub-layers named by the user: a wrong name is said before any work
     if isinstance(taps, str):
         notes.add(f"per-layer comparison not possible: {taps}. The per-step comparison of the logits still holds.")
     else:
