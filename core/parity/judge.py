@@ -161,8 +161,6 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         t = time.perf_counter()
         localise(report, loc, hf, relative_tolerance(hf.mlp_width), low, flagged)
         report.timings["localise_s"] = time.perf_counter() - t
-    elif on_verdict is not None:
-        on_verdict(report)
     return report
 
 
