@@ -191,6 +191,7 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
                                   index=k + 1) for k in range(n)]
     report.diverging_blocks = [k for k, d in enumerate(report.isolated) if d.exceeds]
     found = []  # (block, part, matched candidates, or the error's shape)
+    named: dict[str, list[str]] = {}  # part -> what the last block's diagnosis matched
     for k in report.diverging_blocks:
         parts = []  # (part, its input, the model's output there, HF's output there, noise)
         if r.iso_mid is not None:
@@ -201,10 +202,16 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
         if not parts:
             parts = [("block", hf.hidden[k], r.iso_out[k], hf.hidden[k + 1], noise(r.noise_iso_out, k))]
         for part, x, got, ref, nz in parts:
+            before = named.get(part, [])  # perf: a mistake made in every block is tried first, and alone if it fits
+            tried = []
             with torch.inference_mode():
-                tried = [(place_diff(c.name, got, y, rtol, nz).ratio, i, c) for i, (c, y) in
-                         enumerate(loc.tries(k, part, x))]
+                for i, (c, y) in enumerate(loc.tries(k, part, x, first=before)):
+                    tried.append((place_diff(c.name, got, y, rtol, nz).ratio, i, c))
+                    if i == len(before) - 1 and any(r <= 1.0 for r, _, _ in tried):
+                        break
             matched = [c for ratio, _, c in sorted(tried, key=lambda t: (t[0], t[1])) if ratio <= 1.0]
+            if matched:
+                named[part] = [c.name for c in matched]
             found.append((k, part, matched or error_shape(got, ref, rtol, nz)))
     report.diagnosis = diagnosis_sentences(found, outside(flagged, report.diverging_blocks))
     report.notes += [note for note in r.notes if note not in report.notes]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -214,15 +214,29 @@ def _p(block: nn.Module, path: str) -> torch.Tensor:
     return block.get_submodule(path.rsplit(".", 1)[0]).get_parameter(path.rsplit(".", 1)[1]).float()
 
 
-def attention_half(block: nn.Module, x: torch.Tensor, n_head: int, eps: float, v: Variant) -> torch.Tensor:
-    """x + attention(ln_1(x)) of HF's GPT2Block `block` (its weights, float32), computed as `v` says; x (B, T, C)."""
-    B, T, C = x.shape
-    hs = C // n_head
+def _qkv(block: nn.Module, x: torch.Tensor, eps: float, v: Variant) -> dict[str, torch.Tensor]:
+    """ln_1 and c_attn of HF's block as `v` says: the three thirds of c_attn's output, {"q", "k", "v"} (B, T, C)."""
+    C = x.size(-1)
     h = F.layer_norm(x.float(), (C,), _p(block, "ln_1.weight"), _p(block, "ln_1.bias"),
                      v.ln_eps if v.ln_eps is not None else eps)
     w, b = _p(block, "attn.c_attn.weight"), _p(block, "attn.c_attn.bias")  # Conv1D: (C, 3C), y = x @ w + b
-    thirds = dict(zip("qkv", (h @ w[:, i * C:(i + 1) * C] + (0 if "qkv"[i] in v.no_bias else b[i * C:(i + 1) * C])
-                              for i in range(3))))
+    out = h @ w
+    return {name: out[..., i * C:(i + 1) * C] + (0 if name in v.no_bias else b[i * C:(i + 1) * C])
+            for i, name in enumerate("qkv")}
+
+
+def attention_half(block: nn.Module, x: torch.Tensor, n_head: int, eps: float, v: Variant,
+                   memo: dict | None = None) -> torch.Tensor:
+    """x + attention(ln_1(x)) of HF's GPT2Block `block` (its weights, float32), computed as `v` says; x (B, T, C).
+    `memo` keeps ln_1 and c_attn's output between variants that share them (perf: most of a variant's cost)."""
+    B, T, C = x.shape
+    hs = C // n_head
+    key = (v.ln_eps, tuple(sorted(set(v.no_bias) & set("qkv"))))
+    thirds = memo.get(key) if memo is not None else None
+    if thirds is None:
+        thirds = _qkv(block, x, eps, v)
+        if memo is not None:
+            memo[key] = thirds
     q, k, val = (thirds[name] for name in v.qkv)
     if v.heads_interleaved:
         q, k, val = (t.reshape(B, T, hs, n_head).permute(0, 3, 1, 2) for t in (q, k, val))  # (B, nh, T, hs)
@@ -348,24 +362,25 @@ class Localiser:
         return r
 
     @torch.no_grad()
-    def tries(self, k: int, part: str, x: torch.Tensor) -> list[tuple[Candidate, torch.Tensor]]:
+    def tries(self, k: int, part: str, x: torch.Tensor,
+              first: list[str] | None = None) -> Iterator[tuple[Candidate, torch.Tensor]]:
         """Each catalogue candidate for `part` of HF's block k ("attention", "MLP", or "block": the whole block,
-        one mistake in either half) on input x (B, T, C): its output there."""
+        one mistake in either half) on input x (B, T, C), with its output there; those named in `first` first."""
         block = self.hf.transformer.h[k]
-        out = []
-        for c in self.candidates:
+        memo: dict = {}
+        att = lambda v: attention_half(block, x, self.n_head, self.eps, v, memo)  # noqa: E731
+        mlp = lambda h, v: mlp_half(block, h, self.eps, self.gelu, v)  # noqa: E731
+        order = sorted(self.candidates, key=lambda c: c.name not in (first or ()))
+        for c in order:
             if part not in (c.part, "block"):
                 continue
-            att = lambda v: attention_half(block, x, self.n_head, self.eps, v)  # noqa: E731
-            mlp = lambda h, v: mlp_half(block, h, self.eps, self.gelu, v)  # noqa: E731
             if part == "attention":
                 y = att(c.variant)
             elif part == "MLP":
                 y = mlp(x, c.variant)
             else:
                 y = mlp(att(c.variant), Variant()) if c.part == "attention" else mlp(att(Variant()), c.variant)
-            out.append((c, y))
-        return out
+            yield c, y
 
 
 def _device(module: nn.Module) -> torch.device:
