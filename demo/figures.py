@@ -414,7 +414,9 @@ def layers_figure(report: dict) -> go.Figure:
         fig.add_trace(go.Bar(x=[l["name"] for l in sel],
                              y=[d if _finite(d) and d > 0 else None for d in at],  # exact zeros: marked below
                              marker_color=color, name=label, legendgroup="accumulated",
-                             legendgrouptitle_text="accumulated: the model on its own stream",
+                             legendgrouptitle_text="accumulated: the model on its own stream" + (
+                                 f" (first: {report['first_diverging_sublayer']})"
+                                 if report.get("first_diverging_sublayer") else ""),
                              customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("worst_scale", l.get("scale"))),
                                           l.get("worst_row", 0) + 1, l.get("worst_position", 0), _fmt(l.get("ratio")),
                                           _fmt(l["max_abs_diff"]), _fmt(l.get("scale"))] for d, l in zip(at, sel)],
@@ -429,6 +431,10 @@ def layers_figure(report: dict) -> go.Figure:
     fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers",
                              name="tolerance there", line=dict(color="#24292f", dash="dash")))
     isolated = report.get("isolated") or []
+    blocks = report.get("diverging_blocks") or []
+    iso_title = "isolated: each block on HF's own input" + (
+        f" (block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} differ{'s' if len(blocks) == 1 else ''})"
+        if blocks else " (every block matches)")
     for exceeds, label, color in ((False, "block alone: within tolerance", OURS), (True, "block alone: differs", BAD)):
         sel = [l for l in isolated if bool(l.get("exceeds")) == exceeds]
         if not sel:
@@ -436,7 +442,7 @@ def layers_figure(report: dict) -> go.Figure:
         at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]
         fig.add_trace(go.Scatter(x=[l["name"] for l in sel], y=[d if _finite(d) and d > 0 else None for d in at],
                                  mode="markers", name=label, legendgroup="isolated",
-                                 legendgrouptitle_text="isolated: each block on HF's own input",
+                                 legendgrouptitle_text=iso_title,
                                  marker=dict(symbol="diamond", size=12, color=color, line=dict(color="#24292f", width=1)),
                                  customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("ratio"))]
                                              for d, l in zip(at, sel)],
@@ -459,13 +465,6 @@ def layers_figure(report: dict) -> go.Figure:
             f"; in float32, first diverging layer {first}" if first else "")
     elif low:
         title += f" (at {low}: tolerance = {report['precision']['factor']:g} x HF's own error)"
-    if report.get("first_diverging_sublayer"):
-        title += f" ({report['first_diverging_sublayer']})"
-    if isolated:
-        blocks = report.get("diverging_blocks") or []
-        title += "<br><sup>on HF's own input, " + (
-            f"block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} differ{'s' if len(blocks) == 1 else ''}"
-            if blocks else "every block matches") + "</sup>"
     fig = _layout(fig, title, height=420)
     fig.update_layout(margin=dict(b=60))
     return fig

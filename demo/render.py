@@ -213,6 +213,9 @@ def summary(report: dict) -> dict:
         "causes": [r["cause"] for r in report["rows"]],
         "max_abs_dlogit": report["max_abs_dlogit"],
         "first_diverging_layer": report["first_diverging_layer"],
+        "first_diverging_sublayer": report.get("first_diverging_sublayer"),
+        "diverging_blocks": report.get("diverging_blocks") or [],
+        "diagnosis": report.get("diagnosis") or [],
         "seconds": report["timings"].get("total_s"),
     }
 

@@ -479,7 +479,7 @@ def unmatched_sentence(k: int, part: str, shape: dict) -> str:
     rel = shape["relative"]
     bf16 = rel / 2 ** -8
     size = f"max |Δ| {shape['max_abs']:.3g}, {rel:.2g} of the largest |value| there"
-    if 0.3 <= bf16 <= 30:
+    if 0.05 <= bf16 <= 30:
         size += f" (about {bf16:.2g} bfloat16 rounding steps: the size of bfloat16 rounding)"
     return (f"{where(k, part)} differs on HF's own input, and no mistake in the catalogue reproduces it: the error "
             f"is at {pos_words}, in {ch_words}; {size}")

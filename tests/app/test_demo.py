@@ -172,11 +172,11 @@ def test_figures_are_pure_functions_of_the_report(report, faulty_report):
     # both readings, labelled: accumulated (bars) and each block alone on HF's input (diamonds); erf GELU everywhere
     n = len(faulty_report["isolated"])
     assert faulty_report["diverging_blocks"] == list(range(n)) and n >= 2
-    assert exceeding.legendgrouptitle.text == "accumulated: the model on its own stream"
+    assert exceeding.legendgrouptitle.text == "accumulated: the model on its own stream (first: block 0 MLP)"
     alone = next(t for t in layers.data if t.name == "block alone: differs")
     assert list(alone.x) == [f"block {k}" for k in range(n)]
-    assert alone.legendgrouptitle.text == "isolated: each block on HF's own input"
-    assert f"on HF's own input, blocks {', '.join(map(str, range(n)))} differ" in layers.layout.title.text
+    assert alone.legendgrouptitle.text == (f"isolated: each block on HF's own input (blocks "
+                                           f"{', '.join(map(str, range(n)))} differ)")
     assert not any(t.name.startswith("block alone") for t in figures.layers_figure(report).data)  # exact: none
     panel = render.verdict_html(faulty_report)
     assert "first diverging sub-layer: <b>block 0 MLP</b>" in panel and "likely mistake:" in panel
