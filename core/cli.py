@@ -300,7 +300,8 @@ def localisation_lines(report) -> list[str]:
     if status is None:
         return []
     if status != "done":
-        return [f"localisation: {status}"]
+        sub = report.first_diverging_sublayer
+        return ([f"first diverging sub-layer: {sub}"] if sub else []) + [f"localisation: {status}"]
     blocks = report.diverging_blocks
     lines = [f"first diverging sub-layer: {report.first_diverging_sublayer or 'not seen'}",
              "blocks that differ on HF's own input (each block given HF's residual stream): "

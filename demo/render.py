@@ -59,7 +59,9 @@ def localisation_html(report: dict) -> str:
     if status == "pending":
         return f'<br><span id="localisation">{html.escape(text.LOCALISING)}</span>'
     if status != "done":
-        return f'<br><span id="localisation">localisation {html.escape(status)}</span>'
+        sub = report.get("first_diverging_sublayer")
+        where = f"first diverging sub-layer: <b>{html.escape(sub)}</b> · " if sub else ""
+        return f'<br><span id="localisation">{where}localisation {html.escape(status)}</span>'
     blocks = report.get("diverging_blocks") or []
     out = '<br><span id="localisation">'
     if report.get("first_diverging_sublayer"):

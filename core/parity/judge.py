@@ -161,7 +161,28 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         t = time.perf_counter()
         localise(report, loc, hf, relative_tolerance(hf.mlp_width), low, flagged)
         report.timings["localise_s"] = time.perf_counter() - t
+    elif models is not None and per_layer and not low and subject.resid_mid is not None and hf.resid_mid is not None:
+        # outputs only (a result file): where inside the blocks; running blocks on HF's input needs the model
+        report.sublayers, report.first_diverging_sublayer = _sublayers(
+            subject.resid_mid, hf.resid_mid, None, flagged, relative_tolerance(hf.mlp_width))
+        report.localisation = ("inside the blocks only: each block on HF's input and the likely mistake need the "
+                               "model itself, a result file holds its outputs")
     return report
+
+
+def _sublayers(mid: list, hf_mid: list, noise: list | None, flagged: list[tuple[str, bool]],
+               rtol: float) -> tuple[list, str | None]:
+    """The residual stream after each block's attention against HF's, and the first sub-layer that differs on the
+    model's own stream ("block k attention" / "block k MLP", the latter from the block's output in `flagged`)."""
+    n = len(hf_mid)
+    diffs = [place_diff(f"block {k} attention", mid[k].to(hf_mid[k].device), hf_mid[k], rtol,
+                        noise[k] if noise is not None else None, index=k + 1) for k in range(n)]
+    if flagged[0][1]:
+        return diffs, None
+    for k in range(n):
+        if diffs[k].exceeds or flagged[k + 1][1]:
+            return diffs, f"block {k} {'attention' if diffs[k].exceeds else 'MLP'}"
+    return diffs, None
 
 
 def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: bool,
@@ -179,14 +200,8 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
     n = hf.n_layer
     noise = (lambda xs, k: xs[k] if low and xs is not None else None)  # noqa: E731
     if r.mid is not None:
-        report.sublayers = [place_diff(f"block {k} attention", r.mid[k], r.hf_mid[k], rtol, noise(r.noise_mid, k),
-                                       index=k + 1) for k in range(n)]
-        if not flagged[0][1]:
-            for k in range(n):
-                if report.sublayers[k].exceeds or flagged[k + 1][1]:
-                    part = "attention" if report.sublayers[k].exceeds else "MLP"
-                    report.first_diverging_sublayer = f"block {k} {part}"
-                    break
+        report.sublayers, report.first_diverging_sublayer = _sublayers(r.mid, r.hf_mid, r.noise_mid if low else None,
+                                                                       flagged, rtol)
     report.isolated = [place_diff(f"block {k}", r.iso_out[k], hf.hidden[k + 1], rtol, noise(r.noise_iso_out, k),
                                   index=k + 1) for k in range(n)]
     report.diverging_blocks = [k for k, d in enumerate(report.isolated) if d.exceeds]
