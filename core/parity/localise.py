@@ -485,11 +485,7 @@ def unmatched_sentence(k: int, part: str, shape: dict) -> str:
             f"is at {pos_words}, in {ch_words}; {size}")
 
 
-def sublayer_name(k: int, part: str) -> str:
-    return f"block {k} {part}"
-
-
 __all__ = ["ATTN_NAMES", "MLP_NAMES", "Candidate", "Localiser", "Readings", "Variant", "attention_half",
            "block_readings", "catalogue", "diagnosis_sentences", "find_sublayers", "matched_sentence",
-           "outside", "mlp_half",
-           "sublayer_name", "unmatched_sentence", "where"]
+           "mlp_half", "outside",
+           "unmatched_sentence", "where"]
