@@ -9,7 +9,7 @@ the blocks that differ on HF's own input, and the diagnosis. Layouts:
 Each table row is one compare(reference="logits", 2 rows, 8 new tokens). Then the cost: the seed's case (5 rows, 30
 tokens, reference "generate") with a faulty model, once: localise_s against the rest of the compare, in one run.
 
-Run: `.venv/bin/python bench/bench_localise.py` (`--quick`: random weights only, fewer rows).
+Run: `.venv/bin/python bench/bench_localise.py` (`--quick`: random weights only, fewer rows; `--cost-only`).
 """
 
 from __future__ import annotations
@@ -114,12 +114,15 @@ def cost(hf, tok) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cost-only", action="store_true", help="only the cost lines")
     args = ap.parse_args()
     tok = load_tokenizer()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     hf = random_gpt2(seed=0, **VARIED_PARAMS, **SHAPE)
     cost(hf, tok)
+    if args.cost_only:
+        return
     table("random (VARIED_PARAMS)", hf, tok, args.quick)
     if not args.quick:
         table("massive-activation (emb-1x3000)", structured_gpt2("emb-1x3000", seed=0, **SHAPE), tok, args.quick)

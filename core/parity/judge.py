@@ -212,8 +212,10 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
         if r.iso_mid is not None:
             if place_diff("", r.iso_mid[k], r.hf_mid[k], rtol, noise(r.noise_iso_mid, k)).exceeds:
                 parts.append(("attention", hf.hidden[k], r.iso_mid[k], r.hf_mid[k], noise(r.noise_iso_mid, k)))
-            if place_diff("", r.iso_out[k], r.hf_mlp[k], rtol, noise(r.noise_iso_out, k)).exceeds:
-                parts.append(("MLP", r.iso_mid[k], r.iso_out[k], r.hf_mlp[k], noise(r.noise_iso_out, k)))
+            with torch.inference_mode():
+                hf_mlp = loc.hf_mlp(k, r.iso_mid[k])  # HF's MLP after the block's own attention output
+            if place_diff("", r.iso_out[k], hf_mlp, rtol, noise(r.noise_iso_out, k)).exceeds:
+                parts.append(("MLP", r.iso_mid[k], r.iso_out[k], hf_mlp, noise(r.noise_iso_out, k)))
         if not parts:
             parts = [("block", hf.hidden[k], r.iso_out[k], hf.hidden[k + 1], noise(r.noise_iso_out, k))]
         for part, x, got, ref, nz in parts:

@@ -63,6 +63,11 @@ def find_sublayers(blocks: Sequence[nn.Module], spec: Mapping[str, str] | None =
     return attns
 
 
+class _Enough(BaseException):
+    """Raised by the last block's hook: the rest of the forward (final norm, the head) is not needed. A
+    BaseException, so that a wrapper catching Exception around a user's forward lets it through."""
+
+
 def _first(value):
     if isinstance(value, (tuple, list)):
         value = value[0] if value else None
@@ -99,20 +104,24 @@ def block_readings(run: Callable[[torch.Tensor], object], blocks: Sequence[nn.Mo
             return (args, kwargs) if inputs is not None else None
         return hook
 
-    def keep(store, k):
+    def keep(store, k, last=False):
         def hook(module, args, out):
             if threading.get_ident() == me:
                 store[k] = _first(out)
+                if last:
+                    raise _Enough
         return hook
 
     handles = []
     try:
         for k, block in enumerate(blocks):
             handles.append(block.register_forward_pre_hook(pre(k), with_kwargs=True))
-            handles.append(block.register_forward_hook(keep(outs, k)))
             if attns is not None:
                 handles.append(attns[k].register_forward_hook(keep(att, k)))
+            handles.append(block.register_forward_hook(keep(outs, k, last=k == n - 1)))
         run(fed)
+    except _Enough:  # perf: the final norm and the head over every position are skipped
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -287,7 +296,6 @@ class Readings:
     hf_mid: HF's, on the same token streams.
     iso_mid / iso_out: the model under test's blocks each run on HF's input at that block: after the attention
         (None: not seen) and after the block.
-    hf_mlp: HF's own MLP half applied to iso_mid (what the block's output would be with HF's MLP).
     noise_*: below float32, HF's own error at the precision at each place of mid, iso_mid, iso_out (None: float32).
     """
 
@@ -295,7 +303,6 @@ class Readings:
     hf_mid: list
     iso_mid: list | None
     iso_out: list
-    hf_mlp: list | None
     noise_mid: list | None = None
     noise_iso_mid: list | None = None
     noise_iso_out: list | None = None
@@ -341,11 +348,7 @@ class Localiser:
             hf_mid, _ = block_readings(self._hf_run(self.hf), hf_blocks, hf_attns, self.fed_ids)
         mid, _ = self._subject() if self.attns is not None else (None, None)
         iso_mid, iso_out = self._subject(inputs)
-        hf_mlp = None
-        if iso_mid is not None:
-            with torch.no_grad():
-                hf_mlp = [mlp_half(b, m, self.eps, self.gelu, Variant()) for b, m in zip(hf_blocks, iso_mid)]
-        r = Readings(mid=mid, hf_mid=hf_mid, iso_mid=iso_mid, iso_out=iso_out, hf_mlp=hf_mlp)
+        r = Readings(mid=mid, hf_mid=hf_mid, iso_mid=iso_mid, iso_out=iso_out)
         if self.why_no_sublayers:
             r.notes.append(self.why_no_sublayers)
         if self.p.low:  # HF's own error at the precision, at the same places
@@ -360,6 +363,11 @@ class Localiser:
             r.noise_iso_mid = [err(a, b) for a, b in zip(low_iso_mid, hf_mid)]
             r.noise_iso_out = [err(a, b) for a, b in zip(low_iso_out, hf_hidden[1: len(lb) + 1])]
         return r
+
+    @torch.no_grad()
+    def hf_mlp(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """HF's own MLP half of block k on x (B, T, C): what the block's output is with HF's MLP after its input."""
+        return mlp_half(self.hf.transformer.h[k], x, self.eps, self.gelu, Variant())
 
     @torch.no_grad()
     def tries(self, k: int, part: str, x: torch.Tensor,
