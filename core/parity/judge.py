@@ -149,7 +149,7 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
     )
     flagged, loc = [(l.name, l.exceeds) for l in layers], localiser if models is not None else None
     if models is None and recheck is not None and recheck["agree"] is False and localiser is not None \
-            and recheck.get("layers") and len(recheck["layers"]) == len(layers):
+            and localiser.twin is not None and recheck.get("layers") and len(recheck["layers"]) == len(layers):
         loc, low = localiser.twin, False  # what only float32 shows is localised in float32, on the same streams
         flagged = [(l["name"], l["exceeds"]) for l in recheck["layers"]]
         notes.append("localised in float32 (the model re-run in float32 on the same streams): at "
@@ -224,7 +224,7 @@ def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: 
             with torch.inference_mode():
                 for i, (c, y) in enumerate(loc.tries(k, part, x, first=before)):
                     tried.append((place_diff(c.name, got, y, rtol, nz).ratio, i, c))
-                    if i == len(before) - 1 and any(r <= 1.0 for r, _, _ in tried):
+                    if i == len(before) - 1 and any(ratio <= 1.0 for ratio, _, _ in tried):
                         break
             matched = [c for ratio, _, c in sorted(tried, key=lambda t: (t[0], t[1])) if ratio <= 1.0]
             if matched:
