@@ -432,9 +432,9 @@ def layers_figure(report: dict) -> go.Figure:
                              name="tolerance there", line=dict(color="#24292f", dash="dash")))
     isolated = report.get("isolated") or []
     blocks = report.get("diverging_blocks") or []
-    iso_title = "isolated: each block on HF's own input" + (
-        f" (block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))} differ{'s' if len(blocks) == 1 else ''})"
-        if blocks else " (every block matches)")
+    which = (f"block {blocks[0]} differs" if len(blocks) == 1 else
+             f"blocks {', '.join(map(str, blocks))} differ" if blocks else "every block matches")
+    iso_title = f"isolated: each block on HF's own input ({which})"
     for exceeds, label, color in ((False, "block alone: within tolerance", OURS), (True, "block alone: differs", BAD)):
         sel = [l for l in isolated if bool(l.get("exceeds")) == exceeds]
         if not sel:
@@ -443,7 +443,8 @@ def layers_figure(report: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=[l["name"] for l in sel], y=[d if _finite(d) and d > 0 else None for d in at],
                                  mode="markers", name=label, legendgroup="isolated",
                                  legendgrouptitle_text=iso_title,
-                                 marker=dict(symbol="diamond", size=12, color=color, line=dict(color="#24292f", width=1)),
+                                 marker=dict(symbol="diamond", size=12, color=color,
+                                             line=dict(color="#24292f", width=1)),
                                  customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("ratio"))]
                                              for d, l in zip(at, sel)],
                                  hovertemplate="%{x} alone, on HF's own input: max |Δ| %{customdata[0]}"

@@ -556,9 +556,9 @@ def _check_specs(manifest: dict, info: dict[str, tuple[str, list[int]]], kind: s
         prefix, _, suffix = name.partition(".")
         if prefix not in names or suffix not in {**ndims, **own}:
             raise DumpError(f"unexpected tensor {name!r} in the {kind}: expected caseN.tokens, caseN.logits, "
-                            "caseN.hidden, caseN.resid_mid or caseN.sampled" + (", or caseN.own_error.<precision>.logits/.hidden "
-                                                               "for a precision the manifest lists" if kind ==
-                                                               "reference" else ""))
+                            "caseN.hidden, caseN.resid_mid or caseN.sampled"
+                            + (", or caseN.own_error.<precision>.logits/.hidden for a precision the manifest lists"
+                               if kind == "reference" else ""))
         allowed = INT_DTYPES if suffix in ("tokens", "sampled") else FLOAT_DTYPES
         if dtype not in allowed:
             raise DumpError(f"tensor {name!r} has dtype {dtype}; expected one of {', '.join(allowed)}")
