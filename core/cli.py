@@ -275,7 +275,8 @@ def add_yours_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--yours-step", default=None, metavar="FILE.py:FUNC",
                     help="your own sampling step: (B, V) last-position logits -> (B,) ids, on the global RNG")
     ap.add_argument("--yours-layers", default=None, metavar="blocks=PATH,final_norm=PATH",
-                    help="your model's blocks (a ModuleList) and final norm, where they are not found by themselves")
+                    help="your model's blocks (a ModuleList) and final norm, where they are not found by themselves; "
+                         "attn=PATH,mlp=PATH: a block's attention and MLP (paths inside a block)")
 
 
 def load_yours(args) -> dict | None:
@@ -316,6 +317,7 @@ def format_report(report) -> str:
         mark = "  <-- first" if layer.name == report.first_diverging_layer else ""
         where = f"(row {layer.worst_row}, position {layer.worst_position})"
         lines.append(f"  {layer.name:<12} {layer.worst_abs_diff:10.3g} / {layer.tolerance:.3g}  {where}{mark}")
+    lines += localisation_lines(report)
     if report.settings_table:
         lines.append("effective settings (ours | HF | HF's source):")
         for row in report.settings_table:
@@ -332,6 +334,23 @@ def format_report(report) -> str:
         if row.ref_text:
             lines.append(f"      HF:   {row.ref_text!r}")
     return "\n".join(lines)
+
+
+def localisation_lines(report) -> list[str]:
+    """Where inside the model it differs, which blocks differ on HF's own input, and the likely mistake(s); nothing
+    when the models agree (localisation does not run)."""
+    status = getattr(report, "localisation", None)
+    if status is None:
+        return []
+    if status != "done":
+        sub = report.first_diverging_sublayer
+        return ([f"first diverging sub-layer: {sub}"] if sub else []) + [f"localisation: {status}"]
+    blocks = report.diverging_blocks
+    lines = [f"first diverging sub-layer: {report.first_diverging_sublayer or 'not seen'}",
+             "blocks that differ on HF's own input (each block given HF's residual stream): "
+             + (", ".join(map(str, blocks)) if blocks else "none")]
+    lines += ["likely mistake:"] + [f"  - {s}" for s in report.diagnosis] if report.diagnosis else []
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------

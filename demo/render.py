@@ -44,9 +44,34 @@ def verdict_html(report: dict) -> str:
                    f"(max {prec['hf_own_error']:.2g}); float32 re-check: {html.escape(str(redo))}")
     elif prec.get("how", "asked") != "asked":
         detail += f" · precision: {html.escape(prec['label'])} ({html.escape(prec['how'])})"
+    detail += localisation_html(report)
     return (f'<div id="verdict" class="verdict-{"ok" if report["agree"] else "bad"}" style="background:{bg};color:{fg};'
             f'padding:14px 18px;border-radius:10px;font-size:1.15em"><b>{icon} {html.escape(report["verdict"])}</b><br>'
             f'<span style="font-size:0.8em">{detail}</span></div>')
+
+
+def localisation_html(report: dict) -> str:
+    """Where inside the model it differs and the likely mistake (after a verdict that the models differ): a line
+    while it is worked out, then the sub-layer, the blocks that differ on HF's own input and the diagnosis."""
+    status = report.get("localisation")
+    if status is None:
+        return ""
+    if status == "pending":
+        return f'<br><span id="localisation">{html.escape(text.LOCALISING)}</span>'
+    if status != "done":
+        sub = report.get("first_diverging_sublayer")
+        where = f"first diverging sub-layer: <b>{html.escape(sub)}</b> · " if sub else ""
+        return f'<br><span id="localisation">{where}localisation {html.escape(status)}</span>'
+    blocks = report.get("diverging_blocks") or []
+    out = '<br><span id="localisation">'
+    if report.get("first_diverging_sublayer"):
+        out += f"first diverging sub-layer: <b>{html.escape(report['first_diverging_sublayer'])}</b> · "
+    out += ("blocks that differ on HF's own input: <b>" + (", ".join(map(str, blocks)) if blocks else "none")
+            + "</b></span>")
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in report.get("diagnosis") or [])
+    if items:
+        out += f'<div id="diagnosis">likely mistake:<ul style="margin:2px 0 0 0">{items}</ul></div>'
+    return out
 
 
 def names_layer(verdict: str, layer: str) -> bool:
@@ -206,6 +231,9 @@ def summary(report: dict) -> dict:
         "causes": [r["cause"] for r in report["rows"]],
         "max_abs_dlogit": report["max_abs_dlogit"],
         "first_diverging_layer": report["first_diverging_layer"],
+        "first_diverging_sublayer": report.get("first_diverging_sublayer"),
+        "diverging_blocks": report.get("diverging_blocks") or [],
+        "diagnosis": report.get("diagnosis") or [],
         "seconds": report["timings"].get("total_s"),
     }
 

@@ -161,3 +161,6 @@ USAGE = """
 - gradio_client: `Client(URL).predict(prompt, model, method, reference, fault, top_k, top_p, temperature, seed,
   num_sequences, max_new_tokens, api_name="/run")`
 """
+
+# The verdict panel while localisation runs (after the verdict that the models differ)
+LOCALISING = "localising: running each block on HuggingFace's input and trying the catalogue of known mistakes…"

@@ -109,6 +109,14 @@ class ParityReport:
                                                      "factor": None, "hf_own_error": None})
     # below float32: the model re-run in float32 on the same streams, judged by the float32 rule (or why it could not)
     float32_check: dict | None = None
+    # localisation, after the verdict and only when the models differ (None / [] otherwise):
+    # "block 7 attention" / "block 7 MLP": the first place inside a block whose residual stream differs
+    first_diverging_sublayer: str | None = None
+    diverging_blocks: list[int] = field(default_factory=list)  # every block whose own output differs on HF's input
+    diagnosis: list[str] = field(default_factory=list)  # the likely mistake(s), plain sentences
+    sublayers: list[LayerDiff] = field(default_factory=list)  # after each block's attention, on its own stream
+    isolated: list[LayerDiff] = field(default_factory=list)  # each block on HF's input at that block ("block k")
+    localisation: str | None = None  # None: not needed; "pending"; "done"; or why it was not possible
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -156,6 +164,8 @@ class ParityReport:
         gen["records"] = [[StepRecord(**r) if r is not None else None for r in step] for step in gen["records"]]
         d["generation"] = Generation(**gen)
         d["layers"] = [LayerDiff(**x) for x in d["layers"]]
+        for key in ("sublayers", "isolated"):
+            d[key] = [LayerDiff(**x) for x in d.get(key) or []]
         d["steps"] = [[StepDiff(**x) if x is not None else None for x in step] for step in d["steps"]]
         d["rows"] = [RowComparison(**x) for x in d["rows"]]
         d["settings_table"] = [SettingRow(**x) for x in d["settings_table"]]

@@ -236,6 +236,15 @@ def test_dashboard_end_to_end(page, app, tmp_path):
     expected_layer = FAULTS[FAULT].first_layer  # where this mistake first shows ("block 0")
     expect(verdict).to_contain_text(f"first diverging layer {expected_layer}")
     expect(page.locator("#layers-fig .gtitle")).to_have_text(f"Per layer: first diverging layer {expected_layer}")
+    # then localised: the sub-layer, every block on HF's own input, the mistake by name, and both readings drawn
+    expect(page.locator("#diagnosis")).to_contain_text("likely mistake", timeout=RUN_TIMEOUT_MS)
+    expect(verdict).to_contain_text("first diverging sub-layer: block 0 attention")
+    expect(page.locator("#diagnosis li").first).to_contain_text("match HuggingFace with c_attn's output split as "
+                                                               "(k, q, v) instead of (q, k, v)")
+    page.wait_for_function("() => { const gd = document.querySelector('#layers-fig .js-plotly-plot');"
+                           " return gd && gd.data.some((d) => d.name === 'block alone: differs'); }")
+    expect(page.locator("#layers-fig .legend")).to_contain_text("isolated: each block on HF's own input")
+    expect(page.locator("#layers-fig .legend")).to_contain_text("accumulated: the model on its own stream")
 
     assert not page.js_errors, page.js_errors
     assert app.alive(), app_log_on_failure(app)
