@@ -31,7 +31,9 @@ class Bar:
         if shown:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+            # every update drawn (mininterval 0): each counts a model step or a case, never a tight loop
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
+                             mininterval=0)
 
     def update(self, n: int = 1) -> None:
         if self._bar is not None:

@@ -234,7 +234,7 @@ def test_layers_named_explicitly(hf, tokenizer):
     assert r.first_diverging_layer == f"block {N_LAYER - 1}" and len(r.layers) == N_LAYER + 3
     with pytest.raises(ParityError, match="no module 'nope'"):
         compare(model, PROMPT, hf_model=hf, tokenizer=tokenizer, layers=dict(blocks="nope"), **SMALL)
-    with pytest.raises(ParityError, match="'blocks' and 'final_norm'"):
+    with pytest.raises(ParityError, match="takes the keys 'blocks', 'final_norm', 'attn' and 'mlp', got block$"):
         compare(model, PROMPT, hf_model=hf, tokenizer=tokenizer, layers=dict(block="trunk"), **SMALL)
 
 
