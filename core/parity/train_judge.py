@@ -157,7 +157,7 @@ def _step_checks(steps, hf_low_losses, logit_scale: float, mlp_width: int, lr: f
             if s.updates is not None and name in s.updates:
                 u, scale = s.updates[name]
                 t = update_tolerance(scale, lr)
-                row.update(update_diff=u, update_tolerance=t, update_exceeds=bool(not u <= t))
+                row.update(update_diff=u, update_scale=scale, update_tolerance=t, update_exceeds=bool(not u <= t))
                 if row["update_exceeds"] and first is None:
                     first = name
             rows.append(row)
