@@ -473,6 +473,14 @@ def main_train(argv=None) -> int:
                     help="your model's blocks and final norm, where they are not found by themselves")
     ap.add_argument("--fault", default=None, help="training fault injected into our GPT (see --list-faults)")
     ap.add_argument("--list-faults", action="store_true", help="list the training faults and exit")
+    ap.add_argument("--llmc-state", default=None, metavar="FILE",
+                    help="an llm.c debug state file (gpt2_124M_debug_state.bin layout) written by your port: judged "
+                         "against --model on the file's own batch")
+    ap.add_argument("--reference", default=None, metavar="FILE",
+                    help="a training reference file (export it with --export-reference); with --result")
+    ap.add_argument("--result", default=None, metavar="FILE", help="your training result file, against --reference")
+    ap.add_argument("--export-reference", default=None, metavar="FILE",
+                    help="write HF's training step on the batch (--batch-size, --seq-len, --seed) to FILE and exit")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps after the first backward (default 0)")
     ap.add_argument("--batch-size", type=int, default=4, help="rows of the batch (default 4)")
     ap.add_argument("--seq-len", type=int, default=64, help="tokens per row (default 64)")
@@ -498,6 +506,9 @@ def main_train(argv=None) -> int:
                 print(f"{f.name:<20} {f.mistake}")
             return 0
         device, _ = resolve_dtype_device(args)
+        files = [f for f in ("llmc_state", "result", "export_reference") if getattr(args, f)]
+        if files:
+            return _train_files(args, files)
         if args.fault is not None:
             if args.yours is not None:
                 raise CliError("--fault injects a training mistake into our GPT; it cannot be used with --yours")
@@ -534,6 +545,30 @@ def main_train(argv=None) -> int:
         return 0 if report.agree else 1
 
     return run_guarded(prog, body, json_errors=args.json)
+
+
+def _train_files(args, files: list[str]) -> int:
+    """`train` with files: --export-reference, --reference + --result, or --llmc-state."""
+    from .loader import load_hf_model
+    from .parity.train_dump import compare_llmc_state, compare_training_dump, export_training_reference
+
+    if len(files) > 1 or args.yours or args.fault:
+        raise CliError("give one of --llmc-state, --result (with --reference) or --export-reference, without "
+                       "--yours or --fault")
+    if files == ["export_reference"]:
+        hf = load_hf_model(args.model)
+        path = export_training_reference(hf, args.export_reference, batch_size=args.batch_size,
+                                         seq_len=args.seq_len, seed=args.seed, model=args.model)
+        print(f"wrote {path}")
+        return 0
+    if files == ["result"]:
+        if not args.reference:
+            raise CliError("--result needs --reference FILE (the training reference it was computed for)")
+        report = compare_training_dump(args.reference, args.result)
+    else:
+        report = compare_llmc_state(args.llmc_state, load_hf_model(args.model), model=args.model)
+    print(json.dumps(report.to_dict(), ensure_ascii=False, default=str) if args.json else format_training(report))
+    return 0 if report.agree else 1
 
 
 SUBCOMMANDS = {**DUMP_COMMANDS, "train": main_train}

@@ -3,6 +3,8 @@ one line); our own GPT with a training --fault, yours with --yours FILE.py:NAME.
 
 import json
 
+import torch
+
 import pytest
 from conftest import ROOT
 
@@ -79,3 +81,22 @@ def test_plain_function_refused_and_list_faults(tiny_checkpoint, user_file, caps
     assert "nn.Module" in capsys.readouterr().err
     assert main_parity(["train", "--list-faults"]) == 0
     assert "untied_head_copy" in capsys.readouterr().out
+
+
+def test_training_files_round_trip_exit_codes(tiny_checkpoint, tmp_path, capsys):
+    ref = tmp_path / "train_ref.safetensors"
+    assert train(tiny_checkpoint, "--export-reference", str(ref)) == 0
+    # HF's own reference handed back as a result: the same numbers, so exit 0; a result file of the wrong kind: 2
+    from core.parity.train_dump import load_training, save_training, training_result_manifest
+
+    r = load_training(ref, "training-reference")
+    tensors = {"loss": torch.tensor([r.loss]), "logits": r.logits, **{f"grad.{n}": g for n, g in r.grads.items()}}
+    res = save_training(tmp_path / "res.safetensors", training_result_manifest(r.manifest), tensors)
+    assert train(tiny_checkpoint, "--reference", str(ref), "--result", str(res)) == 0
+    tensors["grad.transformer.wpe.weight"] = tensors["grad.transformer.wpe.weight"] + 1e-3
+    bad = save_training(tmp_path / "bad.safetensors", training_result_manifest(r.manifest), tensors)
+    assert train(tiny_checkpoint, "--reference", str(ref), "--result", str(bad)) == 1
+    assert "transformer.wpe.weight" in capsys.readouterr().out
+    assert train(tiny_checkpoint, "--reference", str(ref), "--result", str(ref)) == 2
+    assert train(tiny_checkpoint, "--llmc-state", str(tmp_path / "missing.bin")) == 2
+    assert "no llm.c state file" in capsys.readouterr().err

@@ -22,12 +22,12 @@ SMALL = dict(batch_size=2, seq_len=16)
 
 @pytest.fixture(scope="module")
 def hf():
-    return random_gpt2(seed=0, vocab_size=1000, **VARIED_PARAMS, **TINY)  # a small vocabulary: fast, still padded
+    return random_gpt2(seed=0, vocab_size=1000, bos_token_id=0, eos_token_id=0, **VARIED_PARAMS, **TINY)  # a small vocabulary: fast, still padded
 
 
 @pytest.fixture(scope="module")
 def massive():
-    return structured_gpt2("block1-1x1000", seed=1, vocab_size=1000, **ODD)
+    return structured_gpt2("block1-1x1000", seed=1, vocab_size=1000, bos_token_id=0, eos_token_id=0, **ODD)
 
 
 def test_separate_qkv_learner_agrees_with_0_and_3_adamw_steps(hf):
@@ -131,7 +131,7 @@ def test_gradient_tolerance_separates_float64_from_a_small_change(hf):
         model.transformer.h[0].mlp = model.transformer.h[0].mlp.inner
     assert not r.agree and r.first_diverging_layer == "block 0"
     # float64 HF against float32 HF: the judge's float32 noise budget holds the true difference
-    hf64 = random_gpt2(seed=0, vocab_size=1000, **VARIED_PARAMS, **TINY).double()
+    hf64 = random_gpt2(seed=0, vocab_size=1000, bos_token_id=0, eos_token_id=0, **VARIED_PARAMS, **TINY).double()
     x, y = make_batch(2, 16, hf.config.vocab_size, 0)
     grads = {}
     for m in (hf, hf64):
