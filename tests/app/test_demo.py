@@ -796,3 +796,33 @@ def test_yours_mode_turns_the_bug_lab_off_and_speaks_of_your_model():
                  and "GPT-2 Parity Lab" in str(c["props"].get("value")))
     assert "Your GPT-2 (`mine.py:model`)" in intro and "Our from-scratch" not in intro and "/somewhere" not in intro
     assert "your next-token scores" in props["steps-caption"]["value"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Training step tab: its handler in-process (through gradio_client: tests/app/test_client.py)
+
+
+def test_training_handler_fills_the_tab_and_refuses_bad_input_in_its_panel(cache):
+    from core import TRAINING_FAULTS
+    from demo.handlers import make_train_handler
+    from demo.inputs import TRAIN_INPUTS
+
+    train = make_train_handler(cache)
+    verdict, loss_fig, grads_fig, summary = train(TINY, "detach@last", 1, 2, 12)
+    n = cache.get(TINY).hf.config.n_layer
+    assert "DIFFER" in verdict and f"block {n - 1}" in verdict
+    assert summary["first_diverging_layer"] == f"block {n - 1}" and summary["fault"] == "detach@last"
+    assert summary["first_diverging_parameter"] == f"transformer.h.{n - 1}.ln_1.weight"
+    assert [t.name for t in loss_fig.data][:2] == ["HF loss", "Ours loss"] and list(loss_fig.data[0].x) == [0, 1]
+    bars = grads_fig.data[0]
+    assert len(bars.x) == len(list(cache.get(TINY).hf.parameters()))
+    red = [x for x, c in zip(bars.x, bars.marker.color) if c == figures.BAD]
+    assert f"h.{n - 1}.ln_1.weight" in red and f"h.{n - 1}.mlp.c_fc.weight" not in red  # after it: untouched
+    verdict, *_ = train(TINY, "none", 0, 1, 8)
+    assert "AGREE" in verdict
+    verdict, loss_fig, grads_fig, summary = train(TINY, "none", 2, 1, 500)
+    assert "Training step refused" in verdict and "sequence length" in verdict and summary is None
+    verdict, *_ = train(TINY, "decay_all", 0, 1, 8)
+    assert "Training step refused" in verdict and "AdamW steps" in verdict
+    offered = {v for _, v in TRAIN_INPUTS["train_fault"].choices}
+    assert set(TRAINING_FAULTS) <= offered
