@@ -257,7 +257,7 @@ def judge_dump(yours: TrainingDump, hf_side: TrainingDump, hf_config, *, model: 
     ys, hs = _side(yours, V), _side(hf_side, V)
     ys.no_grad = []
     x, y = hf_side.x, hf_side.y
-    return judge_training(ys, hs, None, [], matching, None, hf_config, precision=FLOAT32, batch=(x, y),
+    return judge_training(ys, hs, None, [], matching, hf_config, precision=FLOAT32, batch=(x, y),
                           model_name=model, fault=None, label=label, optimizer="none", lr=0.0)
 
 

@@ -142,8 +142,10 @@ def _param_rows(yours, hf, hf_low, matching, n_layer: int, rtol: float) -> list[
     return rows
 
 
-def _step_checks(steps, hf_low_losses, logit_scale: float, mlp_width: int, lr: float, hf_order: list[str],
-                 dims: dict[str, int]) -> list[StepCheck]:
+def _step_checks(steps, logit_scale: float, mlp_width: int, lr: float, hf_order: list[str]) -> list[StepCheck]:
+    """Each step: the loss after it against HF's (judged), the parameters against HF's (reported: AdamW's first
+    steps move an element whose gradient is at the noise level by up to 2 lr either way), your update against
+    build-nanogpt's AdamW on your own gradients (judged, where your optimizer ran)."""
     out = []
     for s in steps:
         noise = abs(s.hf_low_loss - s.hf_loss) if s.hf_low_loss is not None else None
@@ -171,7 +173,7 @@ def _step_checks(steps, hf_low_losses, logit_scale: float, mlp_width: int, lr: f
     return out
 
 
-def _structure(matching, model, cfg) -> tuple[list[str], bool]:
+def _structure(matching, cfg) -> tuple[list[str], bool]:
     """Tying and layout, said directly; whether any of it is a divergence."""
     out, bad = [], False
     wte = [n for n, p in matching.pieces.items() if p.hf_name == "transformer.wte.weight"]
@@ -208,9 +210,9 @@ def _loss_mistake(yours, x: torch.Tensor, y: torch.Tensor) -> str:
             "(y = x shifted by one), the reduction (mean over B x T), ignored indices and label smoothing")
 
 
-def judge_training(yours, hf, hf_low, steps, matching, model, cfg, *, precision: Precision, batch, model_name: str,
-                   fault: str | None, label: str, optimizer: str, lr: float, timings: dict | None = None,
-) -> TrainingReport:
+def judge_training(yours, hf, hf_low, steps, matching, cfg, *, precision: Precision, batch, model_name: str,
+                   fault: str | None, label: str, optimizer: str, lr: float,
+                   timings: dict | None = None) -> TrainingReport:
     """Every difference of a training step and its optimizer steps, the likely mistakes, one verdict."""
     n_layer, width = int(cfg.n_layer), int(cfg.n_embd)
     mlp = int(cfg.n_inner or 4 * width)
@@ -244,9 +246,9 @@ def judge_training(yours, hf, hf_low, steps, matching, model, cfg, *, precision:
         elif yours.why_no_layers:
             notes.append(f"the gradient along the residual stream was not compared: {yours.why_no_layers}")
         params = _param_rows(yours, hf, hf_low, matching, n_layer, g_rtol)
-    dims = {n: len(p.shape) for n, p in zip([r.name for r in params], params)}
-    step_checks = _step_checks(steps, None, logit_scale, mlp, lr, matching.hf_order, dims)
-    structure, structure_bad = _structure(matching, model, cfg)
+    dims = {p.name: len(p.shape) for p in params}
+    step_checks = _step_checks(steps, logit_scale, mlp, lr, matching.hf_order)
+    structure, structure_bad = _structure(matching, cfg)
 
     # the findings, most telling first
     mistakes: list[str] = []
@@ -299,9 +301,9 @@ def judge_training(yours, hf, hf_low, steps, matching, model, cfg, *, precision:
             mistakes.append(f"step {first_step.step}: the loss after the step differs from HF's "
                             f"({first_step.loss:.6g} vs {first_step.hf_loss:.6g}) although every update was checked")
 
-    first_layer = fwd_first or (grad_first if not loss_exceeds or grad_first != "lm_head" else "lm_head")
-    if first_layer is None and loss_exceeds:
-        first_layer = "lm_head"
+    # the forward in train mode first (a backward through a different forward says nothing more), then the
+    # gradient from the loss towards the embeddings; a loss that differs alone is the lm_head's (d loss / d logits)
+    first_layer = fwd_first or grad_first or ("lm_head" if loss_exceeds else None)
     first_param = param_first.name if param_first else (first_step.first_diverging_parameter if first_step else None)
     agree = not mistakes and not loss_exceeds and first_layer is None and param_first is None and first_step is None
     p_label = precision.label

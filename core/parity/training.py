@@ -296,7 +296,6 @@ class StepRun:
     hf_low_loss: float | None
     params: dict[str, tuple[float, float]]  # HF name -> (max |yours - HF's|, max |HF's|)
     updates: dict[str, tuple[float, float]] | None  # HF name -> (max |your update - AdamW's|, max |param|)
-    update_1d_only: bool = False  # every update gap over tolerance sits on a 1-D parameter (filled by the judge)
 
 
 @dataclass
@@ -706,7 +705,7 @@ def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, se
                                       hf_low_loss=losses[2] if p.low else None, params=_gaps(mine_now, hf_now),
                                       updates=updates))
     timings = {"total_s": time.perf_counter() - t0}
-    return judge_training(runs[0], runs[1], runs[2] if p.low else None, step_runs, matching, mine.model, cfg,
+    return judge_training(runs[0], runs[1], runs[2] if p.low else None, step_runs, matching, cfg,
                           precision=p, batch=(x, y), model_name=model_name or getattr(cfg, "_name_or_path", None)
                           or "custom", fault=fault, label=label, optimizer="adamw" if mine.lab_optimizer or not steps
                           else "yours", lr=lr, timings=timings)

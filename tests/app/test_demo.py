@@ -774,8 +774,11 @@ def test_the_api_endpoints_stay_and_the_pages_buttons_are_not_api_endpoints():
     config = demo.get_config_file()
     elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     public = {d["api_name"]: d for d in config["dependencies"] if d.get("api_visibility") == "public"}
-    assert set(public) == {"run", "check_result", "get_reference"}
+    assert set(public) == {"run", "check_result", "get_reference", "train"}
     assert [elem[t[0]] for t in public["run"]["targets"]] == ["run-api"]
+    # the Training step tab's button is its endpoint: its refusals are said in its panel, never raised
+    assert [elem[t[0]] for t in public["train"]["targets"]] == ["train-run"]
+    assert [elem[i] for i in public["train"]["inputs"]] == list(inputs.TRAIN_KEYS)
     assert [elem[i] for i in public["run"]["inputs"]] == list(inputs.INPUT_KEYS)
     assert [elem[t[0]] for t in public["check_result"]["targets"]] == ["check-result-api"]
     assert [elem[t[0]] for t in public["get_reference"]["targets"]] == ["get-reference-api"]
