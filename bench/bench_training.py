@@ -5,7 +5,7 @@ compare_training does, per side, one forward and backward with hooks (the residu
 three steps, a forward after each for the loss, and the bookkeeping (parameters matched by value, gradients in HF's
 layout, the per-tensor comparisons); HF's baseline is what a training loop does. Both on the same random GPT-2 of
 the 124M shape (core.structured.random_gpt2, no download), batch 4 x 64, float32, CPU; best of `--reps`.
-Run: `HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_training.py [--reps 2] [--port ours|my_gpt2|build_nanogpt]`.
+Run: `HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_training.py [--reps N] [--port ours|my_gpt2|build_nanogpt]`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def hf_steps(hf, x, y, steps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
@@ -66,6 +66,8 @@ def main() -> None:
         t = time.perf_counter()
         report = compare_training(model, hf, batch=(x, y), steps=args.steps)
         ours.append(time.perf_counter() - t)
+        print(f"  rep: HF {base[-1]:.2f} s, compare_training {ours[-1]:.2f} s, ratio {ours[-1] / base[-1]:.2f}",
+              flush=True)
     print(f"124M shape, batch {args.batch_size} x {args.seq_len}, {args.steps} AdamW steps, port {args.port}, "
           f"{torch.get_num_threads()} threads, best of {args.reps}")
     print(f"HF's own forward+backward+step x {args.steps}: {min(base):.2f} s")

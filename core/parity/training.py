@@ -681,11 +681,8 @@ def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, se
         _build_optimizer(mine, optimizer, lr)
         for side in sides[1:]:
             _build_optimizer(side, "adamw", lr)
+        regime_of = {id(s): FLOAT32 if s.label == "HF" and p.low else p for s in sides}
         for k in range(1, steps + 1):
-            if k > 1:
-                for side in sides:
-                    regime_p = FLOAT32 if side.label == "HF" and p.low else p
-                    forward_backward(side, x, y, vocab, hf_params, width, n_layer, regime_p, want_streams=False)
             before = {n: q.detach().clone() for n, q in mine.model.named_parameters() if q.requires_grad} \
                 if not mine.lab_optimizer else None
             for side in sides:
@@ -699,11 +696,15 @@ def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, se
                 updates = {n: (g[0], float(hf_params[n].abs().max())) for n, g in _gaps(mine_hf, ref_hf).items()}
             mine_now, _ = to_hf_layout({n: q.detach() for n, q in mine.model.named_parameters()}, matching,
                                        hf_params, width)
-            hf_now = {n: q.detach() for n, q in hf.named_parameters()}
-            losses = [loss_only(s, x, y, vocab, FLOAT32 if s.label == "HF" and p.low else p) for s in sides]
+            gaps = _gaps(mine_now, {n: q.detach() for n, q in hf.named_parameters()})
+            del mine_now
+            if k < steps:  # the next step's forward and backward give the loss after this one
+                losses = [forward_backward(s, x, y, vocab, hf_params, width, n_layer, regime_of[id(s)],
+                                           want_streams=False).loss for s in sides]
+            else:
+                losses = [loss_only(s, x, y, vocab, regime_of[id(s)]) for s in sides]
             step_runs.append(StepRun(step=k, loss=losses[0], hf_loss=losses[1],
-                                      hf_low_loss=losses[2] if p.low else None, params=_gaps(mine_now, hf_now),
-                                      updates=updates))
+                                     hf_low_loss=losses[2] if p.low else None, params=gaps, updates=updates))
     timings = {"total_s": time.perf_counter() - t0}
     return judge_training(runs[0], runs[1], runs[2] if p.low else None, step_runs, matching, cfg,
                           precision=p, batch=(x, y), model_name=model_name or getattr(cfg, "_name_or_path", None)
