@@ -83,18 +83,12 @@ def test_each_training_fault_is_flagged_at_its_layer_and_parameter(hf, name):
     if fault.expected_parameter(n) is not None:
         assert r.first_diverging_parameter == fault.expected_parameter(n), r.verdict
     assert r.mistakes and r.verdict.startswith("differs from HuggingFace: ")
+    assert SAID[name.partition("@")[0]] in r.verdict  # the likely mistake, in words
 
 
-def test_fault_sentences_name_the_mistake(hf):
-    ours = port_from_hf(hf)
-    said = {}
-    for name in ("untied_head_copy", "unshifted_loss", "dropout"):
-        model, _ = apply_training_fault(ours, name)
-        said[name] = compare_training(model, hf, **SMALL).verdict
-    assert "your lm_head and wte are separate parameters" in said["untied_head_copy"]
-    assert "GPT-2 ties them" in said["untied_head_copy"]
-    assert "unshifted targets" in said["unshifted_loss"]
-    assert "dropout" in said["dropout"] and "from block 0" in said["dropout"]
+SAID = {"untied_head_copy": "your lm_head and wte are separate parameters", "detach": "a .detach()",
+        "dropout": "dropout the lab could not switch off", "decay_all": "weight decay applied to biases",
+        "unshifted_loss": "unshifted targets"}
 
 
 @pytest.mark.parametrize("make", ["random", "massive"])
@@ -184,3 +178,15 @@ def test_given_batch_and_name_map(hf):
     r = compare_training(mine, hf, batch=(x, y), name_map=names)
     assert r.agree and r.batch["batch_size"] == 3 and r.batch["seq_len"] == 10
     assert math.isfinite(r.loss)
+
+
+@pytest.mark.slow
+def test_at_the_124m_shape_an_exact_port_agrees_and_a_detach_is_found():
+    from conftest import GPT2_124M
+
+    big = random_gpt2(seed=3, **VARIED_PARAMS, **GPT2_124M)
+    r = compare_training(from_hf_state_dict(big.state_dict(), big.config), big, batch_size=1, seq_len=16)
+    assert r.agree, r.verdict
+    model, _ = apply_training_fault(port_from_hf(big), "detach@5")
+    r = compare_training(model, big, batch_size=1, seq_len=16)
+    assert r.first_diverging_layer == "block 5" and r.first_diverging_parameter == "transformer.h.5.ln_1.weight"
