@@ -320,8 +320,8 @@ def update_tolerance(param_scale: float, lr: float) -> float:
 
 def tensor_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """(max |a - b|, max |b|) over two tensors of the same shape; NaN/inf propagate to the first."""
-    d = (a.float() - b.float()).abs()
-    if not d.numel():
+    if not b.numel():
         return 0.0, 0.0
-    worst = math.nan if torch.isnan(d).any() else float(d.max())
-    return worst, float(b.float().abs().max())
+    a, b = a.float(), b.float()
+    worst = float(torch.linalg.vector_norm(a - b, ord=math.inf))  # max |Δ|; a NaN anywhere makes it NaN
+    return worst, float(torch.linalg.vector_norm(b, ord=math.inf))

@@ -229,7 +229,13 @@ def _block_mismatch(hf_name: str, k: int | None) -> bool:
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype and bool(torch.equal(a, b.to(a.device)))
+    """Same shape and values; the first row first (most candidates differ there, and it costs nothing)."""
+    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+        return False
+    b = b.to(a.device)
+    if a.dim() >= 1 and a.size(0) and not torch.equal(a[0], b[0]):
+        return False
+    return bool(torch.equal(a, b))
 
 
 def _missing(hf_params: dict[str, torch.Tensor], pieces: dict[str, Piece], width: int) -> list[str]:
@@ -425,9 +431,9 @@ class Side:
 
 
 def forward_backward(side: Side, x: torch.Tensor, y: torch.Tensor, vocab: int, hf_params, width: int,
-                     n_layer: int, p: Precision, *, want_streams: bool) -> SideRun:
+                     n_layer: int, p: Precision, *, want_streams: bool, keep: bool = True) -> SideRun:
     """One forward (train mode, dropout off, in regime p) and backward on (x, y), with side.model's gradients left
-    in .grad for an optimizer step."""
+    in .grad for an optimizer step; without `keep`, only the loss is recorded (a later step's forward)."""
     model = side.model
     notes: list[str] = []
     taps_or_why = find_layers(model, n_layer, side.layers) if want_streams else "not asked"
@@ -469,6 +475,8 @@ def forward_backward(side: Side, x: torch.Tensor, y: torch.Tensor, vocab: int, h
         if full.requires_grad:
             full.register_hook(lambda g: logits_grad.append(g[..., :vocab].detach().float()))
         run_loss.backward()
+    if not keep:
+        return SideRun(loss=float(run_loss.detach()), logits=None, hidden=None, stream_grads=None, grads={})
     grads_mine = {name: p_.grad for name, p_ in model.named_parameters()}
     if is_hf:
         grads = {k: (v.float().clone() if v is not None else torch.zeros_like(hf_params[k], dtype=torch.float32))
@@ -700,7 +708,7 @@ def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, se
             del mine_now
             if k < steps:  # the next step's forward and backward give the loss after this one
                 losses = [forward_backward(s, x, y, vocab, hf_params, width, n_layer, regime_of[id(s)],
-                                           want_streams=False).loss for s in sides]
+                                           want_streams=False, keep=False).loss for s in sides]
             else:
                 losses = [loss_only(s, x, y, vocab, regime_of[id(s)]) for s in sides]
             step_runs.append(StepRun(step=k, loss=losses[0], hf_loss=losses[1],
