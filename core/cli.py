@@ -460,8 +460,8 @@ def format_training(report) -> str:
 def main_train(argv=None) -> int:
     """`python -m core.parity train`: one training step (and N optimizer steps) against HF's."""
     prog = "python -m core.parity train"
-    ap = parser(prog, "Train one batch through your GPT-2 (--yours) or ours (with --fault) and HuggingFace's: the loss, "
-                      "the gradient along the residual stream and on every parameter, and --steps AdamW steps "
+    ap = parser(prog, "Train one batch through your GPT-2 (--yours) or ours (with --fault) and HuggingFace's: the "
+                      "loss, the gradient along the residual stream and on every parameter, and --steps AdamW steps "
                       "(build-nanogpt's). Exit 0 if they agree, 1 if not, 2 on bad input.",
                 json_errors="--json" in (argv or []))
     ap.add_argument("--model", default="gpt2", help="HF checkpoint: Hub id or local directory (default gpt2)")

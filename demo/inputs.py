@@ -217,8 +217,8 @@ MAX_UPLOAD_CASES = 4
 from core.faults import TRAINING_FAULTS  # noqa: E402
 
 TRAIN_INPUTS: dict[str, Input] = {i.key: i for i in (
-    Input("train_fault", "fault", "choice", "training fault", "Training bug lab: a mistake that passes the forward check",
-          default=NO_FAULT, choices=(("none", NO_FAULT), *((f.title, f.name) for f in TRAINING_FAULTS.values())),
+    Input("train_fault", "fault", "choice", "training fault",
+          "Training bug lab: a mistake that passes the forward check", default=NO_FAULT, choices=(("none", NO_FAULT), *((f.title, f.name) for f in TRAINING_FAULTS.values())),
           refusal="unknown training fault {value!r}; choose one of: " + ", ".join(TRAINING_FAULTS),
           none_value=NO_FAULT),
     Input("train_steps", "steps", "int", "optimizer steps", "AdamW steps after the first backward", default=3, lo=0,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..precision import FLOAT32
 from .dump import FORMAT, METADATA_KEY, VERSION, DumpError, read_header
-from .training import Matching, Piece, SideRun, backward_order, hf_layer_of, hf_parameters, make_batch
+from .training import Matching, Piece, SideRun, backward_order, hf_layer_of, make_batch
 
 LLMC_MAGIC = 20240327
 LLMC_VERSION = 2
