@@ -13,13 +13,23 @@ import sys
 
 import torch
 
+from . import progress
 from .parity.judge import REFERENCES
 from .precision import CHOICES as PRECISION_CHOICES
-from .sampling import METHODS, SamplingSettings
+from .progress import Bar
+from .sampling import METHODS, SamplingSettings, encode_prompt
 
 SEED_PROMPT = "Hello, I'm a language model,"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 EXIT_BAD_INPUT = 2
+
+
+def program(module: str, command: str = "") -> str:
+    """How the user called us, for usage and error lines: the installed command (`gpt2-parity ...`), else
+    `python -m core.parity ...`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    base = name if name.startswith("gpt2-parity") else f"python -m {module}"
+    return f"{base} {command}".strip()
 
 
 class CliError(Exception):
@@ -115,7 +125,7 @@ def resolve_dtype_device(args) -> tuple[torch.device, torch.dtype]:
 
 
 def main_generate(argv=None) -> int:
-    prog = "python -m core.generate"
+    prog = program("core.generate")
     ap = parser(prog, "Sample from our GPT-2 (the seed's example by default).")
     add_model_args(ap)
     add_sampling_args(ap)
@@ -158,7 +168,7 @@ def main_parity(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py);
         return SUBCOMMANDS[argv[0]](argv[1:])  # `train`: training parity (core/parity/training.py)
-    prog = "python -m core.parity"
+    prog = program("core.parity")
     ap = parser(prog, "Compare our GPT-2 (or yours: --yours) with HuggingFace's while generating; exit 0 if they "
                       "agree, 1 if not, 2 on bad input. For implementations that cannot run in this process: "
                       "`export` (HF's reference to files) and `check` (a result file against it); see "
@@ -174,6 +184,8 @@ def main_parity(argv=None) -> int:
                     help="the regime the model runs and is judged in: float32, bfloat16/float16 (weights and "
                          "activations), bfloat16-autocast/float16-autocast, tf32 (CUDA); auto (default) detects "
                          "what --yours does; --dtype bfloat16 means --precision bfloat16")
+    ap.add_argument("--html", default=None, metavar="FILE",
+                    help="also write the report as one self-contained HTML page (opens offline in any browser)")
     add_yours_args(ap)
     args = ap.parse_args(argv)
 
@@ -190,6 +202,8 @@ def main_parity(argv=None) -> int:
         device, dtype = resolve_dtype_device(args)
         settings = settings_from_args(args)
         SamplingSettings.from_kwargs(**settings).validate()
+        if args.html:
+            check_writable(args.html, "--html")  # before minutes of work, not after
         if args.fault is not None:
             try:
                 get_fault(args.fault)  # a listed fault or "<mistake>@<block>"
@@ -215,15 +229,44 @@ def main_parity(argv=None) -> int:
         if precision is None:  # our model, loaded by the lab: float32 unless asked; yours: detected
             precision = "auto" if yours is not None else "float32"
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-        report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference, fault=args.fault,
-                         precision=precision, **extra, **settings)
+        _, prompt_ids = encode_prompt(args.prompt, tokenizer)  # refused here as compare() would refuse it
+        new_tokens = SamplingSettings.from_kwargs(**settings).new_tokens_for(len(prompt_ids))
+        with Bar(new_tokens, "sampling", "token", progress.wanted(args.json)) as bar:
+            def on_step(ev) -> None:
+                bar.update()
+                if ev.step + 1 == new_tokens or all(ev.finished):
+                    bar.describe("comparing with HuggingFace")
+
+            report = compare((subject, hf), args.prompt, tokenizer=tokenizer, reference=args.reference,
+                             fault=args.fault, precision=precision, on_step=on_step, **extra, **settings)
         if args.json:
             print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
         else:
             print(format_report(report))
+        if args.html:
+            write_html(report, args.html, quiet=args.json)
         return 0 if report.agree else 1
 
     return run_guarded(prog, body)
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Refuse an output file whose folder does not exist, or that is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path!r} is a directory: give a file name, e.g. {os.path.join(path, 'report.html')}")
+    if not os.path.isdir(folder):
+        raise CliError(f"{flag} {path!r}: no such directory {folder!r}")
+
+
+def write_html(report, path: str, quiet: bool = False) -> None:
+    """report.save_html(path), saying where it went (not under --json: stdout is one JSON object then)."""
+    try:
+        report.save_html(path)
+    except OSError as exc:
+        raise CliError(f"cannot write --html {path!r}: {exc.strerror}") from None
+    if not quiet:
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB): the report as one page, opens offline")
 
 
 def add_yours_args(ap: argparse.ArgumentParser) -> None:
@@ -233,7 +276,8 @@ def add_yours_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--yours-step", default=None, metavar="FILE.py:FUNC",
                     help="your own sampling step: (B, V) last-position logits -> (B,) ids, on the global RNG")
     ap.add_argument("--yours-layers", default=None, metavar="blocks=PATH,final_norm=PATH",
-                    help="your model's blocks (a ModuleList) and final norm, where they are not found by themselves")
+                    help="your model's blocks (a ModuleList) and final norm, where they are not found by themselves; "
+                         "attn=PATH,mlp=PATH: a block's attention and MLP (paths inside a block)")
 
 
 def load_yours(args) -> dict | None:
@@ -274,6 +318,7 @@ def format_report(report) -> str:
         mark = "  <-- first" if layer.name == report.first_diverging_layer else ""
         where = f"(row {layer.worst_row}, position {layer.worst_position})"
         lines.append(f"  {layer.name:<12} {layer.worst_abs_diff:10.3g} / {layer.tolerance:.3g}  {where}{mark}")
+    lines += localisation_lines(report)
     if report.settings_table:
         lines.append("effective settings (ours | HF | HF's source):")
         for row in report.settings_table:
@@ -290,6 +335,23 @@ def format_report(report) -> str:
         if row.ref_text:
             lines.append(f"      HF:   {row.ref_text!r}")
     return "\n".join(lines)
+
+
+def localisation_lines(report) -> list[str]:
+    """Where inside the model it differs, which blocks differ on HF's own input, and the likely mistake(s); nothing
+    when the models agree (localisation does not run)."""
+    status = getattr(report, "localisation", None)
+    if status is None:
+        return []
+    if status != "done":
+        sub = report.first_diverging_sublayer
+        return ([f"first diverging sub-layer: {sub}"] if sub else []) + [f"localisation: {status}"]
+    blocks = report.diverging_blocks
+    lines = [f"first diverging sub-layer: {report.first_diverging_sublayer or 'not seen'}",
+             "blocks that differ on HF's own input (each block given HF's residual stream): "
+             + (", ".join(map(str, blocks)) if blocks else "none")]
+    lines += ["likely mistake:"] + [f"  - {s}" for s in report.diagnosis] if report.diagnosis else []
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -319,7 +381,7 @@ def read_prompts(path: str) -> list[str]:
 
 
 def main_export(argv=None) -> int:
-    prog = "python -m core.parity export"
+    prog = program("core.parity", "export")
     ap = parser(prog, "Write HuggingFace's reference for some prompts (token streams, logits, optionally the "
                       "residual stream) and a template of what a result must contain. See docs/dump-format.md.")
     ap.add_argument("--model", default="gpt2", help="Hub id or a local checkpoint directory")
@@ -358,8 +420,9 @@ def main_export(argv=None) -> int:
         hf = load_hf_model(args.model)  # first: an unknown model is named as such, not as missing BPE files
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         cases = make_cases(prompts, tokenizer, args.seeds, **settings)
-        ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer,
-                               precisions=precisions)
+        with Bar(len(cases), "exporting HF's reference", "case", progress.wanted(False)) as bar:
+            ref = export_reference(hf, cases, model=str(args.model), layers=args.layers, tokenizer=tokenizer,
+                                   precisions=precisions, on_case=lambda case: bar.update())
         paths = save_reference(ref, args.out)
         size = paths["tensors"].stat().st_size
         extra = (", with layers" if args.layers else "") + (
@@ -373,7 +436,7 @@ def main_export(argv=None) -> int:
 
 
 def main_check(argv=None) -> int:
-    prog = "python -m core.parity check"
+    prog = program("core.parity", "check")
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = parser(prog, "Judge a result written by any implementation against an exported reference: the same "
                       "report as `python -m core.parity`; exit 0 if every case agrees, 1 if not, 2 on bad input "

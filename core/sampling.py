@@ -356,6 +356,23 @@ class Generation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __repr__(self) -> str:
+        """One screen: the settings and each row's text (the per-step records are in .records)."""
+        rows = [f"  [{r}] {t!r}" if len(t) <= 160 else f"  [{r}] {t[:159]!r}…" for r, t in enumerate(self.texts[:8])]
+        if len(self.texts) > 8:
+            rows.append(f"  ... {len(self.texts) - 8} more row(s)")
+        s = self.settings
+        head = (f"<Generation {len(self.texts)} row(s), method {s.get('method')}, seed {s.get('seed')}, "
+                f"{len(self.records)} recorded step(s), {self.seconds:.2f} s")
+        return "\n".join([head, *rows]) + ">"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: one line per row, the prompt in grey, the settings."""
+        from demo.report import generation_html
+
+        return generation_html({k: getattr(self, k) for k in ("prompt", "completions", "finished_by_eos", "settings",
+                                                                "seconds")})
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The decoding loop

@@ -69,5 +69,8 @@ def describe_failure(r, prompt, seed) -> str:
         check = r.float32_check or {}
         lines.append(f"  precision: {prec['label']} ({prec['how']}); float32 re-check: "
                      + (check["verdict"] if check.get("possible") else f"not possible: {check.get('why_not')}"))
+    from .cli import localisation_lines
+
+    lines += [f"  {line}" for line in localisation_lines(r)]
     lines += [f"  note: {n}" for n in r.notes]
     return "\n".join(lines)

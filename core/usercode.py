@@ -98,13 +98,15 @@ def load_step(spec: str):
 
 
 def parse_layers(text: str | None) -> dict | None:
-    """`blocks=decoder.blocks,final_norm=decoder.norm` -> dict (None when not given)."""
+    """`blocks=decoder.blocks,final_norm=decoder.norm[,attn=attention,mlp=ffn]` -> dict (None when not given); attn
+    and mlp are paths inside a block."""
     if not text:
         return None
     out = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key.strip() not in ("blocks", "final_norm") or not value.strip():
-            raise UserCodeError(f"--yours-layers takes blocks=MODULE.PATH,final_norm=MODULE.PATH, got {text!r}")
+        if not sep or key.strip() not in ("blocks", "final_norm", "attn", "mlp") or not value.strip():
+            raise UserCodeError("--yours-layers takes blocks=MODULE.PATH,final_norm=MODULE.PATH (and attn=, mlp=: "
+                                f"paths inside a block), got {text!r}")
         out[key.strip()] = value.strip()
     return out

@@ -1,5 +1,6 @@
-"""The files a run offers for download: the whole report as compact JSON (expand_report reads it back) and one
-CSV line per step and row, each run in its own folder under this process's temporary folder.
+"""The files a run offers for download: the whole report as compact JSON (expand_report reads it back), one CSV
+line per step and row, and on request the report as one HTML page (demo/report.py), each run in its own folder
+under this process's temporary folder.
 
 Knows the report's fields and the folders' life: one folder per server process (removed at exit; a killed
 process never runs atexit, so the next process sweeps folders whose pid is gone), one sub-folder per run, only
@@ -153,3 +154,13 @@ def write_downloads(report: dict) -> tuple[str, str]:
                             d["hf_rank"], d["max_abs_dlogit"], d["tolerance"], d["exceeds"], d["kl"], v.tv, v.js,
                             v.exact, d["top1_agree"], d["top50_overlap"], rec["entropy"]])
     return json_path, csv_path
+
+
+def write_html(report: dict) -> str:
+    """The run as one self-contained HTML page (demo/report.py), in a run folder of its own."""
+    from .report import page_html
+
+    path = os.path.join(RUNS.new_run(), "parity_report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page_html(report))
+    return path

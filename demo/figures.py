@@ -413,7 +413,10 @@ def layers_figure(report: dict) -> go.Figure:
         at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]
         fig.add_trace(go.Bar(x=[l["name"] for l in sel],
                              y=[d if _finite(d) and d > 0 else None for d in at],  # exact zeros: marked below
-                             marker_color=color, name=label,
+                             marker_color=color, name=label, legendgroup="accumulated",
+                             legendgrouptitle_text="accumulated: the model on its own stream" + (
+                                 f" (first: {report['first_diverging_sublayer']})"
+                                 if report.get("first_diverging_sublayer") else ""),
                              customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("worst_scale", l.get("scale"))),
                                           l.get("worst_row", 0) + 1, l.get("worst_position", 0), _fmt(l.get("ratio")),
                                           _fmt(l["max_abs_diff"]), _fmt(l.get("scale"))] for d, l in zip(at, sel)],
@@ -427,6 +430,26 @@ def layers_figure(report: dict) -> go.Figure:
                  [n for n, d in zip(names, at_all) if d == 0])
     fig.add_trace(go.Scatter(x=names, y=[l.get("tolerance") for l in layers], mode="lines+markers",
                              name="tolerance there", line=dict(color="#24292f", dash="dash")))
+    isolated = report.get("isolated") or []
+    blocks = report.get("diverging_blocks") or []
+    which = (f"block {blocks[0]} differs" if len(blocks) == 1 else
+             f"blocks {', '.join(map(str, blocks))} differ" if blocks else "every block matches")
+    iso_title = f"isolated: each block on HF's own input ({which})"
+    for exceeds, label, color in ((False, "block alone: within tolerance", OURS), (True, "block alone: differs", BAD)):
+        sel = [l for l in isolated if bool(l.get("exceeds")) == exceeds]
+        if not sel:
+            continue
+        at = [l.get("worst_abs_diff", l["max_abs_diff"]) for l in sel]
+        fig.add_trace(go.Scatter(x=[l["name"] for l in sel], y=[d if _finite(d) and d > 0 else None for d in at],
+                                 mode="markers", name=label, legendgroup="isolated",
+                                 legendgrouptitle_text=iso_title,
+                                 marker=dict(symbol="diamond", size=12, color=color,
+                                             line=dict(color="#24292f", width=1)),
+                                 customdata=[[_fmt(d), _fmt(l.get("tolerance")), _fmt(l.get("ratio"))]
+                                             for d, l in zip(at, sel)],
+                                 hovertemplate="%{x} alone, on HF's own input: max |Δ| %{customdata[0]}"
+                                               "<br>tolerance there %{customdata[1]}, ratio %{customdata[2]}"
+                                               "<extra></extra>"))
     low = precision_label(report)
     if low:  # below float32 the tolerance is a multiple of HF's own error at that precision, drawn here
         fig.add_trace(go.Scatter(x=names, y=[l.get("hf_own_error") or None for l in layers], mode="lines+markers",

@@ -25,7 +25,7 @@ from core import compare
 from core.errors import ParityLabError
 
 from . import figures, render, text, yours
-from .downloads import expand_report, write_downloads  # noqa: F401 (expand_report: every JSON download names it here)
+from .downloads import expand_report, write_downloads, write_html  # noqa: F401 (expand_report: every JSON download names it here)
 from .inputs import INPUT_KEYS, INPUTS, SEED_CASE, InputError, parse_inputs, parse_train_inputs, query_values
 from .models import (
     RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError, hub_offline,
@@ -60,13 +60,15 @@ def in_page(handler):
     return quietly
 
 
-def run_compare(cache: ModelCache, args: dict, on_step=None):
-    """The one core call behind the Generate button (also used directly by tests and the load test)."""
+def run_compare(cache: ModelCache, args: dict, on_step=None, on_verdict=None):
+    """The one core call behind the Generate button (also used directly by tests and the load test); on_verdict
+    sees a differing report before its localisation."""
     args = dict(args)
     loaded = cache.get(args.pop("model"))
     prompt = args.pop("prompt")
     subject, extra = yours.subject_for(cache, loaded)  # ours, or the model given by `app.py --yours`
-    return compare((subject, loaded.hf), prompt, tokenizer=loaded.tokenizer, on_step=on_step, **extra, **args), loaded
+    return compare((subject, loaded.hf), prompt, tokenizer=loaded.tokenizer, on_step=on_step, on_verdict=on_verdict,
+                   **extra, **args), loaded
 
 
 def error_message(exc: Exception) -> str:
@@ -115,7 +117,8 @@ def make_run_handler(cache: ModelCache, components: dict):
 
         def work():
             try:
-                result["report"], _ = run_compare(cache, args, on_step=lambda ev: events.put(ev))
+                result["report"], _ = run_compare(cache, args, on_step=lambda ev: events.put(ev),
+                                                  on_verdict=lambda rep: events.put(rep.to_dict()))
             except Exception as exc:  # noqa: BLE001
                 result["error"] = exc
             finally:
@@ -126,8 +129,12 @@ def make_run_handler(cache: ModelCache, components: dict):
         texts = [""] * args["num_return_sequences"]
         done = [False] * len(texts)
         last_yield = 0.0
-        cleared = False
+        cleared = shown = False
         while (ev := events.get()) is not None:
+            if isinstance(ev, dict):  # the verdict, before localisation: shown now, the diagnosis follows
+                shown = True
+                yield outputs_for(ev, token_text, c)
+                continue
             for r, t in enumerate(ev.tokens):
                 if not done[r]:
                     texts[r] += token_text(t)
@@ -145,7 +152,8 @@ def make_run_handler(cache: ModelCache, components: dict):
             msg = error_message(result["error"])
             yield error_outputs(c, msg)
             raise gr.Error(msg, print_exception=False)
-        yield {c["verdict"]: render.status_html(text.COMPARING)}
+        if not shown:
+            yield {c["verdict"]: render.status_html(text.COMPARING)}
         report = result["report"].to_dict()
         yield outputs_for(report, token_text, c)
 
@@ -188,6 +196,13 @@ def outputs_for(report: dict, token_text, c: dict) -> dict:
         c["row"]: gr.Dropdown(choices=[(f"row {i + 1}", i) for i in range(len(report["rows"]))], value=row,
                               interactive=True),
     }
+
+
+def html_download(report: dict | None) -> str:
+    """The Download tab's HTML button: the shown run as one self-contained page (demo/report.py)."""
+    if not report:
+        raise gr.Error(text.HTML_NO_RUN, print_exception=False)
+    return write_html(report)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -44,9 +44,34 @@ def verdict_html(report: dict) -> str:
                    f"(max {prec['hf_own_error']:.2g}); float32 re-check: {html.escape(str(redo))}")
     elif prec.get("how", "asked") != "asked":
         detail += f" · precision: {html.escape(prec['label'])} ({html.escape(prec['how'])})"
+    detail += localisation_html(report)
     return (f'<div id="verdict" class="verdict-{"ok" if report["agree"] else "bad"}" style="background:{bg};color:{fg};'
             f'padding:14px 18px;border-radius:10px;font-size:1.15em"><b>{icon} {html.escape(report["verdict"])}</b><br>'
             f'<span style="font-size:0.8em">{detail}</span></div>')
+
+
+def localisation_html(report: dict) -> str:
+    """Where inside the model it differs and the likely mistake (after a verdict that the models differ): a line
+    while it is worked out, then the sub-layer, the blocks that differ on HF's own input and the diagnosis."""
+    status = report.get("localisation")
+    if status is None:
+        return ""
+    if status == "pending":
+        return f'<br><span id="localisation">{html.escape(text.LOCALISING)}</span>'
+    if status != "done":
+        sub = report.get("first_diverging_sublayer")
+        where = f"first diverging sub-layer: <b>{html.escape(sub)}</b> · " if sub else ""
+        return f'<br><span id="localisation">{where}localisation {html.escape(status)}</span>'
+    blocks = report.get("diverging_blocks") or []
+    out = '<br><span id="localisation">'
+    if report.get("first_diverging_sublayer"):
+        out += f"first diverging sub-layer: <b>{html.escape(report['first_diverging_sublayer'])}</b> · "
+    out += ("blocks that differ on HF's own input: <b>" + (", ".join(map(str, blocks)) if blocks else "none")
+            + "</b></span>")
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in report.get("diagnosis") or [])
+    if items:
+        out += f'<div id="diagnosis">likely mistake:<ul style="margin:2px 0 0 0">{items}</ul></div>'
+    return out
 
 
 def names_layer(verdict: str, layer: str) -> bool:
@@ -96,6 +121,22 @@ def _hf_token_tip(step: int, row: int, tid: int, token: str, rec: dict | None, d
         tip += "\noutside our top-50"
     return tip + "\nclick: top-50 at this step"
 
+
+# The texts' styles (the dashboard's CSS and the HTML report's both include them): one line per row, tokens inline,
+# the first difference red, later tokens grey.
+TEXT_CSS = """
+.pl-text .pl-row {white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 0.45em 0; line-height: 1.55}
+.pl-text .pl-n {color: #57606a; font-size: 0.85em}
+.pl-text .tok {cursor: pointer; border-radius: 3px}
+.pl-text .tok:hover {outline: 1px solid #1f6feb; background: #ddf4ff}
+.pl-text .tok.first {background: #ff6b6b; color: #fff}
+.pl-text .tok.after {background: #d0d7de}
+.pl-text .tok.picked {outline: 2px solid #1f6feb}
+.pl-text .pl-head {position: sticky; top: 0; z-index: 1; background: var(--block-background-fill, #fff);
+  font-weight: 600; padding: 2px 0 6px 0}
+.pl-text .pl-legend {margin-bottom: 0.5em; font-size: 0.85em}
+.pl-text .pl-legend .tok {padding: 1px 6px; cursor: default}
+"""
 
 TEXT_HEADS = {"ours": "Ours", "hf": "HuggingFace"}
 
@@ -190,6 +231,9 @@ def summary(report: dict) -> dict:
         "causes": [r["cause"] for r in report["rows"]],
         "max_abs_dlogit": report["max_abs_dlogit"],
         "first_diverging_layer": report["first_diverging_layer"],
+        "first_diverging_sublayer": report.get("first_diverging_sublayer"),
+        "diverging_blocks": report.get("diverging_blocks") or [],
+        "diagnosis": report.get("diagnosis") or [],
         "seconds": report["timings"].get("total_s"),
     }
 

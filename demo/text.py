@@ -98,6 +98,8 @@ DOWNLOAD_FORMAT = (
     "the report's own shape."
 )
 
+HTML_BUTTON = "Make the report as one HTML page"
+HTML_NO_RUN = "Nothing to put in a report yet: press Generate (or check a result file) first."
 RUNNING = "⏳ Generating with our GPT-2 …"
 COMPARING = "⏳ Comparing with HuggingFace (teacher-forced pass and HF's own sampling) …"
 
@@ -169,3 +171,6 @@ CAPTION_TRAINING = (
     "parameters, from the loss towards the embeddings: max |Δgradient| / tolerance (over 1, red: it differs); the "
     "diamonds are the gradient of the loss along the residual stream at each layer's input. The training bug lab's "
     "mistakes all pass the forward check.")
+
+# The verdict panel while localisation runs (after the verdict that the models differ)
+LOCALISING = "localising: running each block on HuggingFace's input and trying the catalogue of known mistakes…"

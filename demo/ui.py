@@ -7,7 +7,6 @@ Knows nothing of how a comparison runs or how its results are drawn.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import gradio as gr
@@ -19,18 +18,7 @@ from .models import HUB_ALLOWLIST, TINY, ModelCache
 CSS = """
 #verdict {min-height: 3.2em}
 .gradio-container {max-width: 1400px !important}
-/* the two texts: one line per row, tokens inline, long runs scroll inside the panel */
-.pl-text .pl-row {white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 0.45em 0; line-height: 1.55}
-.pl-text .pl-n {color: #57606a; font-size: 0.85em}
-.pl-text .tok {cursor: pointer; border-radius: 3px}
-.pl-text .tok:hover {outline: 1px solid #1f6feb; background: #ddf4ff}
-.pl-text .tok.first {background: #ff6b6b; color: #fff}
-.pl-text .tok.after {background: #d0d7de}
-.pl-text .tok.picked {outline: 2px solid #1f6feb}
-.pl-text .pl-head {position: sticky; top: 0; z-index: 1; background: var(--block-background-fill); font-weight: 600;
-  padding: 2px 0 6px 0}
-.pl-text .pl-legend {margin-bottom: 0.5em; font-size: 0.85em}
-.pl-text .pl-legend .tok {padding: 1px 6px; cursor: default}
+""" + render.TEXT_CSS + """
 #settings-table .table-wrap, #settings-table .table-container {overflow-x: auto !important}
 .pl-caption {font-size: 0.85em; color: #57606a; padding: 0 8px}
 .pl-caption p {margin: 2px 0 6px 0}
@@ -76,21 +64,6 @@ QUEUE = dict(default_concurrency_limit=8, max_size=32)
 TEXT_MAX_HEIGHT = 380  # px: long runs scroll inside the text panels instead of pushing the plots down
 # Gradio's own copies of served files (the downloads): swept every 10 minutes, deleted after an hour.
 DELETE_CACHE = (600, 3600)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="GPT-2 Parity Lab dashboard")
-    ap.add_argument("--model", default="gpt2",
-                    help=f"default model: a Hub id ({', '.join(HUB_ALLOWLIST)}), a local checkpoint directory, or {TINY}")
-    ap.add_argument("--host", default=None,
-                    help="address to listen on (default: $GRADIO_SERVER_NAME, which Spaces sets, else 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    ap.add_argument("--bpe-dir", default=None,
-                    help="directory with GPT-2's vocab.json + merges.txt (or encoder.json + vocab.bpe) for offline use; "
-                         "defaults to $GPT2_BPE_DIR")
-    ap.add_argument("--max-models", type=int, default=1, help="models kept in memory at once (switching evicts)")
-    yours.add_args(ap)
-    return ap.parse_args(argv)
 
 
 def launch_kwargs() -> dict:
@@ -202,6 +175,9 @@ def output_panels(c: dict, ours_label: str | None = None) -> dict:
             with gr.Row():
                 c["json_file"] = gr.File(label="Run as JSON", elem_id="json-file")
                 c["csv_file"] = gr.File(label="Per-step table as CSV", elem_id="csv-file")
+            with gr.Row():  # made on request: the page carries plotly.js (~5 MB), not worth writing for every run
+                c["html_button"] = gr.Button(text.HTML_BUTTON, size="sm", elem_id="html-button")
+                c["html_file"] = gr.File(label="Report as one HTML page (opens offline)", elem_id="html-file")
             c["summary"] = gr.JSON(label="Summary", elem_id="summary")
     with gr.Accordion("How to read the plots, and how to use this from code", open=False):
         gr.Markdown(text.PLOT_HELP + text.USAGE)
@@ -254,6 +230,8 @@ def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> 
     c["step"].input(handlers.show_step, view_in, views, **private)
     c["row"].input(handlers.show_row, view_in, views, **private)
     c["log"].change(handlers.show_step, view_in, views, **private)
+    c["html_button"].click(handlers.html_download, [c["state"]], [c["html_file"]], **private)
+    c["state"].change(lambda: None, None, [c["html_file"]], **private)  # a new run: the old page is not this run's
     for key in ("ours", "hf"):
         c[key].click(handlers.pick_token, [c["state"], c["log"]],
                      [c["step"], c["row"], c["top50_fig"], c["heat_fig"], c["entropy_fig"], c["tabs"]], **private)

@@ -40,8 +40,8 @@ ATOL = 1e-12  # only so that an all-zero layer compares cleanly
 # counting as exact). The rule of flash-attention's tests and torch._dynamo's accuracy check. PRECISION_FACTOR is
 # twice the worst ratio (|Δ| - float32 tolerance) / yardstick that exact ports written differently (our GPT,
 # examples/my_gpt2.py, examples/build_nanogpt.py) reached in bench/calibrate_precision.py: 2.6, over bf16/fp16 and
-# their autocast variants on random and massive-activation models from 2 layers to the 124M shape (the full run's
-# model groups, 11:40 on the 2-core EPYC box; the quick run: 1.95 over 36 exact runs, 0 false alarms at 4 or 3).
+# their autocast variants on random and massive-activation models from 2 layers to the 124M shape (the full run:
+# 785 compares, 432 of exact ports, 0 false alarms at this factor; README's calibration table).
 PRECISION_FACTOR = 5.2
 
 
@@ -116,6 +116,33 @@ def _layer_diff(index: int, name: str, a: torch.Tensor, b: torch.Tensor, rtol: f
         worst_scale=spos[r, p].item() if ratio.numel() else 0.0,
         hf_own_error=(noise[r, p].item() if ratio.numel() else 0.0) if noise is not None else None,
     )
+
+
+def place_diff(name: str, a: torch.Tensor, b: torch.Tensor, rtol: float, noise: torch.Tensor | None = None,
+               index: int = 0) -> LayerDiff:
+    """Any one reading of the residual stream (B, T, C) against HF's (or a reference's), by the same rule as a
+    layer: inside a block, a block on HF's input, a catalogue candidate against the model under test."""
+    n = min(a.size(1), b.size(1))
+    return _layer_diff(index, name, a[:, :n], b[:, :n], rtol, 0, noise)
+
+
+def error_shape(a: torch.Tensor, b: torch.Tensor, rtol: float, noise: torch.Tensor | None = None) -> dict:
+    """Where a reading differs beyond its tolerance, (B, T, C) each: the positions (over rows), the channels (at
+    places that differ), the largest |Δ| and its size relative to max_c |HF value| at that place."""
+    a, b = a.float(), b.float()
+    d = (a - b).abs()
+    spos = b.abs().amax(dim=-1)
+    tpos = _tolerance(spos, rtol)
+    if noise is not None:
+        tpos = tpos + _noise_tolerance(noise[:, : d.size(1)].to(tpos.device).float(), spos)
+    over = d > tpos[..., None]  # (B, T, C)
+    positions = over.any(dim=-1).any(dim=0).nonzero().flatten().tolist()
+    channels = over.any(dim=1).any(dim=0).nonzero().flatten().tolist()
+    rel = (d.amax(dim=-1) / spos.clamp_min(1e-30))
+    flat = int(rel.flatten().argmax()) if rel.numel() else 0
+    return {"positions": positions, "n_positions": d.size(1), "channels": channels, "n_channels": d.size(2),
+            "max_abs": float(d.max()) if d.numel() else 0.0,
+            "relative": float(rel.flatten()[flat]) if rel.numel() else 0.0}
 
 
 def layer_diffs(n_layer: int, ours: list[torch.Tensor], ref: list[torch.Tensor], rtol: float, *,

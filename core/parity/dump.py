@@ -94,12 +94,15 @@ def tensor_specs(case: Case, rows: int, length: int, config: dict, layers: bool)
         f"{case.name}.hidden": dict(dtype="F32", shape=[n + 2, rows, length - 1, C], required=False,
                                     what="residual stream [embeddings, block 0..n-1 output, ln_f output] at "
                                          "every position of tokens[:, :-1]"),
+        f"{case.name}.resid_mid": dict(dtype="F32", shape=[n, rows, length - 1, C], required=False,
+                                       what="residual stream after each block's attention (the block's input plus "
+                                            "its attention's output) at every position of tokens[:, :-1]"),
         f"{case.name}.sampled": dict(dtype="I64", shape=[rows, f"{P + 1}..{max_len}"], required=False,
                                      what="your own generation from prompt_ids under the case's settings and seed, "
                                           "rows padded with eos after they end"),
     }
     if not layers:
-        del specs[f"{case.name}.hidden"]
+        del specs[f"{case.name}.hidden"], specs[f"{case.name}.resid_mid"]
     return specs
 
 
@@ -216,12 +219,14 @@ def export_precisions(names) -> list[str]:
 
 @torch.inference_mode()
 def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False, tokenizer=None,
-                     precisions=()) -> Reference:
+                     precisions=(), on_case=None) -> Reference:
     """HF's side of every case: generate() as users call it (the token streams), then one teacher-forced forward
     over those streams for the logits at the positions that predicted each new token (and the residual stream).
     For each of `precisions` (below float32) also HF's own error there: HF run in that regime on the same streams
     against HF in float32, max over channels at each place (reference.hf_own_error, as compare() computes it).
-    The reference_id does not depend on the precisions: a result is made for the same streams either way."""
+    The reference_id does not depend on the precisions: a result is made for the same streams either way.
+    `on_case(case)` is called after each case (progress)."""
+    from .localise import block_readings
     from .reference import hf_own_error, hf_teacher_forced, run_hf_reference
 
     config = model_config(hf.config)
@@ -244,12 +249,18 @@ def export_reference(hf, cases: list[Case], *, model: str, layers: bool = False,
         tensors[f"{case.name}.logits"] = logits.float().cpu().contiguous()
         if layers:
             tensors[f"{case.name}.hidden"] = torch.stack([h.float().cpu() for h in hidden]).contiguous()
+            blocks = list(hf.transformer.h)
+            with torch.inference_mode():
+                mids, _ = block_readings(lambda ids: hf(ids, use_cache=False), blocks, [b.attn for b in blocks], x)
+            tensors[f"{case.name}.resid_mid"] = torch.stack([m.cpu() for m in mids]).contiguous()
         for p in lows:
             own_hidden, own_logits = hf_own_error(hf, x, tokens.size(1) - P, p, hidden, logits)
             tensors[own_error_name(case.name, p.name, "logits")] = own_logits.float().cpu().contiguous()
             if layers:
                 tensors[own_error_name(case.name, p.name, "hidden")] = torch.stack(
                     [h.float().cpu() for h in own_hidden]).contiguous()
+        if on_case is not None:
+            on_case(case)
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": "reference",
         "model": {"id": model, "config": config},
@@ -537,7 +548,7 @@ def result_model_id(manifest: dict) -> str:
 def _check_specs(manifest: dict, info: dict[str, tuple[str, list[int]]], kind: str) -> None:
     """Names, dtypes and shapes from the header alone, before any tensor is read."""
     names = {c["name"] for c in manifest["cases"]}
-    ndims = {"tokens": 2, "sampled": 2, "logits": 3, "hidden": 4}
+    ndims = {"tokens": 2, "sampled": 2, "logits": 3, "hidden": 4, "resid_mid": 4}
     own = {}  # a reference's HF own error at each of its precisions
     if kind == "reference":
         for p in manifest.get("precisions", []):
@@ -548,9 +559,9 @@ def _check_specs(manifest: dict, info: dict[str, tuple[str, list[int]]], kind: s
         prefix, _, suffix = name.partition(".")
         if prefix not in names or suffix not in {**ndims, **own}:
             raise DumpError(f"unexpected tensor {name!r} in the {kind}: expected caseN.tokens, caseN.logits, "
-                            "caseN.hidden or caseN.sampled" + (", or caseN.own_error.<precision>.logits/.hidden "
-                                                               "for a precision the manifest lists" if kind ==
-                                                               "reference" else ""))
+                            "caseN.hidden, caseN.resid_mid or caseN.sampled"
+                            + (", or caseN.own_error.<precision>.logits/.hidden for a precision the manifest lists"
+                               if kind == "reference" else ""))
         allowed = INT_DTYPES if suffix in ("tokens", "sampled") else FLOAT_DTYPES
         if dtype not in allowed:
             raise DumpError(f"tensor {name!r} has dtype {dtype}; expected one of {', '.join(allowed)}")
@@ -578,7 +589,8 @@ def _check_case_tensors(manifest: dict, case: dict, tensors: dict, where: str, r
     if not 1 <= S <= s.new_tokens_for(P):
         raise DumpError(f"{where}: {name}.tokens has length {T}: expected the {P}-token prompt plus 1 to "
                         f"{s.new_tokens_for(P)} new tokens")
-    expect = {f"{name}.logits": [B, S, V], f"{name}.hidden": [n + 2, B, T - 1, C]}
+    expect = {f"{name}.logits": [B, S, V], f"{name}.hidden": [n + 2, B, T - 1, C],
+              f"{name}.resid_mid": [n, B, T - 1, C]}
     for p in manifest.get("precisions", []) if reference else ():
         expect[own_error_name(name, p, "logits")] = [B, S]
         expect[own_error_name(name, p, "hidden")] = [n + 2, B, T - 1]
@@ -680,6 +692,10 @@ def check_result_against(manifest: dict, tensors: dict, ref: Reference) -> None:
             raise DumpError(f"the result's {name}.tokens do not match the reference's: first at row {r}, position "
                             f"{t} ({int(ours[r, t])} vs {int(theirs[r, t])}); run your model on the reference's "
                             "token ids, do not re-tokenize the prompt")
+        if f"{name}.resid_mid" in tensors and f"{name}.resid_mid" not in ref.tensors:
+            raise DumpError(f"the result holds {name}.resid_mid, but its reference has no residual stream inside the "
+                            "blocks to compare it with: leave caseN.resid_mid out, or check against a reference "
+                            "exported with --layers by this version")
         if f"{name}.hidden" in tensors and not layers:
             raise DumpError(f"the result holds {name}.hidden, but its reference has no hidden states to compare it "
                             "with (layers: false): leave caseN.hidden out, or check against a reference exported "
@@ -820,9 +836,11 @@ def subject_run(ref: Reference, res: Result, case: Case, tokenizer) -> SubjectRu
                               f"smaller than {p.label}'s resolution") if p.low else None
     fix = (f"declare \"precision\": \"{ran_in.name}\" in the result's manifest (or leave it out: the logits' dtype "
            "then decides)") if ran_in is not None else None
+    mid = res.tensors.get(f"{name}.resid_mid")
     return SubjectRun(generation=gen, step_logits=logits, hidden=list(hidden.float().unbind(0)) if hidden is not None
                       else None, label=SUBJECT, sampler=sampler, notes=notes, streams=streams, precision=p,
-                      ran_in=ran_in, float32=recheck, ran_in_fix=fix)
+                      ran_in=ran_in, float32=recheck, ran_in_fix=fix,
+                      resid_mid=list(mid.float().unbind(0)) if mid is not None and hidden is not None else None)
 
 
 def hf_run(ref: Reference, res: Result, case: Case) -> HFRun:
@@ -839,6 +857,8 @@ def hf_run(ref: Reference, res: Result, case: Case) -> HFRun:
                 logits=ref.tensors[f"{name}.logits"].float(),
                 hidden=list(hidden.float().unbind(0)) if hidden is not None else None,
                 n_layer=config["n_layer"], mlp_width=config["mlp_width"], notes=notes)
+    mid = ref.tensors.get(f"{name}.resid_mid")
+    run.resid_mid = list(mid.float().unbind(0)) if mid is not None and hidden is not None else None
     p = res.precision.judged
     if p.low:
         require_precision(ref, p)
@@ -889,6 +909,7 @@ def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool
     forward), store the logits and residual stream in the dtype they come out in, and declare it in the manifest."""
     from ..precision import cast_copy, regime
     from ..sampling import generate
+    from .localise import block_readings
 
     p = Precision(precision) if precision is not None else None
     if p is not None and p.weights_cast:
@@ -905,9 +926,39 @@ def result_from_gpt(model, ref: Reference, *, layers: bool = True, sampled: bool
             tensors[f"{case.name}.logits"] = keep(out.logits[:, P - 1:]).contiguous()
             if layers and ref.manifest["layers"]:
                 tensors[f"{case.name}.hidden"] = torch.stack([keep(h) for h in out.hidden]).contiguous()
+            if layers and f"{case.name}.resid_mid" in ref.tensors:
+                blocks = list(model.transformer.h)
+                mids, _ = block_readings(lambda ids: model(ids), blocks, [b.attn for b in blocks],
+                                         tokens[:, :-1].to(model.device))
+                tensors[f"{case.name}.resid_mid"] = torch.stack([m.cpu() for m in mids]).contiguous()
             if sampled:
                 gen = generate(model, case.prompt_ids, record=False, **case.settings)
                 tensors[f"{case.name}.sampled"] = torch.tensor(gen.sequences, dtype=torch.long)
     dtype = p.name if p is not None else str(model.dtype).replace("torch.", "")
     impl = {"name": name, "framework": "torch", "dtype": dtype, "notes": ""}
     return result_manifest(ref, impl, sampler="torch", precision=p.name if p is not None else None), tensors
+
+
+def result_from_model(model, ref: Reference, *, layers=None, name: str | None = None) -> Result:
+    """Any GPT-2 (a torch.nn.Module or a function ids (B, T) -> logits, as compare() takes) run on the reference's
+    token streams, teacher-forced: its logits, and its residual stream where the reference has one and the model's
+    blocks are found (`layers` as compare()'s). No sampled ids: the models are judged, not the sampling.
+    In memory; save_result() writes it as a file."""
+    from types import SimpleNamespace
+
+    from .foreign import replay
+
+    shape = SimpleNamespace(config=SimpleNamespace(**ref.config))  # all that replay() reads of HF's model
+    tensors: dict[str, torch.Tensor] = {}
+    for case in ref.cases:
+        tokens = ref.tensors[f"{case.name}.tokens"]
+        P = len(case.prompt_ids)
+        logits, hidden = replay(model, shape, tokens.tolist(), P, tokens.size(1) - P, layers)
+        tensors[f"{case.name}.tokens"] = tokens
+        tensors[f"{case.name}.logits"] = logits.cpu().contiguous()
+        if hidden is not None and ref.manifest["layers"]:
+            tensors[f"{case.name}.hidden"] = torch.stack([h.cpu() for h in hidden]).contiguous()
+    impl = {"name": name or type(model).__name__, "framework": "torch", "dtype": "float32", "notes": ""}
+    manifest = result_manifest(ref, impl, sampler="other")
+    check_result_against(manifest, tensors, ref)
+    return Result(manifest, tensors)

@@ -17,7 +17,7 @@ import torch
 from ..faults import FaultError, apply_fault, get_fault
 from ..kernels import thread_invariant
 from ..model import GPT
-from ..precision import PrecisionError
+from ..precision import FLOAT32, PrecisionError
 from ..precision import parse as _parse
 from ..sampling import SamplingSettings, prepare
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -60,9 +60,10 @@ def compare_run(run: SubjectRun, hf, *, settings: SamplingSettings, reference: s
 
 
 def _judged(run: SubjectRun, side: HFSide, s: SamplingSettings, reference: str, tokenizer, name: str, fault,
-            timings: dict) -> ParityReport:
+            timings: dict, localiser=None, on_verdict=None) -> ParityReport:
     hf_run = side.on_streams(run.fed_streams, len(run.generation.records), run.precision)
-    report = judge(run, hf_run, s, reference, tokenizer=tokenizer, model=name, fault=fault, timings=timings)
+    report = judge(run, hf_run, s, reference, tokenizer=tokenizer, model=name, fault=fault, timings=timings,
+                   localiser=localiser, on_verdict=on_verdict)
     if "start" in report.timings:
         report.timings["total_s"] = time.perf_counter() - report.timings.pop("start")
     return report
@@ -121,6 +122,8 @@ def compare(
     layers=None,
     label: str | None = None,
     precision: str = "auto",
+    localise: bool = True,
+    on_verdict=None,
     **settings,
 ) -> ParityReport:
     """Generate with the model under test and compare with HF, step by step and layer by layer; with reference
@@ -135,6 +138,9 @@ def compare(
     "bfloat16", "float16", "bfloat16-autocast", "float16-autocast", "tf32" (applied by the lab: a cast copy, or
     autocast/TF32 around each call). Below float32 the model is judged against HF's own error at that precision,
     and re-run in float32 on the same streams to see what the precision could hide.
+    `localise`: when the models differ, read inside the blocks, run each block on HF's input and try the catalogue
+    of known mistakes (report.first_diverging_sublayer, diverging_blocks, diagnosis); layers=dict(attn=..., mlp=...)
+    names a block's sub-layers where they are not found. `on_verdict(report)` sees the report before that.
     """
     from .foreign import run_foreign
 
@@ -159,6 +165,9 @@ def compare(
     subject = apply_fault(subject, fault) if faulty else subject
     lab_loaded = isinstance(model_or_name, (str, os.PathLike)) or faulty
     p, ran_in = regimes.choose(subject, asked, prompt_ids, lab_loaded=lab_loaded)
+    if faulty and fault.partition("@")[0] == "bf16_autocast" and p.weights_cast and p.dtype == torch.float16:
+        raise ParityError("the bug lab's bf16_autocast fault runs our GPT under bfloat16 autocast, which cannot "
+                          "take float16 weights (precision fp16): choose another precision or another fault")
     model, in_regime = regimes.prepared(subject, p)
     if ours and sampling_step is None and layers is None:
         # perf: HF's own sampling depends on nothing of ours: it starts first and, when our bits do not depend on
@@ -185,4 +194,31 @@ def compare(
         t = time.perf_counter()
         run.float32 = regimes.float32_recheck(subject, hf, run, layers)
         timings["float32_recheck_s"] = time.perf_counter() - t
-    return _judged(run, side, s, reference, tokenizer, name, fault, timings)
+    localiser = None
+    if localise:
+        mine = ours and sampling_step is None and layers is None
+        localiser = _localiser(model, hf, run, mine, layers, p)
+        if localiser is not None and p.low and _float32_weights(subject):
+            localiser.twin = _localiser(subject, hf, run, mine, layers, FLOAT32)
+    return _judged(run, side, s, reference, tokenizer, name, fault, timings, localiser, on_verdict)
+
+
+def _float32_weights(model) -> bool:
+    return isinstance(model, torch.nn.Module) and all(t.dtype == torch.float32 for t in model.parameters()
+                                                      if t.is_floating_point())
+
+
+def _localiser(model, hf, run: SubjectRun, ours: bool, layers, p):
+    """What lets the judge read the model under test inside its blocks and on HF's input, once it knows that
+    something differs (built here, nothing run); None for a plain function."""
+    from .foreign import localiser_for
+    from .localise import Localiser
+
+    dev = regimes.device_type(model)
+    if ours:
+        blocks = list(model.transformer.h)
+        fed = len(run.generation.prompt_ids) + len(run.generation.records) - 1
+        return Localiser(lambda ids: model(ids), blocks, [b.attn for b in blocks], hf, run.fed_streams, fed, p, dev)
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return localiser_for(model, hf, run, layers, p, dev)

@@ -149,9 +149,9 @@ def find_layers(model, n_layer: int, spec: Mapping[str, str] | None = None) -> L
     if not isinstance(model, nn.Module):
         return "the model is a plain function, not a torch.nn.Module: it has no modules to hook"
     spec = dict(spec or {})
-    unknown = sorted(set(spec) - {"blocks", "final_norm"})
+    unknown = sorted(set(spec) - {"blocks", "final_norm", "attn", "mlp"})
     if unknown:
-        raise ParityError(f"layers= takes the keys 'blocks' and 'final_norm', got {', '.join(unknown)}")
+        raise ParityError(f"layers= takes the keys 'blocks', 'final_norm', 'attn' and 'mlp', got {', '.join(unknown)}")
     if "blocks" in spec:
         mod = _named(model, spec, "blocks")
         blocks = _as_blocks(mod)
@@ -354,6 +354,10 @@ def run_foreign(
                   "afterwards)")
     taps = find_layers(model, n_layer, layers)
     recorder = None
+    if not isinstance(taps, str) and layers and ("attn" in layers or "mlp" in layers):
+        from .localise import find_sublayers
+
+        find_sublayers(taps.blocks, layers)  # sub-layers named by the user: a wrong name is said before any work
     if isinstance(taps, str):
         notes.add(f"per-layer comparison not possible: {taps}. The per-step comparison of the logits still holds.")
     else:
@@ -446,3 +450,21 @@ def replay(model, hf, streams: list[list[int]], prompt_len: int, n_steps: int,
             logits = torch.stack(steps, dim=1)
             hidden = recorder.hidden(B, T, width)[0] if recorder is not None else None
     return logits, hidden
+
+
+def localiser_for(model, hf, run: SubjectRun, layers: Mapping[str, str] | None, p, device_type: str):
+    """A Localiser (localise.py) for any module whose blocks are found, or None (why not is already in the run's
+    notes: its per-layer comparison was not possible either)."""
+    from .localise import Localiser, find_sublayers
+
+    taps = find_layers(model, int(hf.config.n_layer), layers)
+    if isinstance(taps, str):
+        return None
+    attns = find_sublayers(taps.blocks, layers)
+
+    def forward(ids):
+        with _eval_mode(model):
+            return _call(model, ids, what=f"your model (input of shape {tuple(ids.shape)})")
+
+    fed = len(run.generation.prompt_ids) + len(run.generation.records) - 1
+    return Localiser(forward, taps.blocks, attns, hf, run.fed_streams, fed, p, device_type)

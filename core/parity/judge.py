@@ -9,6 +9,8 @@ thread produced them.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -16,9 +18,10 @@ import torch
 from ..sampling import SamplingSettings
 from ..tokenizer import Tokenizer
 from ..precision import Precision
-from .diffs import (ATOL, PRECISION_FACTOR, layer_diffs, logits_layer_diff, relative_tolerance, step_checks,
-                    step_diffs)
+from .diffs import (ATOL, PRECISION_FACTOR, error_shape, layer_diffs, logits_layer_diff, place_diff,
+                    relative_tolerance, step_checks, step_diffs)
 from .explain import explain_rows, models_verdict, sampler_notes, verdict
+from .localise import Localiser, diagnosis_sentences, outside
 from .reference import HFRun
 from .report import ParityError, ParityReport
 from .subject import SubjectRun
@@ -80,7 +83,8 @@ def _float32_check(subject: SubjectRun, hf: HFRun, P: int) -> dict:
 
 def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference: str, *,
           tokenizer: Tokenizer | None = None, model: str = "custom", fault: str | None = None,
-          timings: dict | None = None) -> ParityReport:
+          timings: dict | None = None, localiser: Localiser | None = None,
+          on_verdict: Callable[[ParityReport], None] | None = None) -> ParityReport:
     """Per layer (where both sides have the residual stream) and per step on the subject's streams, every
     divergent row explained, one verdict. `reference` "logits" compares the models only (no HF sampling).
     Below float32 (subject.precision) each place also tolerates PRECISION_FACTOR times HF's own error at that
@@ -135,7 +139,7 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         notes.append(f"your model ran in {ran.label} although float32 was {asked}; {fix} to judge it at its own "
                      "precision")
     timings = {**(timings or {}), **hf.timings}
-    return ParityReport(
+    report = ParityReport(
         model=model, prompt=gen.prompt, prompt_ids=gen.prompt_ids, settings=gen.settings, reference=reference,
         fault=fault if fault not in ("", "none") else None, agree=agree, verdict=text, verdict_kind=kind,
         rtol=relative_tolerance(hf.mlp_width), atol=ATOL, max_abs_dlogit=max_dlogit,
@@ -143,6 +147,92 @@ def judge(subject: SubjectRun, hf: HFRun, settings: SamplingSettings, reference:
         generation=gen, ref_sequences=hf.sequences, timings=timings, subject=subject.label, sampler=subject.sampler,
         notes=notes, precision=precision, float32_check=recheck,
     )
+    flagged, loc = [(l.name, l.exceeds) for l in layers], localiser if models is not None else None
+    if models is None and recheck is not None and recheck["agree"] is False and localiser is not None \
+            and localiser.twin is not None and recheck.get("layers") and len(recheck["layers"]) == len(layers):
+        loc, low = localiser.twin, False  # what only float32 shows is localised in float32, on the same streams
+        flagged = [(l["name"], l["exceeds"]) for l in recheck["layers"]]
+        notes.append("localised in float32 (the model re-run in float32 on the same streams): at "
+                     f"{p.label} the difference is within HF's own error")
+    if loc is not None and per_layer and hf.hidden is not None:
+        report.localisation = "pending"
+        if on_verdict is not None:
+            on_verdict(report)
+        t = time.perf_counter()
+        localise(report, loc, hf, relative_tolerance(hf.mlp_width), low, flagged)
+        report.timings["localise_s"] = time.perf_counter() - t
+    elif models is not None and per_layer and not low and subject.resid_mid is not None and hf.resid_mid is not None:
+        # outputs only (a result file): where inside the blocks; running blocks on HF's input needs the model
+        report.sublayers, report.first_diverging_sublayer = _sublayers(
+            subject.resid_mid, hf.resid_mid, None, flagged, relative_tolerance(hf.mlp_width))
+        report.localisation = ("inside the blocks only: each block on HF's input and the likely mistake need the "
+                               "model itself, a result file holds its outputs")
+    return report
+
+
+def _sublayers(mid: list, hf_mid: list, noise: list | None, flagged: list[tuple[str, bool]],
+               rtol: float) -> tuple[list, str | None]:
+    """The residual stream after each block's attention against HF's, and the first sub-layer that differs on the
+    model's own stream ("block k attention" / "block k MLP", the latter from the block's output in `flagged`)."""
+    n = len(hf_mid)
+    diffs = [place_diff(f"block {k} attention", mid[k].to(hf_mid[k].device), hf_mid[k], rtol,
+                        noise[k] if noise is not None else None, index=k + 1) for k in range(n)]
+    if flagged[0][1]:
+        return diffs, None
+    for k in range(n):
+        if diffs[k].exceeds or flagged[k + 1][1]:
+            return diffs, f"block {k} {'attention' if diffs[k].exceeds else 'MLP'}"
+    return diffs, None
+
+
+def localise(report: ParityReport, loc: Localiser, hf: HFRun, rtol: float, low: bool,
+             flagged: list[tuple[str, bool]]) -> None:
+    """The localisation fields of `report` (the models differ): the first sub-layer that differs on the model's own
+    stream, every block whose output differs on HF's input, and for each the catalogue's verdict. `flagged`: each
+    layer's name and whether it differs on the model's own stream (the report's layers, or the float32 re-check's)."""
+    try:
+        with torch.inference_mode():
+            r = loc.readings(hf.hidden)
+    except Exception as exc:  # the model under test cannot be run again with hooks: say why, keep the verdict
+        report.localisation = f"not possible: {type(exc).__name__}: {exc}"
+        report.notes.append(f"localisation not possible: {exc}")
+        return
+    n = hf.n_layer
+    noise = (lambda xs, k: xs[k] if low and xs is not None else None)  # noqa: E731
+    if r.mid is not None:
+        report.sublayers, report.first_diverging_sublayer = _sublayers(r.mid, r.hf_mid, r.noise_mid if low else None,
+                                                                       flagged, rtol)
+    report.isolated = [place_diff(f"block {k}", r.iso_out[k], hf.hidden[k + 1], rtol, noise(r.noise_iso_out, k),
+                                  index=k + 1) for k in range(n)]
+    report.diverging_blocks = [k for k, d in enumerate(report.isolated) if d.exceeds]
+    found = []  # (block, part, matched candidates, or the error's shape)
+    named: dict[str, list[str]] = {}  # part -> what the last block's diagnosis matched
+    for k in report.diverging_blocks:
+        parts = []  # (part, its input, the model's output there, HF's output there, noise)
+        if r.iso_mid is not None:
+            if place_diff("", r.iso_mid[k], r.hf_mid[k], rtol, noise(r.noise_iso_mid, k)).exceeds:
+                parts.append(("attention", hf.hidden[k], r.iso_mid[k], r.hf_mid[k], noise(r.noise_iso_mid, k)))
+            with torch.inference_mode():
+                hf_mlp = loc.hf_mlp(k, r.iso_mid[k])  # HF's MLP after the block's own attention output
+            if place_diff("", r.iso_out[k], hf_mlp, rtol, noise(r.noise_iso_out, k)).exceeds:
+                parts.append(("MLP", r.iso_mid[k], r.iso_out[k], hf_mlp, noise(r.noise_iso_out, k)))
+        if not parts:
+            parts = [("block", hf.hidden[k], r.iso_out[k], hf.hidden[k + 1], noise(r.noise_iso_out, k))]
+        for part, x, got, ref, nz in parts:
+            before = named.get(part, [])  # perf: a mistake made in every block is tried first, and alone if it fits
+            tried = []
+            with torch.inference_mode():
+                for i, (c, y) in enumerate(loc.tries(k, part, x, first=before)):
+                    tried.append((place_diff(c.name, got, y, rtol, nz).ratio, i, c))
+                    if i == len(before) - 1 and any(ratio <= 1.0 for ratio, _, _ in tried):
+                        break
+            matched = [c for ratio, _, c in sorted(tried, key=lambda t: (t[0], t[1])) if ratio <= 1.0]
+            if matched:
+                named[part] = [c.name for c in matched]
+            found.append((k, part, matched or error_shape(got, ref, rtol, nz)))
+    report.diagnosis = diagnosis_sentences(found, outside(flagged, report.diverging_blocks))
+    report.notes += [note for note in r.notes if note not in report.notes]
+    report.localisation = "done"
 
 
 def _precision_verdict(p: Precision, agree: bool, kind: str, text: str, models, recheck: dict | None,

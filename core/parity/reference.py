@@ -622,6 +622,8 @@ class HFRun:
     # streams), max over channels at each place: per layer (B, T) like `hidden`, and per step (B, S) like `logits`
     own_error_hidden: list[torch.Tensor] | None = None
     own_error_logits: torch.Tensor | None = None
+    # HF's residual stream after each block's attention, (B, T, C) per block, where it was exported (result files)
+    resid_mid: list[torch.Tensor] | None = None
 
 
 _LOW_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

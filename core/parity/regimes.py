@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from ..kernels import autocast_copy
+from ..model import GPT
 from ..precision import FLOAT32, Precision, cast_copy, detect, linear_output_dtypes, parse, regime
 from .foreign import replay
 from .reference import hf_teacher_forced
@@ -68,6 +70,8 @@ def prepared(model, p: Precision):
             raise ParityError(f"precision {p.name!r} casts the model's weights, but your model is a plain function: "
                               "cast it yourself (precision='auto' then detects it), or use an autocast precision")
         model = cast_copy(model, p.dtype)
+    elif p.autocast and isinstance(model, GPT):
+        model = autocast_copy(model, p.dtype)  # our GPT: the same bits as autocast's own casts, without them per call
     return model, (regime(p, dev) if p.low else contextlib.nullcontext())
 
 

@@ -109,9 +109,51 @@ class ParityReport:
                                                      "factor": None, "hf_own_error": None})
     # below float32: the model re-run in float32 on the same streams, judged by the float32 rule (or why it could not)
     float32_check: dict | None = None
+    # localisation, after the verdict and only when the models differ (None / [] otherwise):
+    # "block 7 attention" / "block 7 MLP": the first place inside a block whose residual stream differs
+    first_diverging_sublayer: str | None = None
+    diverging_blocks: list[int] = field(default_factory=list)  # every block whose own output differs on HF's input
+    diagnosis: list[str] = field(default_factory=list)  # the likely mistake(s), plain sentences
+    sublayers: list[LayerDiff] = field(default_factory=list)  # after each block's attention, on its own stream
+    isolated: list[LayerDiff] = field(default_factory=list)  # each block on HF's input at that block ("block k")
+    localisation: str | None = None  # None: not needed; "pending"; "done"; or why it was not possible
 
     def to_dict(self) -> dict:
         return _plain(self)
+
+    def __repr__(self) -> str:
+        """One screen: the verdict and where the models part (the whole report is to_dict(); text: core.cli)."""
+        bad = [r for r in self.rows if not r.identical]
+        lines = [f"<ParityReport {'AGREE' if self.agree else 'DIFFER'}: {self.verdict}",
+                 f"  model {self.model!r}, under test: {self.subject}, reference {self.reference}, "
+                 f"precision {self.precision.get('label', 'float32')}, fault {self.fault or 'none'}",
+                 f"  max |Δlogit| {self.max_abs_dlogit:.3g}, first diverging layer: "
+                 f"{self.first_diverging_layer or 'none'}; {len(self.rows)} row(s), {len(bad)} differ(s)"]
+        lines += [f"  row {r.row}: first difference at step {r.first_divergent_step} ({r.cause})"
+                  + ("" if self.verdict.startswith(r.explanation) else f": {_clip(r.explanation)}") for r in bad[:5]]
+        if len(bad) > 5:
+            lines.append(f"  ... {len(bad) - 5} more")
+        return "\n".join(lines) + ">"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: verdict, both texts with the first difference marked, per-step and per-layer figures."""
+        from demo.report import notebook_html
+
+        return notebook_html(self.to_dict())
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (works offline) with everything the dashboard shows for this run, and the
+        run's data to load it back (demo.report.read_report_html)."""
+        from demo.report import page_html
+
+        return page_html(self.to_dict())
+
+    def save_html(self, path) -> str:
+        """to_html() written to `path` (returned)."""
+        from pathlib import Path
+
+        Path(path).write_text(self.to_html(), encoding="utf-8")
+        return str(path)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ParityReport":
@@ -122,6 +164,8 @@ class ParityReport:
         gen["records"] = [[StepRecord(**r) if r is not None else None for r in step] for step in gen["records"]]
         d["generation"] = Generation(**gen)
         d["layers"] = [LayerDiff(**x) for x in d["layers"]]
+        for key in ("sublayers", "isolated"):
+            d[key] = [LayerDiff(**x) for x in d.get(key) or []]
         d["steps"] = [[StepDiff(**x) if x is not None else None for x in step] for step in d["steps"]]
         d["rows"] = [RowComparison(**x) for x in d["rows"]]
         d["settings_table"] = [SettingRow(**x) for x in d["settings_table"]]
@@ -129,6 +173,10 @@ class ParityReport:
 
 
 _SCALARS = (int, float, str, bool, type(None))
+
+
+def _clip(text: str, chars: int = 110) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def _plain(obj):

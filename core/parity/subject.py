@@ -54,6 +54,8 @@ class SubjectRun:
     float32: below float32, the same model re-run in float32 on the same streams (or why it could not be).
     ran_in_fix: how to have such a run judged at the precision it ran in, where compare()'s precision= argument is
         not how (a result file's manifest); None: that argument.
+    resid_mid: the residual stream after each block's attention over the fed positions, one (B, T, C) per block,
+        when the run carries it (a result file's caseN.resid_mid); a model object is read by the judge's Localiser.
     """
 
     generation: Generation
@@ -67,6 +69,7 @@ class SubjectRun:
     ran_in: Precision | None = None
     float32: "Recheck | None" = None
     ran_in_fix: str | None = None
+    resid_mid: list[torch.Tensor] | None = None  # after each block's attention, (B, T, C) each (a result file's)
 
     @property
     def fed_streams(self) -> list[list[int]]:

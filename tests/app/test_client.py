@@ -92,6 +92,12 @@ def test_client_fault_is_reported(client):
     summary = run(client, "The meaning of life is", fault="qk_swapped", num_sequences=2, max_new_tokens=6)[SUMMARY]
     assert summary["agree"] is False
     assert "logits differ" in summary["verdict"] and summary["first_diverging_layer"] == "block 0"
+    # localised and named: q and k swapped in every block of the tiny model
+    assert summary["first_diverging_sublayer"] == "block 0 attention" and summary["diverging_blocks"][0] == 0
+    n = len(summary["diverging_blocks"])
+    assert summary["diverging_blocks"] == list(range(n)) and n >= 2
+    assert summary["diagnosis"] == [f"the attention of blocks 0-{n - 1} match HuggingFace with c_attn's output split "
+                                    "as (k, q, v) instead of (q, k, v)"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

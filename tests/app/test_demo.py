@@ -17,7 +17,7 @@ from conftest import BPE_DIR
 
 from core import compare, generate, load_tokenizer
 from core.faults import FAULTS
-from demo import build_demo, downloads, figures, handlers, inputs, render
+from demo import build_demo, downloads, figures, handlers, inputs, render, text
 from demo.models import TINY, ModelCache, ModelNotAllowedError, build_tiny_pair
 
 PROMPT = "Hello, I'm a language model,"
@@ -169,6 +169,32 @@ def test_figures_are_pure_functions_of_the_report(report, faulty_report):
     exceeding = next(t for t in layers.data if t.name == "exceeds tolerance")
     assert "block 0" in exceeding.x and exceeding.marker.color == figures.BAD
     assert "every layer within tolerance" in figures.layers_figure(report).layout.title.text
+    # both readings, labelled: accumulated (bars) and each block alone on HF's input (diamonds); erf GELU everywhere
+    n = len(faulty_report["isolated"])
+    assert faulty_report["diverging_blocks"] == list(range(n)) and n >= 2
+    assert exceeding.legendgrouptitle.text == "accumulated: the model on its own stream (first: block 0 MLP)"
+    alone = next(t for t in layers.data if t.name == "block alone: differs")
+    assert list(alone.x) == [f"block {k}" for k in range(n)]
+    assert alone.legendgrouptitle.text == (f"isolated: each block on HF's own input (blocks "
+                                           f"{', '.join(map(str, range(n)))} differ)")
+    assert not any(t.name.startswith("block alone") for t in figures.layers_figure(report).data)  # exact: none
+    panel = render.verdict_html(faulty_report)
+    assert "first diverging sub-layer: <b>block 0 MLP</b>" in panel and "likely mistake:" in panel
+    assert f"the MLP of blocks 0-{n - 1} match HuggingFace with exact erf GELU" in html.unescape(panel)
+    assert "localisation" not in render.verdict_html(report) and "likely mistake" not in render.verdict_html(report)
+
+
+def test_run_handler_shows_the_verdict_then_fills_in_the_diagnosis(cache):
+    comps = {k: k for k in handlers.OUTPUT_KEYS}
+    run = handlers.make_run_handler(cache, comps)
+    bad = {**GOOD, "fault": "erf_gelu@last", "reference": "logits", "num_sequences": 1, "max_new_tokens": 3}
+    updates = [u for u in run(*bad.values(), progress=lambda *a, **k: None) if u.get("state")]
+    first, final = updates[0], updates[-1]
+    assert first["state"]["localisation"] == "pending" and text.LOCALISING in html.unescape(first["verdict"])
+    assert first["state"]["verdict"] == final["state"]["verdict"] and "likely mistake" not in first["verdict"]
+    last = len(final["state"]["isolated"]) - 1
+    assert final["state"]["localisation"] == "done" and final["state"]["diverging_blocks"] == [last]
+    assert f"block {last}&#x27;s MLP matches HuggingFace with exact erf GELU" in final["verdict"]
 
 
 def test_top50_chart_is_horizontal_and_labels_model_and_sampling_probabilities(report):
@@ -799,6 +825,21 @@ def test_yours_mode_turns_the_bug_lab_off_and_speaks_of_your_model():
                  and "GPT-2 Parity Lab" in str(c["props"].get("value")))
     assert "Your GPT-2 (`mine.py:model`)" in intro and "Our from-scratch" not in intro and "/somewhere" not in intro
     assert "your next-token scores" in props["steps-caption"]["value"]
+
+
+def test_html_download_is_the_shown_run_as_one_page(cache):
+    """The Download tab's HTML button: the run in the state as one page that carries the run for reloading."""
+    from demo.report import read_report_html
+
+    report, loaded = handlers.run_compare(cache, {**inputs.parse_inputs(cache, *GOOD.values()), "fault": "untied_lm_head"})
+    report = report.to_dict()
+    path = handlers.html_download(report)
+    page = open(path, encoding="utf-8").read()
+    assert render.verdict_html(report) in page and report["verdict"] in page
+    back = read_report_html(page)
+    assert back["rows"] == report["rows"] and back["generation"]["texts"] == report["generation"]["texts"]
+    with pytest.raises(gr.Error, match="press Generate"):
+        handlers.html_download(None)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """End to end in a real browser: the dashboard served by `python app.py`, driven by headless Chromium.
 
 One test walks a user's path: type a prompt, Generate, read the verdict and both texts, look at every plot
-(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON, and inject a
-bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
+(each tab; Gradio renders only the visible tab), move the step slider, download the run as JSON and as one HTML
+page, and inject a bug-lab fault. Others: a shared link restores the inputs and a fault's divergence panel is never blank, a click on
 a token opens its step and row, an error replaces the verdict and stays, and a phone-width page shows the verdict
 on its first screen after Generate. One server for the whole module.
 
@@ -208,6 +208,16 @@ def test_dashboard_end_to_end(page, app, tmp_path):
     assert report["verdict"] == "identical to HuggingFace"
     assert report["prompt"] == PROMPT and len(report["rows"]) == 5 and len(report["steps"]) == 22
     expect(page.locator("#csv-file a[download]").first).to_be_visible()
+    # ... and, on request, as one HTML page carrying the same run
+    page.locator("#html-button").click()
+    link = page.locator("#html-file a[download]").first
+    expect(link).to_be_visible(timeout=UI_TIMEOUT_MS)
+    with page.expect_download() as info:
+        link.click()
+    assert info.value.suggested_filename == "parity_report.html"
+    from demo.report import read_report_html
+
+    assert read_report_html(Path(info.value.path()).read_text(encoding="utf-8"))["rows"] == report["rows"]
 
     # 5. Bug lab: swap q and k in our model; the verdict names the first diverging layer.
     page.locator("#fault input").click()
@@ -226,6 +236,15 @@ def test_dashboard_end_to_end(page, app, tmp_path):
     expected_layer = FAULTS[FAULT].first_layer  # where this mistake first shows ("block 0")
     expect(verdict).to_contain_text(f"first diverging layer {expected_layer}")
     expect(page.locator("#layers-fig .gtitle")).to_have_text(f"Per layer: first diverging layer {expected_layer}")
+    # then localised: the sub-layer, every block on HF's own input, the mistake by name, and both readings drawn
+    expect(page.locator("#diagnosis")).to_contain_text("likely mistake", timeout=RUN_TIMEOUT_MS)
+    expect(verdict).to_contain_text("first diverging sub-layer: block 0 attention")
+    expect(page.locator("#diagnosis li").first).to_contain_text("match HuggingFace with c_attn's output split as "
+                                                               "(k, q, v) instead of (q, k, v)")
+    page.wait_for_function("() => { const gd = document.querySelector('#layers-fig .js-plotly-plot');"
+                           " return gd && gd.data.some((d) => d.name === 'block alone: differs'); }")
+    expect(page.locator("#layers-fig .legend")).to_contain_text("isolated: each block on HF's own input")
+    expect(page.locator("#layers-fig .legend")).to_contain_text("accumulated: the model on its own stream")
 
     assert not page.js_errors, page.js_errors
     assert app.alive(), app_log_on_failure(app)

@@ -33,6 +33,14 @@ def test_cli_fault_in_one_block(tiny_checkpoint, capsys):
     code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", "erf_gelu@1", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 1 and out["first_diverging_layer"] == "block 1" and out["fault"] == "erf_gelu@1"
+    assert out["first_diverging_sublayer"] == "block 1 MLP" and out["diverging_blocks"] == [1]
+    assert out["diagnosis"] == ["block 1's MLP matches HuggingFace with exact erf GELU `nn.GELU()`, where GPT-2 uses "
+                                "the tanh approximation `nn.GELU(approximate='tanh')`"]
+    code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", "erf_gelu@1"])
+    text = capsys.readouterr().out
+    assert code == 1 and "first diverging sub-layer: block 1 MLP\n" in text
+    assert "blocks that differ on HF's own input (each block given HF's residual stream): 1\n" in text
+    assert "likely mistake:\n  - block 1's MLP matches HuggingFace with exact erf GELU" in text
     for bad, match in (("erf_gelu@9", "blocks 0 to 1"), ("erf_gelu@x", "unknown fault")):
         code = main_parity(["--model", str(tiny_checkpoint), "--reference", "logits", "--fault", bad])
         err = capsys.readouterr().err

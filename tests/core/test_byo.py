@@ -60,6 +60,9 @@ def test_example_is_identical_to_hf_per_step_per_layer_and_generate(exact, hf, t
                            num_return_sequences=3)
     assert r.ref_sequences == expected and r.generation.sequences == expected
     assert r.notes == []
+    # an exact model pays nothing for localisation: none ran, nothing is named
+    assert r.localisation is None and "localise_s" not in r.timings
+    assert r.first_diverging_sublayer is None and r.diverging_blocks == [] and r.diagnosis == []
 
 
 def test_hooks_are_removed_and_training_flag_restored(hf, tokenizer):
@@ -87,6 +90,22 @@ def _expected_layer(where):
     return f"block {N_LAYER - 1}" if where == "last block" else where
 
 
+_ALL, _LAST = list(range(N_LAYER)), [N_LAYER - 1]
+# mistake -> (first sub-layer, blocks that differ on HF's input, words the diagnosis must use), written by hand
+LOCALISED = {
+    "positions_off_by_one": (None, [], "the embeddings already differ"),
+    "no_mask": ("block 0 attention", _ALL, "the attention of blocks 0-3 match HuggingFace with no causal mask"),
+    "v_bias_dropped": ("block 0 attention", _ALL, "with the value projection's bias dropped"),
+    "eps_1e-6": ("block 0 attention", _ALL, "with LayerNorm eps=1e-06 where GPT-2 uses 1e-05"),
+    "softmax_over_queries": ("block 0 attention", _ALL, "with the softmax taken over the query axis"),
+    "erf_gelu_last_block": (f"block {N_LAYER - 1} MLP", _LAST,
+                            f"block {N_LAYER - 1}'s MLP matches HuggingFace with exact erf GELU `nn.GELU()`, where "
+                            "GPT-2 uses the tanh approximation"),
+    "ln_2_from_ln_1_last_block": (f"block {N_LAYER - 1} MLP", _LAST, "with ln_2 loaded with ln_1's weights"),
+    "head_not_tied": (None, [], "the difference is in lm_head"),
+}
+
+
 @pytest.mark.parametrize("mistake", [m for m in MISTAKES if m != "none"])
 def test_each_mistake_is_flagged_at_its_layer(hf, tokenizer, mistake):
     bad = from_hf_state_dict(hf.state_dict(), hf.config, mistake)
@@ -96,6 +115,14 @@ def test_each_mistake_is_flagged_at_its_layer(hf, tokenizer, mistake):
     assert r.first_diverging_layer == _expected_layer(MISTAKES[mistake][1]), [(l.name, l.exceeds) for l in r.layers]
     first = next(i for i, l in enumerate(r.layers) if l.exceeds)
     assert not any(l.exceeds for l in r.layers[:first])
+    sub, blocks, words = LOCALISED[mistake]
+    assert r.localisation == "done" and r.first_diverging_sublayer == sub and r.diverging_blocks == blocks
+    assert words in r.diagnosis[0], r.diagnosis
+    if mistake == "eps_1e-6":  # both LayerNorms of each block: the attention's ln_1 and the MLP's ln_2
+        assert len(r.diagnosis) == 2 and r.diagnosis[1].startswith("the MLP of blocks 0-3 match HuggingFace with "
+                                                                   "LayerNorm eps=1e-06"), r.diagnosis
+    else:
+        assert len(r.diagnosis) == 1, r.diagnosis
 
 
 def test_assert_matches_hf_names_verdict_layer_step_and_cause(hf, tokenizer):
@@ -106,6 +133,9 @@ def test_assert_matches_hf_names_verdict_layer_step_and_cause(hf, tokenizer):
     assert "1 of 1 comparisons" in msg and "logits differ from HuggingFace" in msg
     assert f"first diverging layer: block {N_LAYER - 1}" in msg
     assert "first step whose logits exceed the tolerance: step 0" in msg and "first divergent step:" in msg
+    assert f"first diverging sub-layer: block {N_LAYER - 1} MLP" in msg
+    assert f"blocks that differ on HF's own input (each block given HF's residual stream): {N_LAYER - 1}" in msg
+    assert f"likely mistake:\n    - block {N_LAYER - 1}'s MLP matches HuggingFace with exact erf GELU" in msg
     # a mistake that changes the samples: the divergent step and its cause too
     bad = from_hf_state_dict(hf.state_dict(), hf.config, "v_bias_dropped")
     with pytest.raises(AssertionError, match=r"first divergent step: \d+ \(row \d\); cause: model"):

@@ -118,6 +118,12 @@ def test_same_verdicts_as_compare(ref, ours, tiny_hf, tokenizer, tmp_path):
         assert not check.agree
         assert dumped.verdict_kind == live.verdict_kind == "model"
         assert dumped.first_diverging_layer == live.first_diverging_layer, fault
+        # the result's optional caseN.resid_mid gives the sub-layer compare() finds (blocks on HF's input and the
+        # mistake's name need the model itself)
+        assert dumped.first_diverging_sublayer == live.first_diverging_sublayer, fault
+        assert (dumped.first_diverging_sublayer == "block 0 attention") == (fault == "c_proj_not_transposed")
+        assert dumped.diverging_blocks == [] and dumped.diagnosis == []
+        assert dumped.localisation.startswith("inside the blocks only")
 
 
 def test_sampled_rows_explained(ref, ours, tokenizer, tmp_path):

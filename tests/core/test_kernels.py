@@ -192,3 +192,20 @@ def test_one_query_attention_matches_sdpa():
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
     got = kernels.attend(q, k, v, start=39, scale=1.0)
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, scale=1.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_copy_is_autocast_bit_for_bit(wide_pair, dtype):
+    """The autocast regime runs our GPT on a copy whose linears hold their weight cast once: under torch.autocast it
+    must give autocast's own bits (the model itself under autocast is the reference), and share every parameter."""
+    ours = wide_pair[0]
+    twin = kernels.autocast_copy(ours, dtype)
+    assert all(a is b for a, b in zip(ours.parameters(), twin.parameters()))
+    assert all(m.cast is None for m in ours.modules() if isinstance(m, kernels.Linear))  # the original untouched
+    ids = torch.tensor([[15496, 11, 314, 1101, 257, 3303, 2746, 11]] * 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        want, got = ours(ids, return_hidden=True), twin(ids, return_hidden=True)
+    assert got.logits.dtype == dtype and torch.equal(got.logits, want.logits)
+    assert all(torch.equal(a, b) for a, b in zip(got.hidden, want.hidden))
+    with torch.no_grad():  # outside autocast the cast weights are not used: float32 as ever
+        assert torch.equal(twin(ids), ours(ids))

@@ -181,6 +181,9 @@ def test_bad_precision_is_a_clear_error(random_hf, tokenizer):
     with pytest.raises(ParityError, match="plain function"):
         compare(lambda ids: _example(random_hf)(ids), PROMPT, hf_model=random_hf, tokenizer=tokenizer,
                 precision="bfloat16", **SMALL)
+    pair = _ours(random_hf), random_hf  # the bug lab's autocast fault cannot take float16 weights: said, not a crash
+    with pytest.raises(ParityError, match="cannot take float16 weights"):
+        compare(pair, PROMPT, tokenizer=tokenizer, fault="bf16_autocast", precision="float16", **SMALL)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs where one is present)")
