@@ -4,8 +4,8 @@ from .errors import ParityLabError
 from .loader import ModelNotAvailableError, load_hf_model, load_pair, load_pretrained
 from .model import GPT, ContextLengthError, GPTConfig, KVCache, UnsupportedConfigError
 from .port import PortError, port_from_hf
-from .faults import FAULTS, FaultError, apply_fault
-from .parity import ParityError, ParityReport, compare
+from .faults import FAULTS, TRAINING_FAULTS, FaultError, apply_fault, apply_training_fault
+from .parity import ParityError, ParityReport, TrainingReport, compare, compare_training
 from .sampling import Generation, SamplingSettings, SettingsError, StepRecord, StreamEvent, generate, stream
 from .tokenizer import Tokenizer, TokenizerNotAvailableError, load_tokenizer
 
@@ -33,9 +33,13 @@ __all__ = [
     "StepRecord",
     "StreamEvent",
     "compare",
+    "compare_training",
+    "TrainingReport",
     "ParityReport",
     "ParityError",
     "FAULTS",
     "FaultError",
     "apply_fault",
+    "TRAINING_FAULTS",
+    "apply_training_fault",
 ]

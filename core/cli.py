@@ -166,13 +166,14 @@ def main_generate(argv=None) -> int:
 
 def main_parity(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DUMP_COMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py)
-        return DUMP_COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:  # `export` / `check`: parity by exchanging files (core/parity/dump.py);
+        return SUBCOMMANDS[argv[0]](argv[1:])  # `train`: training parity (core/parity/training.py)
     prog = program("core.parity")
     ap = parser(prog, "Compare our GPT-2 (or yours: --yours) with HuggingFace's while generating; exit 0 if they "
                       "agree, 1 if not, 2 on bad input. For implementations that cannot run in this process: "
                       "`export` (HF's reference to files) and `check` (a result file against it); see "
-                      "`python -m core.parity export --help` and docs/dump-format.md.")
+                      "`python -m core.parity export --help` and docs/dump-format.md. Training parity (the loss, "
+                      "every gradient, optimizer steps): `python -m core.parity train --help`.")
     add_model_args(ap)
     add_sampling_args(ap)
     ap.add_argument("--reference", default="generate", choices=list(REFERENCES),
@@ -484,3 +485,153 @@ def main_check(argv=None) -> int:
 
 
 DUMP_COMMANDS = {"export": main_export, "check": main_check}
+
+
+def format_training(report) -> str:
+    """A training report as text: the verdict, the loss, where it diverges, the worst parameters, the steps."""
+    lines = [f"verdict: {'AGREE' if report.agree else 'DIFFER'} - {report.verdict}",
+             f"model: {report.model}   under test: {report.subject}   fault: {report.fault or 'none'}   "
+             f"batch: {report.batch['batch_size']} x {report.batch['seq_len']}   precision: "
+             f"{report.precision['label']}",
+             f"loss: {report.loss:.6f}   HF: {report.hf_loss:.6f}   |Δ| {report.loss_diff:.3g} (tolerance "
+             f"{report.loss_tolerance:.3g})",
+             f"first diverging layer: {report.first_diverging_layer or 'none'}   first diverging parameter: "
+             f"{report.first_diverging_parameter or 'none'}"]
+    lines += [f"  {s}" for s in report.structure]
+    if report.grad_layers:
+        lines.append("gradient along the residual stream (from the loss): " + ", ".join(
+            f"{l.name} {l.ratio:.2f}" + ("!" if l.exceeds else "") for l in report.grad_layers)
+            + "  (max |Δ| / tolerance)")
+    worst = sorted(report.params, key=lambda p: -p.ratio if p.ratio == p.ratio else 0)[:5]
+    lines.append("parameters (worst gradients, max |Δ| / tolerance):")
+    lines += [f"  {p.name:<36} {p.max_abs_diff:10.3g} / {p.tolerance:.3g}" + (f"  {p.note}" if p.note else "")
+              + ("  DIFFERS" if p.exceeds else "") for p in worst]
+    for s in report.steps:
+        lines.append(f"step {s.step}: loss {s.loss:.6f}  HF {s.hf_loss:.6f}  |Δ| {s.loss_diff:.3g} (tol "
+                     f"{s.loss_tolerance:.3g})  max |Δparam| vs HF {s.max_param_diff:.3g}"
+                     + (f"  update differs first at {s.first_diverging_parameter}" if s.update_exceeds else "")
+                     + ("  DIFFERS" if s.exceeds else ""))
+    if report.mistakes[1:]:
+        lines.append("also:")
+        lines += [f"  - {m}" for m in report.mistakes[1:]]
+    if report.notes:
+        lines.append("notes:")
+        lines += [f"  - {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def main_train(argv=None) -> int:
+    """`python -m core.parity train`: one training step (and N optimizer steps) against HF's."""
+    prog = "python -m core.parity train"
+    ap = parser(prog, "Train one batch through your GPT-2 (--yours) or ours (with --fault) and HuggingFace's: the "
+                      "loss, the gradient along the residual stream and on every parameter, and --steps AdamW steps "
+                      "(build-nanogpt's). Exit 0 if they agree, 1 if not, 2 on bad input.",
+                json_errors="--json" in (argv or []))
+    ap.add_argument("--model", default="gpt2", help="HF checkpoint: Hub id or local directory (default gpt2)")
+    ap.add_argument("--yours", default=None, metavar="FILE.py:NAME",
+                    help="your GPT-2 (an nn.Module with HF's weights loaded, or a zero-argument factory)")
+    ap.add_argument("--yours-optimizer", default=None, metavar="FILE.py:FUNC",
+                    help="your optimizer: a function (list of parameters) -> optimizer; default build-nanogpt's AdamW")
+    ap.add_argument("--yours-layers", default=None, metavar="blocks=PATH,final_norm=PATH",
+                    help="your model's blocks and final norm, where they are not found by themselves")
+    ap.add_argument("--fault", default=None, help="training fault injected into our GPT (see --list-faults)")
+    ap.add_argument("--list-faults", action="store_true", help="list the training faults and exit")
+    ap.add_argument("--llmc-state", default=None, metavar="FILE",
+                    help="an llm.c debug state file (gpt2_124M_debug_state.bin layout) written by your port: judged "
+                         "against --model on the file's own batch")
+    ap.add_argument("--reference", default=None, metavar="FILE",
+                    help="a training reference file (export it with --export-reference); with --result")
+    ap.add_argument("--result", default=None, metavar="FILE", help="your training result file, against --reference")
+    ap.add_argument("--export-reference", default=None, metavar="FILE",
+                    help="write HF's training step on the batch (--batch-size, --seq-len, --seed) to FILE and exit")
+    ap.add_argument("--steps", type=int, default=0, help="optimizer steps after the first backward (default 0)")
+    ap.add_argument("--batch-size", type=int, default=4, help="rows of the batch (default 4)")
+    ap.add_argument("--seq-len", type=int, default=64, help="tokens per row (default 64)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the batch's tokens (default 0)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default build-nanogpt's 6e-4)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16-autocast", "float16-autocast",
+                                                               "tf32"],
+                    help="float32 (default) or an autocast regime (build-nanogpt trains under bfloat16 autocast)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ap.set_defaults(dtype="float32")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args(argv)
+
+    def body() -> int:
+        from .faults import TRAINING_FAULTS, FaultError, apply_training_fault, get_training_fault
+        from .loader import load_hf_model
+        from .parity.training import LR, compare_training
+        from .port import port_from_hf
+        from .usercode import load_model, load_object, parse_layers
+
+        if args.list_faults:
+            for f in TRAINING_FAULTS.values():
+                print(f"{f.name:<20} {f.mistake}")
+            return 0
+        device, _ = resolve_dtype_device(args)
+        files = [f for f in ("llmc_state", "result", "export_reference") if getattr(args, f)]
+        if files:
+            return _train_files(args, files)
+        if args.fault is not None:
+            if args.yours is not None:
+                raise CliError("--fault injects a training mistake into our GPT; it cannot be used with --yours")
+            try:
+                if get_training_fault(args.fault).needs_steps and args.steps < 1:
+                    raise CliError(f"fault {args.fault!r} shows only in an optimizer step: pass --steps 1 or more")
+            except FaultError as e:
+                raise CliError(str(e)) from None
+        lr = LR if args.lr is None else args.lr
+        layers = parse_layers(args.yours_layers)
+        model = load_model(args.yours) if args.yours is not None else None
+        optimizer = "adamw"
+        if args.yours_optimizer:
+            optimizer = load_object(args.yours_optimizer)
+            if not callable(optimizer):
+                raise CliError(f"{args.yours_optimizer} is not a function (list of parameters) -> optimizer")
+        hf = load_hf_model(args.model).to(device)
+        if model is None:
+            model, fault_opt = apply_training_fault(port_from_hf(hf), args.fault, lr)
+            if fault_opt is not None:
+                optimizer = fault_opt
+        elif not isinstance(model, torch.nn.Module):
+            raise CliError(f"{args.yours} is a plain function: training needs an nn.Module with parameters")
+        else:
+            model = model.to(device)
+        report = compare_training(model, hf, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
+                                  seed=args.seed, optimizer=optimizer, lr=lr, precision=args.precision, layers=layers,
+                                  model_name=args.model, fault=args.fault,
+                                  label="Yours" if args.yours else "Ours")
+        if args.json:
+            print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
+        else:
+            print(format_training(report))
+        return 0 if report.agree else 1
+
+    return run_guarded(prog, body, json_errors=args.json)
+
+
+def _train_files(args, files: list[str]) -> int:
+    """`train` with files: --export-reference, --reference + --result, or --llmc-state."""
+    from .loader import load_hf_model
+    from .parity.train_dump import compare_llmc_state, compare_training_dump, export_training_reference
+
+    if len(files) > 1 or args.yours or args.fault:
+        raise CliError("give one of --llmc-state, --result (with --reference) or --export-reference, without "
+                       "--yours or --fault")
+    if files == ["export_reference"]:
+        hf = load_hf_model(args.model)
+        path = export_training_reference(hf, args.export_reference, batch_size=args.batch_size,
+                                         seq_len=args.seq_len, seed=args.seed, model=args.model)
+        print(f"wrote {path}")
+        return 0
+    if files == ["result"]:
+        if not args.reference:
+            raise CliError("--result needs --reference FILE (the training reference it was computed for)")
+        report = compare_training_dump(args.reference, args.result)
+    else:
+        report = compare_llmc_state(args.llmc_state, load_hf_model(args.model), model=args.model)
+    print(json.dumps(report.to_dict(), ensure_ascii=False, default=str) if args.json else format_training(report))
+    return 0 if report.agree else 1
+
+
+SUBCOMMANDS = {**DUMP_COMMANDS, "train": main_train}

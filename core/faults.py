@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import ParityLabError
 from .kernels import Linear, attend
@@ -206,3 +207,132 @@ def apply_fault(model: GPT, name: str | None) -> GPT:
         wpe = faulty.transformer.wpe
         wpe.weight = nn.Parameter(torch.zeros_like(wpe.weight), requires_grad=False)
     return faulty.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training faults: mistakes that pass the forward check (eval mode, no gradients) and show only when training.
+# Judged by core.parity.compare_training; each names where the training comparison should first see it.
+
+
+@dataclass(frozen=True)
+class TrainingFault:
+    name: str  # "detach" (every block), "detach@1" / "detach@last" (one block)
+    title: str
+    mistake: str
+    first_layer: str | None  # "block 0", "block last", "lm_head"; None: no layer (the stream's gradient agrees)
+    first_parameter: str | None  # HF's name ("{k}": the fault's block); None: not one parameter
+    block: int | str | None = None
+    needs_steps: bool = False  # only an optimizer step shows it
+
+    def expected_layer(self, n_layer: int) -> str | None:
+        if self.first_layer is None or self.block is None:
+            return self.first_layer
+        return f"block {_block_index(self.block, n_layer, self.name)}"
+
+    def expected_parameter(self, n_layer: int) -> str | None:
+        if self.first_parameter is None:
+            return None
+        k = _block_index(self.block, n_layer, self.name) if self.block is not None else 0
+        return self.first_parameter.format(k=k)
+
+
+_TRAINING = {
+    "untied_head_copy": ("lm_head a copy of wte",
+                         "made lm_head its own parameter initialised as a copy of wte instead of tying the two",
+                         None, "transformer.wte.weight"),
+    "detach": (".detach() in a block", "left a .detach() on the attention branch: x = x + attn(ln_1(x)).detach()",
+               "block 0", "transformer.h.{k}.ln_1.weight"),
+    "dropout": ("dropout left on", "applied F.dropout(p=0.1, training=self.training) after attention and MLP, a "
+                "dropout that nn.Dropout's switch cannot reach", "block 0", None),
+    "decay_all": ("weight decay on every parameter", "gave AdamW every parameter with weight_decay=0.1, biases and "
+                  "LayerNorm gains included", None, "transformer.ln_f.weight"),
+    "unshifted_loss": ("loss on unshifted targets", "computed the loss against the inputs themselves instead of the "
+                       "next tokens (targets not shifted by one)", "lm_head", "transformer.ln_f.weight"),
+}
+
+
+def _training_fault(base: str, block: int | str | None) -> TrainingFault:
+    title, mistake, layer, param = _TRAINING[base]
+    if block is None:
+        return TrainingFault(base, title, mistake, layer, param, needs_steps=base == "decay_all")
+    where = "the last block" if block == "last" else f"block {block}"
+    return TrainingFault(f"{base}@{block}", f"{title}, {where} only", f"{mistake}, in {where} only",
+                         "block last" if block == "last" else f"block {block}", param, block)
+
+
+TRAINING_FAULTS: dict[str, TrainingFault] = {
+    f.name: f for f in [_training_fault("untied_head_copy", None), _training_fault("detach", "last"),
+                        _training_fault("dropout", None), _training_fault("decay_all", None),
+                        _training_fault("unshifted_loss", None)]
+}
+_CONFINABLE = ("detach", "dropout")
+
+
+def get_training_fault(name: str) -> TrainingFault:
+    """A listed training fault, or "detach@3" / "dropout@last" confined to one block; FaultError otherwise."""
+    if name in TRAINING_FAULTS:
+        return TRAINING_FAULTS[name]
+    base, sep, block = str(name).partition("@")
+    if sep and base in _CONFINABLE and (block == "last" or (block.isdigit() and block == str(int(block)))):
+        return _training_fault(base, "last" if block == "last" else int(block))
+    if base in _CONFINABLE and not sep:
+        return _training_fault(base, None)
+    raise FaultError(f"unknown training fault {name!r}; known: {', '.join(TRAINING_FAULTS)} (detach and dropout "
+                     "also as name@3 or name@last)")
+
+
+class _DetachBlock(Block):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache).detach()
+        return x + self.mlp(self.ln_2(x))
+
+
+class _DropoutBlock(Block):
+    p: float = 0.1
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + F.dropout(self.attn(self.ln_1(x), cache), self.p, self.training)
+        return x + F.dropout(self.mlp(self.ln_2(x)), self.p, self.training)
+
+
+class _UnshiftedLossGPT(GPT):
+    """forward(idx, targets) -> (logits, loss), the loss against idx itself; without targets, GPT's forward."""
+
+    def forward(self, idx: torch.Tensor, *args, targets: torch.Tensor | None = None, **kwargs):
+        out = super().forward(idx, *args, **kwargs)
+        if targets is None:
+            return out
+        return out, F.cross_entropy(out.flatten(0, 1), idx.flatten())
+
+
+def apply_training_fault(model: GPT, name: str | None, lr: float | None = None):
+    """(a copy of `model` with training fault `name`, the optimizer function it brings or None); the model itself
+    and None for no fault. The copy shares every weight it does not replace (compare_training trains a copy)."""
+    if name in (None, "", "none"):
+        return model, None
+    fault = get_training_fault(name)
+    base = fault.name.partition("@")[0]
+    faulty = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    h = faulty.transformer.h
+    blocks = list(h) if fault.block is None else [h[_block_index(fault.block, model.config.n_layer, name)]]
+    optimizer = None
+    if base == "detach":
+        for b in blocks:
+            b.__class__ = _DetachBlock
+    elif base == "dropout":
+        for b in blocks:
+            b.__class__ = _DropoutBlock
+    elif base == "untied_head_copy":
+        faulty.lm_head = Linear(model.config.n_embd, model.config.vocab_size, bias=False).to(model.device)
+        faulty.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone(), requires_grad=False)
+    elif base == "unshifted_loss":
+        faulty.__class__ = _UnshiftedLossGPT
+    elif base == "decay_all":
+        from .parity.training import ADAM_EPS, BETAS, LR, WEIGHT_DECAY
+
+        rate = LR if lr is None else lr
+
+        def optimizer(params):
+            return torch.optim.AdamW([{"params": list(params), "weight_decay": WEIGHT_DECAY}], lr=rate, betas=BETAS,
+                                     eps=ADAM_EPS)
+    return faulty.eval(), optimizer

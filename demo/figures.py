@@ -469,3 +469,65 @@ def layers_figure(report: dict) -> go.Figure:
     fig = _layout(fig, title, height=420)
     fig.update_layout(margin=dict(b=60))
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training parity (a core.TrainingReport's dict)
+
+
+def training_loss_figure(report: dict) -> go.Figure:
+    """The loss on the batch before and after each optimizer step, yours and HF's, and |Δloss| against its
+    tolerance (right axis, log)."""
+    steps = [0] + [s["step"] for s in report.get("steps", [])]
+    mine = [report["loss"]] + [s["loss"] for s in report.get("steps", [])]
+    hf = [report["hf_loss"]] + [s["hf_loss"] for s in report.get("steps", [])]
+    diffs = [report["loss_diff"]] + [s["loss_diff"] for s in report.get("steps", [])]
+    tols = [report["loss_tolerance"]] + [s["loss_tolerance"] for s in report.get("steps", [])]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    label = report.get("subject") or "Yours"
+    fig.add_trace(go.Scatter(x=steps, y=hf, name="HF loss", mode="lines+markers", line=dict(color=HF, width=3)))
+    fig.add_trace(go.Scatter(x=steps, y=mine, name=f"{label} loss", mode="lines+markers",
+                             line=dict(color=OURS, dash="dot")))
+    floor = min([d for d in diffs if _finite(d) and d > 0] + [t for t in tols if _finite(t)] + [1e-12]) / 10
+    fig.add_trace(go.Bar(x=steps, y=[d if _finite(d) and d > 0 else floor for d in diffs], name="|Δloss|",
+                         marker_color=[BAD if not d <= t else MUTED for d, t in zip(diffs, tols)], opacity=0.5),
+                  secondary_y=True)
+    fig.add_trace(go.Scatter(x=steps, y=tols, name="tolerance", mode="lines", line=dict(color=MUTED, dash="dash")),
+                  secondary_y=True)
+    fig.update_xaxes(title_text="after optimizer step", dtick=1)
+    fig.update_yaxes(title_text="loss", secondary_y=False)
+    fig.update_yaxes(title_text="|Δloss|", secondary_y=True, **LOG_AXIS)
+    return _layout(fig, "Loss on the batch, step by step")
+
+
+def training_grads_figure(report: dict) -> go.Figure:
+    """Every parameter's gradient: max |Δ| / tolerance (log), grouped by layer from the loss towards the embeddings;
+    over 1 (red) differs. The residual stream's gradient per layer is drawn as a line on the same axis."""
+    params = report.get("params", [])
+    if not params:
+        return _empty("No parameter gradients")
+    names = [p["name"].removeprefix("transformer.") for p in params]
+    ratios = [p["ratio"] if _finite(p["ratio"]) else None for p in params]
+    finite = [r for r in ratios if r is not None and r > 0]
+    floor = _decade_floor(min(finite)) if finite else 1e-3
+    top = max(finite + [1.0]) * 3
+    y = [r if r is not None and r > 0 else (top if r is None else floor) for r in ratios]
+    colors = [BAD if p["exceeds"] else OURS for p in params]
+    hover = [f"{p['name']}<br>{p['layer']}<br>max |Δ| {_fmt(p['max_abs_diff'])} / tolerance {_fmt(p['tolerance'])}"
+             + (f"<br>{p['note']}" if p.get("note") else "") for p in params]
+    fig = go.Figure(go.Bar(x=names, y=y, marker_color=colors, hovertext=hover, hoverinfo="text",
+                           name="parameter gradient"))
+    grads = report.get("grad_layers", [])
+    if grads:
+        first_of = {}
+        for i, p in enumerate(params):
+            first_of.setdefault(p["layer"], names[i])
+        xs = [first_of[g["name"]] for g in grads if g["name"] in first_of]
+        ys = [max(g["ratio"], floor) if _finite(g["ratio"]) else top for g in grads if g["name"] in first_of]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+lines", name="stream gradient (layer input)",
+                                 marker=dict(symbol="diamond", size=9, color=HF), line=dict(color=HF, width=1)))
+    fig.add_hline(y=1.0, line=dict(color=BAD, dash="dash"), annotation_text="tolerance",
+                  annotation_position="top left")
+    fig.update_yaxes(title_text="max |Δgrad| / tolerance", **LOG_AXIS)
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9), title_text="from the loss towards the embeddings")
+    return _layout(fig, "Gradient differences by parameter (HF's names), layer by layer", height=460)

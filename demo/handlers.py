@@ -26,7 +26,7 @@ from core.errors import ParityLabError
 
 from . import figures, render, text, yours
 from .downloads import expand_report, write_downloads, write_html  # noqa: F401 (expand_report: every JSON download names it here)
-from .inputs import INPUT_KEYS, INPUTS, SEED_CASE, parse_inputs, query_values
+from .inputs import INPUT_KEYS, INPUTS, SEED_CASE, InputError, parse_inputs, parse_train_inputs, query_values
 from .models import (
     RETRY_AFTER_S, TINY, ModelCache, ModelStillLoadingError, ModelUnavailableHereError, hub_offline,
 )
@@ -320,3 +320,58 @@ def make_load_handler(cache: ModelCache, default_model: str):
             yield gr.Markdown(f"⚠️ {tiny_exc}", visible=True), gr.Dropdown(choices=cache.allowed, value=TINY)
 
     return on_load
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Training step tab
+
+
+TRAIN_OUTPUT_KEYS = ("train_verdict", "train_loss_fig", "train_grads_fig", "train_summary")
+
+
+def run_training(cache: ModelCache, args: dict):
+    """The one core call behind the Training step tab: ours (with a training fault) or `app.py --yours`'s model
+    against HF's, on a batch of the chosen shape."""
+    from core import apply_training_fault, compare_training
+
+    args = dict(args)
+    loaded = cache.get(args.pop("model"))
+    fault = args.pop("fault")
+    subject, extra = yours.subject_for(cache, loaded)
+    optimizer = "adamw"
+    if extra:  # --yours: the bug lab is off (it changes our model)
+        if fault is not None:
+            raise InputError("the training bug lab changes our model; it is off while your model is under test")
+        label = extra["label"]
+    else:
+        subject, fault_opt = apply_training_fault(loaded.ours, fault)
+        optimizer = fault_opt or optimizer
+        label = "Ours"
+    return compare_training(subject, loaded.hf, optimizer=optimizer, fault=fault, label=label,
+                            model_name=loaded.name,
+                            layers=extra.get("layers"), **args).to_dict()
+
+
+def make_train_handler(cache: ModelCache):
+    """The Run training step button (and /train): verdict, loss figure, gradient figure, summary; a refused
+    request says why in the tab's verdict panel."""
+
+    def train(model, fault, steps, batch_size, seq_len):
+        try:
+            args = parse_train_inputs(cache, model, fault, steps, batch_size, seq_len)
+            report = _WORKERS.submit(run_training, cache, args).result()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message
+            return render.training_error_html(error_message(exc)), None, None, None
+        return (render.training_verdict_html(report), figures.training_loss_figure(report),
+                figures.training_grads_figure(report), _training_summary(report))
+
+    return train
+
+
+def _training_summary(report: dict) -> dict:
+    keep = ("agree", "verdict", "loss", "hf_loss", "first_diverging_layer", "first_diverging_parameter", "mistakes",
+            "structure", "fault", "subject", "batch", "optimizer", "precision")
+    return {k: report[k] for k in keep} | {"steps": [{k: s[k] for k in ("step", "loss", "hf_loss", "exceeds")}
+                                                     for s in report["steps"]],
+                                           "diverging_parameters": [p["name"] for p in report["params"]
+                                                                    if p["exceeds"]]}

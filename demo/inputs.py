@@ -209,3 +209,34 @@ def query_values(params: dict, allowed_models: list[str]) -> dict:
 
 MAX_UPLOAD_BYTES = 256 << 20  # the seed's case with layers is ~28 MiB at the 124M shape
 MAX_UPLOAD_CASES = 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The "Training step" tab's inputs (the /train API, in this order): core.compare_training's arguments
+
+from core.faults import TRAINING_FAULTS  # noqa: E402
+
+TRAIN_INPUTS: dict[str, Input] = {i.key: i for i in (
+    Input("train_fault", "fault", "choice", "training fault",
+          "Training bug lab: a mistake that passes the forward check", default=NO_FAULT, choices=(("none", NO_FAULT), *((f.title, f.name) for f in TRAINING_FAULTS.values())),
+          refusal="unknown training fault {value!r}; choose one of: " + ", ".join(TRAINING_FAULTS),
+          none_value=NO_FAULT),
+    Input("train_steps", "steps", "int", "optimizer steps", "AdamW steps after the first backward", default=3, lo=0,
+          hi=5, slider=(0, 5, 1)),
+    Input("train_batch", "batch_size", "int", "batch size", "batch size (rows)", default=2, lo=1, hi=8,
+          slider=(1, 8, 1)),
+    Input("train_seq", "seq_len", "int", "sequence length", "sequence length (tokens per row)", default=32, lo=2,
+          hi=128, slider=(2, 128, 1)),
+)}
+TRAIN_KEYS = ("model", *TRAIN_INPUTS)
+
+
+def parse_train_inputs(cache, model, fault, steps, batch_size, seq_len) -> dict:
+    """The Training step tab's values -> compare_training() arguments (and `model`), or an InputError."""
+    values = dict(zip(TRAIN_INPUTS, (fault, steps, batch_size, seq_len)))
+    out = {inp.arg: parse_value(inp, values[key], cache) for key, inp in TRAIN_INPUTS.items()}
+    if out["fault"] is not None and TRAINING_FAULTS.get(out["fault"]) and TRAINING_FAULTS[out["fault"]].needs_steps \
+            and out["steps"] < 1:
+        raise InputError(f"the training fault {out['fault']!r} shows only in an optimizer step: choose 1 or more "
+                         "AdamW steps")
+    return {"model": cache.check(model), **out}

@@ -250,3 +250,26 @@ def cases_markdown(check: dict) -> str:
         layer = f" · first diverging layer **{layer}**" if layer and not names_layer(r["verdict"], layer) else ""
         lines.append(f"- case {i} (seed {r['settings']['seed']}): {mark} {r['verdict']}{layer}")
     return "\n".join(lines)
+
+
+def training_verdict_html(report: dict) -> str:
+    """The Training step tab's verdict: agree or differ, the first layer and parameter, each finding."""
+    ok = report["agree"]
+    color, bg = ("#1a7f37", "#dafbe1") if ok else ("#82071e", "#ffebe9")
+    where = ""
+    if not ok:
+        where = (f"<br>first diverging layer: <b>{html.escape(str(report.get('first_diverging_layer') or 'none'))}</b>"
+                 f" · first diverging parameter: <b>"
+                 f"{html.escape(str(report.get('first_diverging_parameter') or 'none'))}</b>")
+    more = "".join(f"<li>{html.escape(m)}</li>" for m in report.get("mistakes", [])[1:] + report.get("structure", []))
+    return (f'<div id="train-verdict" style="padding:14px 18px;border-radius:10px;background:{bg};color:{color}">'
+            f"<b>{'AGREE' if ok else 'DIFFER'}</b>: {html.escape(report['verdict'])}{where}"
+            f"<br><span style='font-size:0.85em'>loss {report['loss']:.6f} · HF {report['hf_loss']:.6f} · "
+            f"batch {report['batch']['batch_size']} x {report['batch']['seq_len']}</span>"
+            + (f"<ul style='font-size:0.85em;margin:6px 0 0 0'>{more}</ul>" if more else "") + "</div>")
+
+
+def training_error_html(message: str) -> str:
+    return (f'<div id="train-verdict" class="verdict-error" role="alert" style="background:#fff4e5;color:#8a4b00;'
+            f'padding:14px 18px;border-radius:10px;border:1px solid #f0b35b"><b>⚠ Training step refused: '
+            f"{html.escape(message)}</b></div>")

@@ -162,5 +162,15 @@ USAGE = """
   num_sequences, max_new_tokens, api_name="/run")`
 """
 
+# The Training step tab
+TRAIN_START = ("Press <b>Run training step</b>: one batch through the model and HuggingFace's in train mode (dropout "
+               "off), the loss, every gradient, and the AdamW steps.")
+CAPTION_TRAINING = (
+    "Top: the loss on the batch before and after each AdamW step (build-nanogpt's: betas 0.9/0.95, eps 1e-8, decay "
+    "0.1 on 2-D parameters), both sides, and |Δloss| against its tolerance (right axis). Bottom: each of HF's "
+    "parameters, from the loss towards the embeddings: max |Δgradient| / tolerance (over 1, red: it differs); the "
+    "diamonds are the gradient of the loss along the residual stream at each layer's input. The training bug lab's "
+    "mistakes all pass the forward check.")
+
 # The verdict panel while localisation runs (after the verdict that the models differ)
 LOCALISING = "localising: running each block on HuggingFace's input and trying the catalogue of known mistakes…"

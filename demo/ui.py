@@ -12,7 +12,7 @@ import json
 import gradio as gr
 
 from . import handlers, inputs, render, text, upload, yours
-from .inputs import INPUT_KEYS, INPUTS
+from .inputs import INPUT_KEYS, INPUTS, TRAIN_INPUTS
 from .models import HUB_ALLOWLIST, TINY, ModelCache
 
 CSS = """
@@ -166,6 +166,8 @@ def output_panels(c: dict, ours_label: str | None = None) -> dict:
         with gr.Tab("Per layer", id="perlayer"):
             c["layers_fig"] = gr.Plot(label="Per-layer differences", show_label=False, elem_id="layers-fig")
             gr.Markdown(text.CAPTION_LAYERS, elem_classes=["pl-caption"], elem_id="layers-caption")
+        with gr.Tab("Training step", id="training"):
+            training_panel(c, ours_label)
         with gr.Tab("Settings", id="settings"):
             c["settings"] = gr.Dataframe(headers=render.SETTINGS_HEADERS, label="Effective generation settings",
                                          elem_id="settings-table", wrap=True, interactive=False)
@@ -180,6 +182,26 @@ def output_panels(c: dict, ours_label: str | None = None) -> dict:
     with gr.Accordion("How to read the plots, and how to use this from code", open=False):
         gr.Markdown(text.PLOT_HELP + text.USAGE)
     return panel
+
+
+def training_panel(c: dict, ours_label: str | None = None) -> None:
+    """The Training step tab: its inputs (inputs.TRAIN_INPUTS; the model is the page's), its button, its verdict,
+    the loss over the steps and the gradient differences by parameter."""
+    fault = _choice_props(TRAIN_INPUTS["train_fault"])
+    if ours_label is not None:
+        fault.update(interactive=False, info=text.HELP_FAULT_YOURS.format(label=ours_label))
+    with gr.Row():
+        c["train_fault"] = gr.Dropdown(**fault)
+        c["train_steps"] = _slider(TRAIN_INPUTS["train_steps"])
+    with gr.Row():
+        c["train_batch"] = _slider(TRAIN_INPUTS["train_batch"])
+        c["train_seq"] = _slider(TRAIN_INPUTS["train_seq"])
+    c["train_run"] = gr.Button("Run training step", variant="primary", elem_id="train-run")
+    c["train_verdict"] = gr.HTML(render.status_html(text.TRAIN_START), elem_id="train-verdict-box")
+    c["train_loss_fig"] = gr.Plot(label="Loss over the steps", show_label=False, elem_id="train-loss-fig")
+    c["train_grads_fig"] = gr.Plot(label="Gradient differences", show_label=False, elem_id="train-grads-fig")
+    gr.Markdown(text.CAPTION_TRAINING, elem_classes=["pl-caption"], elem_id="train-caption")
+    c["train_summary"] = gr.JSON(label="Training summary", elem_id="train-summary")
 
 
 def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> None:
@@ -213,6 +235,9 @@ def wire(demo: gr.Blocks, cache: ModelCache, model: str, inp: dict, c: dict) -> 
     for key in ("ours", "hf"):
         c[key].click(handlers.pick_token, [c["state"], c["log"]],
                      [c["step"], c["row"], c["top50_fig"], c["heat_fig"], c["entropy_fig"], c["tabs"]], **private)
+    train_in = [inp["model"]] + [c[k] for k in TRAIN_INPUTS]
+    c["train_run"].click(handlers.make_train_handler(cache), train_in, [c[k] for k in handlers.TRAIN_OUTPUT_KEYS],
+                         api_name="train", **heavy)
     inp["model"].input(handlers.make_model_handler(cache), [inp["model"]], [inp["model_status"]], **private,
                        concurrency_limit=None)
     loaded = demo.load(handlers.make_load_handler(cache, model), None, [c["banner"], inp["model"]], **private,

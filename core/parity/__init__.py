@@ -28,3 +28,9 @@ __all__ = [
 from .dump import DumpCheck, DumpError, compare_dump, export_reference, load_reference, load_result  # noqa: E402
 
 __all__ += ["compare_dump", "DumpCheck", "DumpError", "export_reference", "load_reference", "load_result"]
+
+# Training parity: the loss, every gradient and a few optimizer steps (training.py runs, train_judge.py judges)
+from .train_judge import ParamDiff, StepCheck, TrainingReport, judge_training  # noqa: E402
+from .training import compare_training  # noqa: E402
+
+__all__ += ["compare_training", "TrainingReport", "ParamDiff", "StepCheck", "judge_training"]

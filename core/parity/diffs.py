@@ -293,3 +293,62 @@ def step_diffs(gen: Generation, s: SamplingSettings, a_all: torch.Tensor, b_all:
     return out
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training: the loss, gradients and optimizer steps (core/parity/train_judge.py)
+#
+# The same float-noise model. A gradient is a chain of the forward's products run backwards (each a dot product
+# over C, 4C or B*T terms), so between two correct implementations it differs by a few eps32 * sqrt(K) relative
+# to its own scale: along the residual stream each (row, position) is judged against its own scale as in the
+# forward (layer_diffs' rule), and each parameter's gradient, a sum over every position of the batch, against the
+# largest |HF gradient| of that tensor (llm.c's test_gpt2 also judges per tensor). GRAD_NOISE_FACTOR multiplies
+# the forward's relative tolerance; calibrated by bench/calibrate_training.py (README's "Training parity").
+# The loss: cross-entropy moves by at most 2 max|Δlogit| (log-sum-exp and the target's logit each by max|Δlogit|),
+# so it is tolerated up to twice the forward's tolerance at the logits' scale, times GRAD_NOISE_FACTOR.
+# After an optimizer step the parameters of two correct implementations are *not* within float noise of each other:
+# AdamW moves each element by about lr * sign(gradient) on its first step, and an element whose gradient is at the
+# noise level can move either way (up to 2 lr apart). So after a step the lab judges the loss (second order in
+# those flips) and the optimizer's update itself: your optimizer's step against build-nanogpt's AdamW applied to
+# your own parameters and gradients, which must agree to a few roundings of the parameter (UPDATE_ULPS).
+GRAD_NOISE_FACTOR = 4.0
+UPDATE_ULPS = 16.0
+
+
+def grad_rtol(mlp_width: int) -> float:
+    """Tolerated max|Δ| per unit of local scale for a gradient."""
+    return GRAD_NOISE_FACTOR * relative_tolerance(mlp_width)
+
+
+def grad_layer_diffs(names: list[str], ours: list[torch.Tensor], ref: list[torch.Tensor], rtol: float,
+                     noise: list[torch.Tensor] | None = None) -> list[LayerDiff]:
+    """The gradient of the loss along the residual stream, (B, T, C or V) each, named `names` (from the loss
+    towards the embeddings), judged per (row, position) as layer_diffs judges the forward."""
+    return [_layer_diff(i, name, a, b, rtol, 0, noise[i] if noise else None)
+            for i, (name, a, b) in enumerate(zip(names, ours, ref))]
+
+
+def tensor_tolerance(scale: float, rtol: float, noise: float | None = None) -> float:
+    """A whole tensor's tolerance at its scale (max |HF value|); below float32 plus PRECISION_FACTOR times HF's
+    own error on it."""
+    return _tolerance(scale, rtol) + (PRECISION_FACTOR * noise if noise is not None else 0.0)
+
+
+def loss_tolerance(logit_scale: float, mlp_width: int, noise: float | None = None) -> float:
+    """The loss's tolerance: 2 x the gradient-factor forward tolerance at the logits' scale (+ HF's own error)."""
+    return 2.0 * grad_rtol(mlp_width) * logit_scale + ATOL + (PRECISION_FACTOR * noise if noise is not None else 0.0)
+
+
+def update_tolerance(param_scale: float, lr: float) -> float:
+    """Your optimizer's update against AdamW's on the same gradients: UPDATE_ULPS roundings of the parameter and
+    of an update of size lr."""
+    return UPDATE_ULPS * EPS32 * (param_scale + lr) + ATOL
+
+
+def tensor_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(max |a - b|, max |b|) over two tensors of the same shape; NaN/inf propagate to the first."""
+    if not b.numel():
+        return 0.0, 0.0
+    a, b = a.float(), b.float()
+    worst = float(torch.linalg.vector_norm(a - b, ord=math.inf))  # max |Δ|; a NaN anywhere makes it NaN
+    return worst, float(torch.linalg.vector_norm(b, ord=math.inf))

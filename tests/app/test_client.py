@@ -126,13 +126,28 @@ def test_client_sees_the_same_endpoints_and_not_the_pages_buttons(client):
     API keeps its three endpoints, with /run's eleven inputs and, last and optional, the precision (so calls written
     before it existed keep working: the tests above pass eleven), and its errors (the tests above)."""
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/run", "/check_result", "/get_reference"}, api["named_endpoints"].keys()
+    assert set(api["named_endpoints"]) == {"/run", "/check_result", "/get_reference", "/train"}, \
+        api["named_endpoints"].keys()
+    train = api["named_endpoints"]["/train"]["parameters"]
+    assert [p["parameter_name"] for p in train] == ["model", "fault", "steps", "batch_size", "seq_len"]
     params = api["named_endpoints"]["/run"]["parameters"]
     assert [p["parameter_name"] for p in params] == [
         "prompt", "model", "method", "reference", "fault", "top_k", "top_p", "temperature", "seed", "num_sequences",
         "max_new_tokens", "precision"]
     assert params[-1]["parameter_has_default"] and params[-1]["parameter_default"] == "auto"
     assert not api["unnamed_endpoints"]
+
+
+def test_client_training_step_names_the_untied_head(client):
+    """/train: the training bug lab's untied head (a copy of wte) passes the forward check and is named here."""
+    verdict, loss_fig, grads_fig, summary = client.submit(TINY_MODEL, "untied_head_copy", 0, 1, 8,
+                                                          api_name="/train").result(timeout=RUN_TIMEOUT_S)
+    assert not summary["agree"] and summary["first_diverging_parameter"] == "transformer.wte.weight"
+    assert "separate parameters" in verdict and "GPT-2 ties them" in verdict
+    assert loss_fig is not None and grads_fig is not None
+    verdict, _, _, summary = client.submit(TINY_MODEL, "decay_all", 0, 1, 8, api_name="/train").result(
+        timeout=RUN_TIMEOUT_S)  # a fault that needs an optimizer step, with none: said in the tab's panel
+    assert "Training step refused" in verdict and "AdamW steps" in verdict and summary is None
 
 
 def test_client_seed_case_is_the_settings_not_the_model(client, tiny_models, tokenizer):
@@ -217,6 +232,10 @@ def test_dashboard_with_yours_labels_and_compares_the_users_model(yours_app, you
     with pytest.raises(AppError, match="not in the list of choices|not available here"):
         client.submit(prompt, "gpt2", "hf", "generate", "none", 50, 1.0, 1.0, 42, 1, 4,
                       api_name="/run").result(timeout=180)
+    # the Training step tab trains the user's model against HF's: it agrees, steps included
+    verdict, _, _, summary = client.submit(TINY_MODEL, "none", 1, 1, 8, api_name="/train").result(timeout=180)
+    assert summary["subject"] == "Yours" and summary["agree"], verdict
+    assert [s["step"] for s in summary["steps"]] == [1] and "AGREE" in verdict
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -800,8 +800,11 @@ def test_the_api_endpoints_stay_and_the_pages_buttons_are_not_api_endpoints():
     config = demo.get_config_file()
     elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     public = {d["api_name"]: d for d in config["dependencies"] if d.get("api_visibility") == "public"}
-    assert set(public) == {"run", "check_result", "get_reference"}
+    assert set(public) == {"run", "check_result", "get_reference", "train"}
     assert [elem[t[0]] for t in public["run"]["targets"]] == ["run-api"]
+    # the Training step tab's button is its endpoint: its refusals are said in its panel, never raised
+    assert [elem[t[0]] for t in public["train"]["targets"]] == ["train-run"]
+    assert [elem[i] for i in public["train"]["inputs"]] == list(inputs.TRAIN_KEYS)
     assert [elem[i] for i in public["run"]["inputs"]] == list(inputs.INPUT_KEYS)
     assert [elem[t[0]] for t in public["check_result"]["targets"]] == ["check-result-api"]
     assert [elem[t[0]] for t in public["get_reference"]["targets"]] == ["get-reference-api"]
@@ -837,3 +840,33 @@ def test_html_download_is_the_shown_run_as_one_page(cache):
     assert back["rows"] == report["rows"] and back["generation"]["texts"] == report["generation"]["texts"]
     with pytest.raises(gr.Error, match="press Generate"):
         handlers.html_download(None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Training step tab: its handler in-process (through gradio_client: tests/app/test_client.py)
+
+
+def test_training_handler_fills_the_tab_and_refuses_bad_input_in_its_panel(cache):
+    from core import TRAINING_FAULTS
+    from demo.handlers import make_train_handler
+    from demo.inputs import TRAIN_INPUTS
+
+    train = make_train_handler(cache)
+    verdict, loss_fig, grads_fig, summary = train(TINY, "detach@last", 1, 2, 12)
+    n = cache.get(TINY).hf.config.n_layer
+    assert "DIFFER" in verdict and f"block {n - 1}" in verdict
+    assert summary["first_diverging_layer"] == f"block {n - 1}" and summary["fault"] == "detach@last"
+    assert summary["first_diverging_parameter"] == f"transformer.h.{n - 1}.ln_1.weight"
+    assert [t.name for t in loss_fig.data][:2] == ["HF loss", "Ours loss"] and list(loss_fig.data[0].x) == [0, 1]
+    bars = grads_fig.data[0]
+    assert len(bars.x) == len(list(cache.get(TINY).hf.parameters()))
+    red = [x for x, c in zip(bars.x, bars.marker.color) if c == figures.BAD]
+    assert f"h.{n - 1}.ln_1.weight" in red and f"h.{n - 1}.mlp.c_fc.weight" not in red  # after it: untouched
+    verdict, *_ = train(TINY, "none", 0, 1, 8)
+    assert "AGREE" in verdict
+    verdict, loss_fig, grads_fig, summary = train(TINY, "none", 2, 1, 500)
+    assert "Training step refused" in verdict and "sequence length" in verdict and summary is None
+    verdict, *_ = train(TINY, "decay_all", 0, 1, 8)
+    assert "Training step refused" in verdict and "AdamW steps" in verdict
+    offered = {v for _, v in TRAIN_INPUTS["train_fault"].choices}
+    assert set(TRAINING_FAULTS) <= offered

@@ -334,7 +334,7 @@ def test_phone_width_shows_the_verdict_on_the_first_screen(browser, app):
 
 WIDTHS = [1280, 420]
 HEIGHT = 860
-ALL_TABS = [*TABS, "Settings", "Download"]
+ALL_TABS = [*TABS, "Training step", "Settings", "Download"]
 # Elements showing exactly the word "Error" (Gradio's badge over a panel whose event failed, a toast's title) that
 # take room on the page (not the 1-px screen-reader status).
 VISIBLE_ERROR_WORDS_JS = """() => [...document.querySelectorAll('body *')].filter((e) => e.children.length === 0
@@ -557,3 +557,25 @@ def test_precision_choice_names_the_regime_and_draws_hfs_own_error(page, app):
     expect_plot(page, "layers-fig")
     page.wait_for_function("() => { const gd = document.querySelector('#layers-fig .js-plotly-plot');"
                            " return gd && gd.data && gd.data.some((d) => d.name === \"HF's own error at bfloat16\"); }")
+
+
+def test_training_step_tab_draws_the_loss_and_the_gradients(page, app):
+    """The Training step tab on the built-in model: a .detach() in the last block is flagged there, with both
+    plots drawn; the page's own Generate views are untouched by it."""
+    expect = _expect()
+    page.goto(app.url)
+    open_tab(page, "Training step")
+    set_number(page, "train_steps", 1)
+    set_number(page, "train_seq", 8)
+    page.locator("#train_fault input").click()
+    page.get_by_role("option", name=".detach() in a block, the last block only").click()
+    page.locator("#train-run").click()
+    try:
+        expect(page.locator("#train-verdict")).to_contain_text("DIFFER", timeout=RUN_TIMEOUT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{app_log_on_failure(app)}") from None
+    expect(page.locator("#train-verdict")).to_contain_text("block 3")
+    expect_plot(page, "train-loss-fig", "Loss on the batch, step by step")
+    expect_plot(page, "train-grads-fig")
+    expect(page.locator("#train-caption")).to_contain_text("from the loss towards the embeddings")
+    assert not page.js_errors, page.js_errors
