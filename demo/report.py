@@ -196,6 +196,17 @@ def notebook_html(report: dict) -> str:
             + "".join(figure_html(f) for f in figs) + "</div>")
 
 
+def training_notebook_html(report: dict) -> str:
+    """A training report in a notebook: the verdict panel of the Training step tab and its two figures (the loss
+    over the steps, each parameter's gradient difference). plotly's JS as for a parity report."""
+    global _plotly_js_sent
+    figs = [figures.training_loss_figure(report), figures.training_grads_figure(report)]
+    js = "" if _plotly_js_sent and not _own_frame_per_output() else plotly_js()
+    _plotly_js_sent = True
+    return (f'<div class="parity-report"><style>{render.TEXT_CSS}{NOTEBOOK_CSS}</style>{js}'
+            + render.training_verdict_html(report) + "".join(figure_html(f) for f in figs) + "</div>")
+
+
 def _own_frame_per_output() -> bool:
     """Google Colab draws each output in a frame of its own: there every output needs plotly's JS."""
     import sys

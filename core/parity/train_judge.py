@@ -90,6 +90,23 @@ class TrainingReport:
     def to_dict(self) -> dict:
         return _plain(asdict(self))
 
+    def __repr__(self) -> str:
+        """One screen: the verdict, the losses and where the gradients part (the whole report is to_dict())."""
+        lines = [f"<TrainingReport {'AGREE' if self.agree else 'DIFFER'}: {self.verdict}",
+                 f"  model {self.model!r}, under test: {self.subject}, precision "
+                 f"{self.precision.get('label', 'float32')}, fault {self.fault or 'none'}, {len(self.steps)} step(s)",
+                 f"  loss {self.loss:.6g} vs HF {self.hf_loss:.6g} (|Δ| {self.loss_diff:.3g}, tolerance "
+                 f"{self.loss_tolerance:.3g}); first diverging layer {self.first_diverging_layer or 'none'}, "
+                 f"parameter {self.first_diverging_parameter or 'none'}"]
+        lines += [f"  {m if len(m) <= 200 else m[:199] + '…'}" for m in list(dict.fromkeys(self.structure + self.mistakes))[:6]]
+        return "\n".join(lines) + ">"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the Training step tab's verdict panel and figures."""
+        from demo.report import training_notebook_html
+
+        return training_notebook_html(self.to_dict())
+
     @property
     def diverging_params(self) -> list[ParamDiff]:
         return [p for p in self.params if p.exceeds]

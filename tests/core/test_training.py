@@ -190,3 +190,14 @@ def test_at_the_124m_shape_an_exact_port_agrees_and_a_detach_is_found():
     model, _ = apply_training_fault(port_from_hf(big), "detach@5")
     r = compare_training(model, big, batch_size=1, seq_len=16)
     assert r.first_diverging_layer == "block 5" and r.first_diverging_parameter == "transformer.h.5.ln_1.weight"
+
+
+def test_a_training_report_shows_itself_in_a_notebook_and_its_repr_fits_a_screen(hf):
+    m, opt = apply_training_fault(port_from_hf(hf), "detach@last")
+    r = compare_training(m, hf, **SMALL, steps=1, optimizer=opt or "adamw", fault="detach@last")
+    text = repr(r)
+    assert text.startswith("<TrainingReport DIFFER: ") and len(text) < 2000 and len(text.splitlines()) <= 10
+    assert f"first diverging layer block {hf.config.n_layer - 1}" in text and "1 step(s)" in text
+    page = r._repr_html_()
+    assert r.verdict.split(":")[0] in page and page.count('class="plotly-graph-div"') == 2
+    assert "<script src=" not in page  # offline: plotly's JS inline (once per kernel), never from a CDN
