@@ -548,6 +548,8 @@ def main_train(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4, help="rows of the batch (default 4)")
     ap.add_argument("--seq-len", type=int, default=64, help="tokens per row (default 64)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the batch's tokens (default 0)")
+    ap.add_argument("--dropout", action="store_true",
+                    help="dropout on, as each model has it, both drawing from --seed (default: off on both)")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default build-nanogpt's 6e-4)")
     ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16-autocast", "float16-autocast",
                                                                "tf32"],
@@ -599,6 +601,7 @@ def main_train(argv=None) -> int:
             model = model.to(device)
         report = compare_training(model, hf, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
                                   seed=args.seed, optimizer=optimizer, lr=lr, precision=args.precision, layers=layers,
+                                  dropout=args.dropout,
                                   model_name=args.model, fault=args.fault,
                                   label="Yours" if args.yours else "Ours")
         if args.json:

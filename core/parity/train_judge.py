@@ -227,15 +227,24 @@ def _loss_mistake(yours, x: torch.Tensor, y: torch.Tensor) -> str:
             "(y = x shifted by one), the reduction (mean over B x T), ignored indices and label smoothing")
 
 
+def dropout_places(cfg) -> str:
+    """Where and how GPT-2 (HF's eager attention) draws its dropout, in order, for the report's words."""
+    return (f"p={cfg.embd_pdrop:g} on the embeddings, then in each block p={cfg.attn_pdrop:g} on the attention "
+            f"weights, p={cfg.resid_pdrop:g} after the attention's c_proj and p={cfg.resid_pdrop:g} after the MLP's")
+
+
 def judge_training(yours, hf, hf_low, steps, matching, cfg, *, precision: Precision, batch, model_name: str,
                    fault: str | None, label: str, optimizer: str, lr: float,
-                   timings: dict | None = None) -> TrainingReport:
+                   timings: dict | None = None, dropout: bool = False) -> TrainingReport:
     """Every difference of a training step and its optimizer steps, the likely mistakes, one verdict."""
     n_layer, width = int(cfg.n_layer), int(cfg.n_embd)
     mlp = int(cfg.n_inner or 4 * width)
     rtol, g_rtol = relative_tolerance(mlp), grad_rtol(mlp)
     low = hf_low is not None
     notes = list(yours.notes) + list(matching.notes)
+    if dropout:
+        notes.append(f"dropout on, as each model has it, both drawing from the batch's seed; GPT-2's (HF): "
+                     f"{dropout_places(cfg)}")
     x, y = batch
 
     with torch.inference_mode():
@@ -276,13 +285,20 @@ def judge_training(yours, hf, hf_low, steps, matching, cfg, *, precision: Precis
         mistakes += [s for s in structure if "separate parameters" in s or "no counterpart" in s]
     eval_agrees = None
     if fwd_first is not None and yours.eval_logits is not None:
-        eval_agrees = not logits_layer_diff(n_layer, yours.eval_logits, hf.logits, rtol,
+        hf_eval = hf.eval_logits if hf.eval_logits is not None else hf.logits  # the train-mode forward's, dropout off
+        eval_agrees = not logits_layer_diff(n_layer, yours.eval_logits, hf_eval, rtol,
                                             noise=own_error(hf_low.logits, hf.logits) if low else None).exceeds
     if fwd_first is not None:
-        why = ("in eval mode it agrees, so something that acts only in training mode differs: most likely dropout "
-               "the lab could not switch off (it sets every nn.Dropout to p=0; F.dropout or SDPA's dropout_p with a "
-               "fixed rate stay on): set your dropout to 0, as HF's is here") if eval_agrees else \
-            "the forward itself differs (run the forward check: python -m core.parity)"
+        if dropout:
+            why = ("in eval mode it agrees, so your dropout differs from GPT-2's in its places, rates or the order of "
+                   f"its random draws (GPT-2's: {dropout_places(cfg)}; SDPA's dropout_p draws its own masks); with "
+                   "dropout off (the default) the rest is checked") if eval_agrees else \
+                "the forward itself differs (run the forward check: python -m core.parity)"
+        else:
+            why = ("in eval mode it agrees, so something that acts only in training mode differs: most likely "
+                   "dropout the lab could not switch off (it sets every nn.Dropout to p=0; F.dropout or SDPA's "
+                   "dropout_p with a fixed rate stay on): set your dropout to 0, as HF's is here") if eval_agrees \
+                else "the forward itself differs (run the forward check: python -m core.parity)"
         mistakes.append(f"in train mode your forward differs from HF's from {fwd_first} on; {why}")
     elif loss_exceeds:
         mistakes.append(_loss_mistake(yours, x, y))

@@ -5,10 +5,10 @@ compare_training(model, ...) runs both sides into typed records (SideRun: what a
 step) and hands them to train_judge.judge_training, the one place where a training comparison becomes a verdict.
 
 Knows how to run a training step on any GPT-2 module: the batch (build-nanogpt's convention, y = x shifted by one),
-the return conventions (logits, (logits, loss), a `targets` argument), dropout switched off, the residual stream and
-its gradient by hooks (foreign.find_layers), parameters matched to HF's by the values they were loaded with
-(transposed, split into q/k/v, padded vocabulary, tied) or by a name map, build-nanogpt's AdamW. Knows nothing about
-tolerances or verdicts (train_judge.py, diffs.py).
+the return conventions (logits, (logits, loss), a `targets` argument), dropout switched off (or on, both sides
+drawing from one seed), the residual stream and its gradient by hooks (foreign.find_layers), parameters matched to
+HF's by the values they were loaded with (transposed, split into q/k/v, padded vocabulary, tied) or by a name map,
+build-nanogpt's AdamW. Knows nothing about tolerances or verdicts (train_judge.py, diffs.py).
 """
 
 from __future__ import annotations
@@ -386,6 +386,27 @@ def train_mode_without_dropout(model: nn.Module):
         model.train(was)
 
 
+@contextlib.contextmanager
+def train_mode(model: nn.Module, dropout_seed: int | None = None):
+    """`model` in train mode: dropout off (train_mode_without_dropout) or, with `dropout_seed`, dropout as the model
+    has it, its random draws from torch's global RNG seeded with `dropout_seed` inside a fork of that RNG (nn.Dropout
+    takes no generator; the caller's RNG state is restored after). Every forward of either side draws from the same
+    seed, so two models that drop the same places at the same rates in the same order draw the same masks."""
+    if dropout_seed is None:
+        with train_mode_without_dropout(model):
+            yield
+        return
+    was = model.training
+    cuda = sorted({q.device.index or 0 for q in model.parameters() if q.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(dropout_seed)
+        model.train()
+        try:
+            yield
+        finally:
+            model.train(was)
+
+
 def takes_targets(model) -> bool:
     try:
         sig = inspect.signature(model.forward if isinstance(model, nn.Module) else model)
@@ -428,6 +449,7 @@ class Side:
     optimizer: object = None
     lab_optimizer: bool = True
     reference_state: dict | None = None  # the reference AdamW's state fed with this side's gradients
+    dropout_seed: int | None = None  # None: dropout off; else dropout on, drawn from this seed (train_mode)
 
 
 def forward_backward(side: Side, x: torch.Tensor, y: torch.Tensor, vocab: int, hf_params, width: int,
@@ -442,7 +464,7 @@ def forward_backward(side: Side, x: torch.Tensor, y: torch.Tensor, vocab: int, h
     is_hf = side.matching is None
     dev = x.device.type
     hooks = recorder.recording() if recorder is not None else contextlib.nullcontext()
-    with train_mode_without_dropout(model), hooks:
+    with train_mode(model, side.dropout_seed), hooks:
         with regime(p, dev):
             if is_hf:
                 out = model(input_ids=x)
@@ -513,7 +535,7 @@ def _tap_name(i: int, n: int) -> str:
 def loss_only(side: Side, x: torch.Tensor, y: torch.Tensor, vocab: int, p: Precision) -> float:
     """The loss on (x, y) in train mode without dropout (after a step), as forward_backward computes it."""
     model, is_hf = side.model, side.matching is None
-    with train_mode_without_dropout(model), torch.no_grad(), regime(p, x.device.type):
+    with train_mode(model, side.dropout_seed), torch.no_grad(), regime(p, x.device.type):
         if is_hf:
             out = model(input_ids=x)
             full = out.logits
@@ -639,13 +661,16 @@ def eval_logits(model: nn.Module, x: torch.Tensor, vocab: int) -> torch.Tensor |
 def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, seq_len: int = 64, steps: int = 0,
                      seed: int = 0, optimizer="adamw", lr: float = LR, precision: str | None = "float32", *,
                      name_map: Mapping[str, str] | None = None, layers: Mapping[str, str] | None = None,
-                     model_name: str | None = None, fault: str | None = None, label: str = "Yours"):
+                     model_name: str | None = None, fault: str | None = None, label: str = "Yours",
+                     dropout: bool = False):
     """One training step (and `steps` optimizer steps) of `model` (an nn.Module whose parameters hold HF's values,
     in any layout) against HF's GPT2LMHeadModel (`hf_model`: a checkpoint name/path or the model) on one batch:
     `batch` (x, y), or B x T tokens drawn from `seed` with y = x shifted by one. Both run in train mode with
     dropout off; neither given model is changed (each side trains a copy). `optimizer`: "adamw" (build-nanogpt's,
     on both) or a function params -> your optimizer (HF keeps build-nanogpt's AdamW); `precision`: "float32" or an
-    autocast regime ("bfloat16-autocast"), judged against HF's own error there. Returns a TrainingReport."""
+    autocast regime ("bfloat16-autocast"), judged against HF's own error there. `dropout=True`: dropout on, as each
+    model has it (HF's config rates, HF in eager attention), both sides drawing from `seed`: agreement then needs the
+    same dropout places, rates and order of random draws as GPT-2's. Returns a TrainingReport."""
     from .train_judge import judge_training
 
     t0 = time.perf_counter()
@@ -673,17 +698,26 @@ def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, se
         x, y = x.to(device), y.to(device)
     hf_params = {k: v.detach() for k, v in hf_parameters(hf_src).items()}
     matching = match_parameters(model, hf_src, name_map)
+    if not isinstance(dropout, bool):
+        raise ParityError(f"dropout must be True or False, got {dropout!r}")
+    drop = seed if dropout else None
     hf = training_copy(hf_src, "HF's model").to(device).float()
-    mine = Side(training_copy(model, "your model"), label, matching, layers=layers)
-    sides = [mine, Side(hf, "HF", None)]
+    mine = Side(training_copy(model, "your model"), label, matching, layers=layers, dropout_seed=drop)
+    sides = [mine, Side(hf, "HF", None, dropout_seed=drop)]
     if p.low:
-        sides.append(Side(training_copy(hf_src, "HF's model").to(device).float(), "HF low", None))
+        sides.append(Side(training_copy(hf_src, "HF's model").to(device).float(), "HF low", None, dropout_seed=drop))
+    if dropout:  # HF's reference draws: its eager attention, whose attention-weight dropout is an nn.Dropout
+        for side in sides[1:]:
+            side.model.config._attn_implementation = "eager"
     runs = []
     for i, side in enumerate(sides):
         regime_p = FLOAT32 if side.label == "HF" and p.low else p
         runs.append(forward_backward(side, x, y, vocab, hf_params, width, n_layer, regime_p, want_streams=True))
     with regime(p, device.type):
         runs[0].eval_logits = eval_logits(mine.model, x, vocab)
+    if dropout:  # with dropout on, the eval-mode check is against HF in eval mode
+        with regime(FLOAT32 if p.low else p, device.type):
+            runs[1].eval_logits = eval_logits(hf, x, vocab)
     step_runs: list[StepRun] = []
     if steps:
         _build_optimizer(mine, optimizer, lr)
@@ -717,4 +751,4 @@ def compare_training(model, hf_model="gpt2", batch=None, batch_size: int = 4, se
     return judge_training(runs[0], runs[1], runs[2] if p.low else None, step_runs, matching, cfg,
                           precision=p, batch=(x, y), model_name=model_name or getattr(cfg, "_name_or_path", None)
                           or "custom", fault=fault, label=label, optimizer="adamw" if mine.lab_optimizer or not steps
-                          else "yours", lr=lr, timings=timings)
+                          else "yours", lr=lr, timings=timings, dropout=dropout)

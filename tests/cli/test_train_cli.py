@@ -100,3 +100,12 @@ def test_training_files_round_trip_exit_codes(tiny_checkpoint, tmp_path, capsys)
     assert train(tiny_checkpoint, "--reference", str(ref), "--result", str(ref)) == 2
     assert train(tiny_checkpoint, "--llmc-state", str(tmp_path / "missing.bin")) == 2
     assert "no llm.c state file" in capsys.readouterr().err
+
+
+def test_dropout_on_request(tiny_checkpoint, capsys):
+    """--dropout: our GPT has no dropout, GPT-2 drops after the embeddings: exit 1, the difference named as dropout."""
+    assert train(tiny_checkpoint) == 0
+    capsys.readouterr()
+    assert train(tiny_checkpoint, "--dropout") == 1
+    out = capsys.readouterr().out
+    assert "embeddings" in out and "your dropout differs from GPT-2's" in out

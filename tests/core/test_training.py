@@ -1,6 +1,7 @@
 """Training parity through the Python API: compare_training on correct learner models (separate q/k/v; build-nanogpt's
 layout with a tied head and a padded vocabulary) and on each training fault of the bug lab."""
 
+import copy
 import json
 import math
 
@@ -201,3 +202,21 @@ def test_a_training_report_shows_itself_in_a_notebook_and_its_repr_fits_a_screen
     page = r._repr_html_()
     assert r.verdict.split(":")[0] in page and page.count('class="plotly-graph-div"') == 2
     assert "<script src=" not in page  # offline: plotly's JS inline (once per kernel), never from a CDN
+
+
+def test_dropout_on_request_draws_the_same_masks_and_names_a_model_without_them(hf):
+    """dropout=True: both sides in train mode with their dropout, drawing from the batch's seed. GPT-2 itself (a
+    copy of HF's model) then agrees although dropout is really on (its loss moves); a model without dropout (our GPT)
+    is flagged where HF first drops (the embeddings), as a dropout difference: in eval mode it agrees."""
+    twin = copy.deepcopy(hf)
+    state = torch.get_rng_state()
+    on = compare_training(twin, hf, **SMALL, steps=1, dropout=True)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG untouched
+    off = compare_training(twin, hf, **SMALL)
+    assert on.agree and off.agree and on.loss != off.loss and on.loss == on.hf_loss
+    assert any("dropout on" in n for n in on.notes)
+    ours = compare_training(port_from_hf(hf), hf, **SMALL, dropout=True)
+    assert not ours.agree and ours.first_diverging_layer == "embeddings"
+    assert "in eval mode it agrees, so your dropout differs from GPT-2's" in ours.mistakes[0]
+    with pytest.raises(ParityError, match="dropout must be True or False"):
+        compare_training(twin, hf, **SMALL, dropout="yes")
