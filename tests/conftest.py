@@ -39,6 +39,18 @@ GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024)
 WIDE = dict(n_layer=2, n_head=12, n_embd=768, n_positions=160)
 
 
+def run_cli(capsys, *args):
+    """main_parity in-process -> (exit status, stdout, stderr); argparse's own errors raise SystemExit."""
+    from core.cli import main_parity
+
+    try:
+        code = main_parity([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def hf_generate(hf, ids, seed, **kwargs) -> list[list[int]]:
     """HF's side, called the way users call it: seed the global RNG, then generate."""
     x = torch.tensor([ids])

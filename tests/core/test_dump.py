@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from conftest import run_cli
 
 from core.structured import random_gpt2
 from core import compare, port_from_hf
@@ -28,15 +29,21 @@ PROMPT = "Hello, I'm a language model,"
 SETTINGS = dict(num_return_sequences=2, max_new_tokens=6)
 
 
+def _cases(tokenizer):
+    """One prompt x two seeds, plus one greedy case."""
+    cases = make_cases([PROMPT], tokenizer, [42, 7], **SETTINGS)
+    cases += make_cases(["The quick brown fox"], tokenizer, [0], method="greedy", max_new_tokens=5)
+    cases[-1].name = "case2"
+    return cases
+
+
 @pytest.fixture(scope="module")
 def ref_dir(tmp_path_factory, tiny_checkpoint, tokenizer):
     """HF's reference for the tiny checkpoint, with layers: one prompt x two seeds, plus one greedy case."""
     from core.loader import load_hf_model
 
     hf = load_hf_model(tiny_checkpoint)
-    cases = make_cases([PROMPT], tokenizer, [42, 7], **SETTINGS)
-    cases += make_cases(["The quick brown fox"], tokenizer, [0], method="greedy", max_new_tokens=5)
-    cases[-1].name = "case2"
+    cases = _cases(tokenizer)
     ref = export_reference(hf, cases, model="tiny", layers=True, tokenizer=tokenizer)
     out = tmp_path_factory.mktemp("ref")
     save_reference(ref, out)
@@ -281,18 +288,6 @@ def test_reference_dir_errors(tmp_path, good_result):
 # The command line in-process (its own tests: tests/cli/test_dump_cli.py)
 
 
-def _cli(capsys, *args):
-    """main_parity in-process -> (exit status, stdout, stderr); argparse's own errors raise SystemExit."""
-    from core.cli import main_parity
-
-    try:
-        code = main_parity([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ---------------------------------------------------------------------------------------------------------
 # A result written from the spec alone: the file by hand (8-byte length, JSON header, raw bytes), the manifest
 # from the reference's manifest.json as docs/dump-format.md's table says, the logits from HF in float64
@@ -352,12 +347,12 @@ def spec_tensors(ref_dir, tiny_hf):
 def test_result_written_from_the_spec_agrees(ref_dir, spec_tensors, tmp_path, capsys):
     manifest = _spec_manifest(ref_dir)
     assert isinstance(manifest["model"], dict) and set(manifest["model"]) == {"id", "config"}
-    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours",
+    rc, out, err = run_cli(capsys, "check", "--reference", ref_dir, "--yours",
                         _hand_written(tmp_path / "spec.safetensors", spec_tensors, manifest))
     assert rc == 0, err
     assert "3 of 3 case(s) agree" in out
     # the bare model id, which earlier writers wrote, is still read
-    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours", _hand_written(
+    rc, out, err = run_cli(capsys, "check", "--reference", ref_dir, "--yours", _hand_written(
         tmp_path / "id.safetensors", spec_tensors, {**manifest, "model": manifest["model"]["id"]}))
     assert rc == 0, err
     # result_template.json holds what the spec says to copy, so a writer copying it writes the same manifest
@@ -393,7 +388,7 @@ def test_result_for_something_else_is_refused(ref_dir, spec_tensors, tmp_path, c
     """Made for another reference, model, prompt or settings: exit 2 naming what differs, whatever else matches."""
     manifest = _changed(_spec_manifest(ref_dir), path, value)
     res = _hand_written(tmp_path / "other.safetensors", spec_tensors, manifest)
-    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours", res)
+    rc, out, err = run_cli(capsys, "check", "--reference", ref_dir, "--yours", res)
     assert rc == 2 and out == "" and err.count("\n") == 1, (rc, out, err)
     assert re.search(match, err), err
 
@@ -402,7 +397,7 @@ def test_result_missing_cases_is_refused(ref_dir, spec_tensors, tmp_path, capsys
     manifest = _spec_manifest(ref_dir)
     manifest["cases"] = manifest["cases"][:2]
     tensors = {k: v for k, v in spec_tensors.items() if not k.startswith("case2.")}
-    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours",
+    rc, out, err = run_cli(capsys, "check", "--reference", ref_dir, "--yours",
                         _hand_written(tmp_path / "two.safetensors", tensors, manifest))
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "covers 2 case(s), the reference 3: case2 is missing" in err
@@ -474,12 +469,12 @@ def test_check_json_reports_bad_input_as_json(ref_dir, spec_tensors, tmp_path, c
         (["--reference", ref_dir, "--yours", good, "--tokenizer", bad_tok], "tokenizer", "not usable GPT-2 BPE"),
     ]
     for args, kind, match in paths:
-        rc, out, err = _cli(capsys, "check", "--json", *args)
+        rc, out, err = run_cli(capsys, "check", "--json", *args)
         assert rc == 2 and out.count("\n") == 1, (args, rc, out, err)
         data = json.loads(out)
         assert set(data) == {"error", "kind"} and data["kind"] == kind and match in data["error"], (args, data)
         assert err.count("\n") == 1 and data["error"] in err  # the same one line on stderr, as without --json
-    rc, out, _ = _cli(capsys, "check", "--json", "--reference", ref_dir, "--yours", good)
+    rc, out, _ = run_cli(capsys, "check", "--json", "--reference", ref_dir, "--yours", good)
     assert rc == 0 and json.loads(out)["agree"] is True
 
 
@@ -493,9 +488,7 @@ def prec_ref_dir(tmp_path_factory, tiny_checkpoint, tokenizer):
     from core.loader import load_hf_model
 
     hf = load_hf_model(tiny_checkpoint)
-    cases = make_cases([PROMPT], tokenizer, [42, 7], **SETTINGS)
-    cases += make_cases(["The quick brown fox"], tokenizer, [0], method="greedy", max_new_tokens=5)
-    cases[-1].name = "case2"
+    cases = _cases(tokenizer)
     ref = export_reference(hf, cases, model="tiny", layers=True, tokenizer=tokenizer,
                            precisions=("bfloat16", "fp16"))
     out = tmp_path_factory.mktemp("prec-ref")
@@ -572,7 +565,7 @@ def test_a_fault_visible_at_the_precision_is_flagged_at_its_layer(prec_ref_dir, 
     bad = save_result(tmp_path / "bad.safetensors",
                       *result_from_gpt(apply_fault(ours, "c_proj_not_transposed@0"), prec_ref, precision="bfloat16",
                                        sampled=False))
-    rc, out, err = _cli(capsys, "check", "--reference", prec_ref_dir, "--yours", bad, "--json")
+    rc, out, err = run_cli(capsys, "check", "--reference", prec_ref_dir, "--yours", bad, "--json")
     assert rc == 1, err
     data = json.loads(out)
     assert {c["first_diverging_layer"] for c in data["cases"]} == {"block 0"}
@@ -584,17 +577,17 @@ def test_a_result_below_float32_needs_hfs_own_error_at_its_precision(ref_dir, pr
     """Never judged by the float32 rule in silence: exit 2, saying how to export what is missing."""
     manifest, tensors = result_from_gpt(ours, ref, precision="bfloat16")
     bf16 = save_result(tmp_path / "bf16.safetensors", {k: v for k, v in manifest.items() if k != "precision"}, tensors)
-    rc, out, err = _cli(capsys, "check", "--reference", ref_dir, "--yours", bf16)
+    rc, out, err = run_cli(capsys, "check", "--reference", ref_dir, "--yours", bf16)
     assert rc == 2 and out == "" and err.count("\n") == 1, (rc, out, err)
     assert "detected: your logits are stored as bfloat16" in err and "--precision bfloat16" in err
     assert "at no precision below float32" in err
     # the same file against the reference exported with that precision (same reference_id): judged
-    rc, out, err = _cli(capsys, "check", "--reference", prec_ref_dir, "--yours", bf16)
+    rc, out, err = run_cli(capsys, "check", "--reference", prec_ref_dir, "--yours", bf16)
     assert rc == 0 and "consistent with bfloat16 precision" in out, err
     # a precision the reference lacks, among others it has
     auto = save_result(tmp_path / "autocast.safetensors",
                        *result_from_gpt(ours, ref, precision="bfloat16-autocast", sampled=False))
-    rc, out, err = _cli(capsys, "check", "--json", "--reference", prec_ref_dir, "--yours", auto)
+    rc, out, err = run_cli(capsys, "check", "--json", "--reference", prec_ref_dir, "--yours", auto)
     assert rc == 2 and json.loads(out)["kind"] == "result"
     assert "only at bfloat16, float16" in err and "--precision bfloat16-autocast" in err
 
@@ -671,7 +664,7 @@ def test_bf16_result_written_by_hand_from_an_independent_model(prec_ref_dir, tin
             tensors[case["name"] + ".logits"] = logits[:, P - 1:]
             tensors[case["name"] + ".hidden"] = torch.stack(stream)  # [embeddings, block 0, block 1, ln_f]
     res = _hand_written(tmp_path / "my_gpt2_bf16.safetensors", tensors, manifest)
-    rc, out, err = _cli(capsys, "check", "--reference", prec_ref_dir, "--yours", res, "--json")
+    rc, out, err = run_cli(capsys, "check", "--reference", prec_ref_dir, "--yours", res, "--json")
     assert rc == (0 if agree else 1), err
     for case in json.loads(out)["cases"]:
         assert case["precision"]["name"] == "bfloat16"
